@@ -1,0 +1,3 @@
+from storagectl.cli import main
+
+main()

@@ -1,0 +1,173 @@
+"""The one command layer: every external command storagectl runs goes through here.
+
+It wraps ``oslo_concurrency.processutils.execute`` so that each command line is
+logged (secrets masked) with its exit status and duration, has a timeout, and
+fails with a storagectl error naming the command. The executor is injected:
+production uses processutils, unit tests pass a fake callable with the same
+signature that returns canned ``(stdout, stderr)`` captured from the real tools.
+
+Example::
+
+    runner = Runner()
+    out = runner.run("qemu-img", "info", "-f", "qcow2", "--output=json", path).stdout
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from oslo_concurrency import processutils
+from oslo_utils import strutils
+
+from storagectl import errors
+
+LOG = logging.getLogger(__name__)
+
+#: A callable with processutils.execute's signature (the subset we use).
+Executor = Callable[..., tuple[Any, Any]]
+
+DEFAULT_TIMEOUT = 600
+
+# Arguments whose *next* argument is a secret (rbd --key, ceph --key ...).
+_SECRET_FLAGS = frozenset({"--key", "--password", "--secret"})
+# Fragments of rbd: URIs and key=value options that carry secrets.
+_SECRET_KEYS = ("key=", "password=", "secret=")
+
+
+def mask_argv(argv: Sequence[str]) -> list[str]:
+    """Return ``argv`` with secrets replaced by ``***`` for logging.
+
+    >>> mask_argv(["rbd", "--key", "AQBs", "ls"])
+    ['rbd', '--key', '***', 'ls']
+    >>> mask_argv(["qemu-img", "info", "rbd:vms/a:id=admin:key=AQBs"])
+    ['qemu-img', 'info', 'rbd:vms/a:id=admin:key=***']
+    """
+    masked: list[str] = []
+    hide_next = False
+    for arg in argv:
+        arg = str(arg)
+        if hide_next:
+            masked.append("***")
+            hide_next = False
+            continue
+        if arg in _SECRET_FLAGS:
+            hide_next = True
+            masked.append(arg)
+            continue
+        if any(k in arg for k in _SECRET_KEYS):
+            parts = []
+            for part in arg.split(":"):
+                for k in _SECRET_KEYS:
+                    if part.startswith(k):
+                        part = k + "***"
+                parts.append(part)
+            arg = ":".join(parts)
+        masked.append(strutils.mask_password(arg))
+    return masked
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    argv: tuple[str, ...]
+    stdout: Any
+    stderr: Any
+    exit_code: int
+    duration: float = field(default=0.0, compare=False)
+
+
+class Runner:
+    """Runs external commands through an injectable executor.
+
+    ``run`` is the "call and parse" door: it captures output and raises
+    :class:`storagectl.errors.CommandFailed` on an unexpected exit status.
+    """
+
+    def __init__(
+        self,
+        execute: Executor | None = None,
+        *,
+        default_timeout: int = DEFAULT_TIMEOUT,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self._execute = execute or processutils.execute
+        self.default_timeout = default_timeout
+        self.env = dict(env or {})
+
+    @property
+    def is_real(self) -> bool:
+        return self._execute is processutils.execute
+
+    def run(
+        self,
+        *argv: str,
+        ok_codes: Iterable[int] = (0,),
+        timeout: int | None = None,
+        input: str | bytes | None = None,
+        env: dict[str, str] | None = None,
+        binary: bool = False,
+        cwd: str | None = None,
+    ) -> CommandResult:
+        argv_t = tuple(str(a) for a in argv)
+        ok = tuple(ok_codes)
+        shown = " ".join(mask_argv(argv_t))
+        if self.is_real and shutil.which(argv_t[0]) is None and not os.path.isabs(argv_t[0]):
+            raise errors.CommandNotFound(command=argv_t[0])
+        merged_env = {**self.env, **(env or {})} or None
+        started = time.monotonic()
+        try:
+            stdout, stderr = self._execute(
+                *argv_t,
+                check_exit_code=list(ok),
+                process_input=input,
+                env_variables=merged_env,
+                timeout=timeout or self.default_timeout,
+                binary=binary,
+                cwd=cwd,
+                loglevel=logging.DEBUG,
+            )
+            code = 0
+        except processutils.ProcessExecutionError as exc:
+            elapsed = time.monotonic() - started
+            code = exc.exit_code if exc.exit_code is not None else -1
+            stderr_text = _text(exc.stderr).strip() or _text(exc.stdout).strip()
+            LOG.info("command failed: %s -> exit %s (%.3fs)", shown, code, elapsed)
+            LOG.debug("stderr of %s: %s", shown, stderr_text)
+            raise errors.CommandFailed(
+                command=shown.split(" ", 1)[0] if len(shown) > 200 else shown,
+                argv=mask_argv(argv_t),
+                exit_code_=code,
+                stderr=_last_line(stderr_text) or "(no output)",
+                full_stderr=stderr_text,
+            ) from exc
+        except OSError as exc:
+            # Popen could not start the program at all.
+            raise errors.CommandNotFound(command=argv_t[0]) from exc
+        except Exception as exc:  # subprocess.TimeoutExpired and friends
+            if exc.__class__.__name__ == "TimeoutExpired":
+                LOG.info("command timed out: %s after %ss", shown, timeout or self.default_timeout)
+                raise errors.CommandTimeout(
+                    command=shown, timeout=timeout or self.default_timeout
+                ) from exc
+            raise
+        elapsed = time.monotonic() - started
+        LOG.debug("ran: %s -> exit %s (%.3fs)", shown, code, elapsed)
+        return CommandResult(argv_t, stdout, stderr, code, elapsed)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
