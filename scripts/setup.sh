@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One-command set-up for a fresh Debian 12 machine, run as root by `make test/demo/bench`:
+# installs the missing system packages, makes .venv and installs storagectl with its test
+# extras. Idempotent and quiet when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PKGS=(
+  # build libvirt-python from PyPI
+  libvirt-dev pkg-config gcc python3-dev python3-venv
+  # the real components
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+  qemu-utils qemu-system-x86 qemu-block-extra
+  lvm2 ceph-mon ceph-osd ceph-common
+  # the guest kernel for the LVM tier (virtme-ng boots it under TCG)
+  linux-image-amd64 busybox-static
+  # helpers used by the tests
+  util-linux procps
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" != 0 ]; then
+    echo "setup: missing Debian packages (${missing[*]}); run as root to install them" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+"$PYTHON" - <<'PY' || { echo "setup: Python >= 3.11 needed (PYTHON=$PYTHON)" >&2; exit 1; }
+import sys
+sys.exit(0 if sys.version_info >= (3, 11) else 1)
+PY
+
+stamp=.venv/.storagectl-installed
+want=$(cat pyproject.toml | sha1sum | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing storagectl and its test extras into .venv"
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q -e '.[test]'
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,112 @@
+"""The application object every command receives on ``ctx.obj``.
+
+It owns the rich consoles, the global settings, logging, and the shared services
+(command runner, nova.conf) so command modules stay a few dozen lines. Nothing here
+touches the host until a command asks for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import click
+import yaml
+from rich.console import Console
+
+from storagectl import errors
+from storagectl.config import DEFAULT_NOVA_CONF, NovaConfig, load_nova_config
+from storagectl.process import Runner
+
+LOG = logging.getLogger("storagectl")
+DEFAULT_URI = "qemu:///system"
+DEFAULT_LOCK_PATH = "/var/lib/storagectl/locks"
+DEFAULT_LOG_FILE = "/var/log/storagectl/storagectl.log"
+
+
+@dataclass
+class Application:
+    connect: tuple[str, ...] = ()
+    nova_conf: tuple[str, ...] = ()
+    lock_path: str = DEFAULT_LOCK_PATH
+    verbose: int = 0
+    log_file: str | None = None
+    console: Console = field(default_factory=Console)
+    err: Console = field(default_factory=lambda: Console(stderr=True))
+    _runner: Runner | None = None
+    _nova: NovaConfig | None = None
+
+    # -- settings ---------------------------------------------------------------
+    @property
+    def uris(self) -> list[str]:
+        if self.connect:
+            return list(self.connect)
+        return [os.environ.get("LIBVIRT_DEFAULT_URI") or DEFAULT_URI]
+
+    @property
+    def runner(self) -> Runner:
+        if self._runner is None:
+            self._runner = Runner()
+        return self._runner
+
+    @property
+    def nova(self) -> NovaConfig:
+        if self._nova is None:
+            explicit = bool(self.nova_conf)
+            paths = list(self.nova_conf) or [DEFAULT_NOVA_CONF]
+            self._nova = load_nova_config(paths, explicit=explicit)
+            if not self._nova.files:
+                LOG.warning("%s not found: using Nova's defaults", DEFAULT_NOVA_CONF)
+        return self._nova
+
+    # -- output -----------------------------------------------------------------
+    @property
+    def interactive(self) -> bool:
+        return self.console.is_terminal
+
+    def print_data(self, data: Any, fmt: str) -> None:
+        """Machine-readable output: stable keys, no colour, no wrapping."""
+        if fmt == "json":
+            click.echo(json.dumps(data, indent=2, sort_keys=False))
+        else:
+            click.echo(yaml.safe_dump(data, sort_keys=False, default_flow_style=False), nl=False)
+
+    def info(self, message: str) -> None:
+        self.err.print(message, highlight=False)
+
+    def abort(self, message: str, code: int = 1) -> NoReturn:
+        self.err.print(f"--> {message}", style="red", highlight=False)
+        raise click.exceptions.Exit(code)
+
+    # -- logging ----------------------------------------------------------------
+    def setup_logging(self) -> None:
+        root = logging.getLogger()
+        root.setLevel(logging.DEBUG)
+        # One process may run several commands (tests): replace our handlers, never stack.
+        for old in [h for h in root.handlers if getattr(h, "_storagectl", False)]:
+            root.removeHandler(old)
+            old.close()
+        console_level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(self.verbose, 2)]
+        stream = logging.StreamHandler()
+        stream.setLevel(console_level)
+        stream.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        stream._storagectl = True  # type: ignore[attr-defined]
+        root.addHandler(stream)
+        path = self.log_file or DEFAULT_LOG_FILE
+        try:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            handler = logging.FileHandler(path)
+        except OSError:
+            if self.log_file:  # asked for explicitly: tell the operator
+                raise errors.UsageError(reason=f"cannot write log file {path}") from None
+            return
+        handler.setLevel(logging.DEBUG)
+        handler._storagectl = True  # type: ignore[attr-defined]
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+        )
+        root.addHandler(handler)
+        self.log_file = path

@@ -1,0 +1,37 @@
+"""storagectl inspect: scan hypervisors and infer each instance's storage layout."""
+
+from __future__ import annotations
+
+import click
+
+from storagectl.cli.app import Application
+from storagectl.cli.render import layouts_table
+from storagectl.layouts.inspection import inspect_hosts
+
+
+@click.command("inspect")
+@click.argument("instances", nargs=-1, metavar="[INSTANCE]...")
+@click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]),
+              default="table", show_default=True, help="Output format.")
+@click.pass_obj
+def inspect_cmd(app: Application, instances: tuple[str, ...], fmt: str) -> None:
+    """Infer the storage layout of every instance (or the INSTANCEs, by uuid or name).
+
+    Reads the domain XML of every domain on each --connect host, nova.conf, disk.info
+    and LVM/Ceph metadata; reads disk headers only with storagectl's own bounded
+    inspector, to flag danger. Exit status: 0, or 1 when a host could not be scanned or
+    an INSTANCE was not found. Critical findings do not change it (that is audit's job).
+    """
+    result = inspect_hosts(app.uris, app.nova, app.runner, instances)
+    if fmt == "table":
+        layouts_table(app.console, result.instances)
+    else:
+        app.print_data(result.to_dict(), fmt)
+    status = 0
+    for host in result.failed_hosts:
+        app.info(f"--> HostUnreachable: {host.uri}: {host.error}")
+        status = 1
+    for missing in result.not_found:
+        app.info(f"--> InstanceNotFound: no instance {missing} on {', '.join(app.uris)}")
+        status = 1
+    raise click.exceptions.Exit(status)

@@ -1,0 +1,1 @@
+"""The layout model, its inference from legacy hosts, the record store and audit logic."""

@@ -1,0 +1,64 @@
+"""One inspection run: scan hosts, then infer each selected instance's layout.
+
+This is what ``storagectl inspect`` (and later persist/audit) call. The result keeps
+hosts that could not be scanned and selectors that matched nothing, so the CLI can set
+its exit status without losing the instances that were inspected.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from storagectl.config import NovaConfig
+from storagectl.layouts.hosts import HostScan, scan_hosts
+from storagectl.layouts.infer import infer_instance
+from storagectl.layouts.model import HostReport, InstanceLayout
+from storagectl.layouts.storage import StorageView
+from storagectl.process import Runner
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class InspectionResult:
+    hosts: list[HostReport]
+    instances: list[InstanceLayout]
+    not_found: list[str] = field(default_factory=list)
+
+    @property
+    def failed_hosts(self) -> list[HostReport]:
+        return [h for h in self.hosts if h.error]
+
+    def to_dict(self) -> dict:
+        return {
+            "hosts": [h.to_dict() for h in self.hosts],
+            "instances": [i.to_dict() for i in self.instances],
+        }
+
+
+def _selected(scan: HostScan, selectors: set[str]) -> list:
+    if not selectors:
+        return list(scan.domains)
+    return [d for d in scan.domains if d.info.uuid in selectors or d.info.name in selectors]
+
+
+def inspect_hosts(uris: Sequence[str], nova: NovaConfig, runner: Runner,
+                  selectors: Sequence[str] = ()) -> InspectionResult:
+    wanted = {s.lower() if len(s) == 36 else s for s in selectors}
+    scans = scan_hosts(list(uris))
+    storage = StorageView(runner)
+    result = InspectionResult(hosts=[s.report for s in scans], instances=[])
+    seen: set[str] = set()
+    for scan in scans:
+        if scan.broken:
+            names = ", ".join(f"{n} ({why})" for n, why in scan.broken)
+            LOG.warning("unreadable domain XML on %s: %s", scan.report.uri, names)
+            scan.report.error = f"{len(scan.broken)} domain(s) with unreadable XML: {names}"
+        host = scan.report.hostname or scan.report.uri
+        for dom in _selected(scan, wanted):
+            seen.update((dom.info.uuid, dom.info.name))
+            result.instances.append(infer_instance(dom, host, nova, storage, local=scan.local))
+    result.not_found = [s for s in selectors if (s.lower() if len(s) == 36 else s) not in seen]
+    return result

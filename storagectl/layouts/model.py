@@ -1,0 +1,200 @@
+"""The layout model: what storagectl knows about an instance's disks.
+
+These are plain data classes; inference (``layouts.infer``) fills them from the
+authoritative sources, the record store reads/writes them, and the CLI renders
+them. ``to_dict`` gives the stable machine-readable shape that ``inspect -o json``
+prints (absent values are ``None``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Backend(StrEnum):
+    QCOW2 = "qcow2"
+    FLAT = "flat"
+    LVM = "lvm"
+    RBD = "rbd"
+    PLOOP = "ploop"
+    VOLUME = "volume"  # Cinder or other volume: reported, never touched
+    UNKNOWN = "unknown"
+
+
+class Role(StrEnum):
+    ROOT = "root"
+    EPHEMERAL = "ephemeral"
+    SWAP = "swap"
+    CONFIG = "config"
+    RESCUE = "rescue"
+    KERNEL = "kernel"
+    RAMDISK = "ramdisk"
+    VOLUME = "volume"
+    UNKNOWN = "unknown"
+
+
+class Severity(StrEnum):
+    CRITICAL = "critical"
+    WARNING = "warning"
+    INFO = "info"
+
+    @property
+    def rank(self) -> int:
+        return {"critical": 2, "warning": 1, "info": 0}[self.value]
+
+
+class Code(StrEnum):
+    """Finding codes: a stable interface for monitoring. Never rename one."""
+
+    RAW_DISK_HAS_IMAGE_HEADER = "raw-disk-has-image-header"
+    BACKING_FILE_OUTSIDE_CACHE = "backing-file-outside-cache"
+    NESTED_BACKING_CHAIN = "nested-backing-chain"
+    QCOW2_DATA_FILE = "qcow2-data-file"
+    UNSAFE_IMAGE_FORMAT = "unsafe-image-format"
+    FORMAT_MISMATCH = "format-mismatch"
+    DISK_OUTSIDE_INSTANCE_DIR = "disk-outside-instance-dir"
+    DISK_MISSING = "disk-missing"
+    UNKNOWN_LAYOUT = "unknown-layout"
+    METADATA_INVALID = "metadata-invalid"
+    # Added by storagectl beyond the first list; same stability promise.
+    DISK_INFO_INVALID = "disk-info-invalid"
+    NOT_INSPECTED = "content-not-inspected"
+
+
+#: The severity each code always carries.
+SEVERITY: dict[Code, Severity] = {
+    Code.RAW_DISK_HAS_IMAGE_HEADER: Severity.CRITICAL,
+    Code.BACKING_FILE_OUTSIDE_CACHE: Severity.CRITICAL,
+    Code.NESTED_BACKING_CHAIN: Severity.WARNING,
+    Code.QCOW2_DATA_FILE: Severity.CRITICAL,
+    Code.UNSAFE_IMAGE_FORMAT: Severity.CRITICAL,
+    Code.FORMAT_MISMATCH: Severity.CRITICAL,
+    Code.DISK_OUTSIDE_INSTANCE_DIR: Severity.WARNING,
+    Code.DISK_MISSING: Severity.CRITICAL,
+    Code.UNKNOWN_LAYOUT: Severity.WARNING,
+    Code.METADATA_INVALID: Severity.CRITICAL,
+    Code.DISK_INFO_INVALID: Severity.WARNING,
+    Code.NOT_INSPECTED: Severity.INFO,
+}
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: Severity
+    code: str
+    instance: str | None
+    disk: str | None
+    message: str
+
+    @classmethod
+    def of(cls, code: Code, instance: str | None, disk: str | None, message: str) -> Finding:
+        return cls(SEVERITY[code], code.value, instance, disk, message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "severity": self.severity.value,
+            "code": self.code,
+            "instance": self.instance,
+            "disk": self.disk,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
+class Backing:
+    path: str
+    format: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "format": self.format}
+
+
+@dataclass
+class DiskLayout:
+    """One disk of an instance, as storagectl understands it."""
+
+    name: str  # Nova's disk name: disk, disk.local, disk.eph0, disk.swap, disk.config ...
+    role: Role
+    target: str | None  # guest device (vda, hda ...)
+    backend: Backend
+    format: str | None  # from the domain XML <driver type>: the authority
+    path: str | None = None  # file path, or /dev/VG/LV for LVM
+    volume_group: str | None = None
+    volume: str | None = None
+    pool: str | None = None
+    image: str | None = None
+    virtual_size: int | None = None
+    allocated_size: int | None = None
+    backing: Backing | None = None
+    device: str = "disk"  # disk | cdrom | floppy | lun
+    ceph_conf: str | None = None
+    rbd_user: str | None = None
+
+    @property
+    def location(self) -> str:
+        """A one-string description of where the disk lives, for humans."""
+        if self.backend is Backend.LVM and self.volume_group:
+            return f"{self.volume_group}/{self.volume}"
+        if self.backend is Backend.RBD and self.pool:
+            return f"{self.pool}/{self.image}"
+        return self.path or self.image or "-"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "role": self.role.value,
+            "target": self.target,
+            "backend": self.backend.value,
+            "format": self.format,
+            "path": self.path,
+            "volume_group": self.volume_group,
+            "volume": self.volume,
+            "pool": self.pool,
+            "image": self.image,
+            "virtual_size": self.virtual_size,
+            "allocated_size": self.allocated_size,
+            "backing": self.backing.to_dict() if self.backing else None,
+        }
+
+
+@dataclass
+class InstanceLayout:
+    uuid: str
+    name: str
+    host: str
+    state: str
+    source: str  # "inferred" | "metadata"
+    disks: list[DiskLayout] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+    def disk(self, name: str) -> DiskLayout | None:
+        return next((d for d in self.disks if d.name == name), None)
+
+    @property
+    def worst(self) -> Severity | None:
+        if not self.findings:
+            return None
+        return max((f.severity for f in self.findings), key=lambda s: s.rank)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "uuid": self.uuid,
+            "name": self.name,
+            "host": self.host,
+            "state": self.state,
+            "source": self.source,
+            "disks": [d.to_dict() for d in self.disks],
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+
+@dataclass
+class HostReport:
+    uri: str
+    hostname: str | None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"uri": self.uri, "hostname": self.hostname, "error": self.error}

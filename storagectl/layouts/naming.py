@@ -1,0 +1,87 @@
+"""Nova's naming of instance storage, and its inverse.
+
+Nova names an instance's disks ``disk`` (root), ``disk.local`` / ``disk.eph<N>``
+(ephemeral), ``disk.swap``, ``disk.config`` (config drive), ``<name>.rescue``
+(rescue), plus ``kernel`` / ``ramdisk`` for AMI-style images. Where they live:
+
+- files:  ``<instances_path>/<uuid>/<name>``
+- LVM:    ``/dev/<vg>/<uuid>_<name>`` with ``_`` in the name doubled
+- RBD:    ``<pool>/<uuid>_<name>``
+
+Anything else a domain uses (``volume-<id>``, iSCSI paths, ``volumes/...`` RBD
+images) is a volume: reported, never touched.
+"""
+
+from __future__ import annotations
+
+import re
+
+from storagectl.layouts.model import Role
+
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_EPH = re.compile(r"^disk\.eph\d+$")
+
+
+def is_uuid(text: str) -> bool:
+    return bool(UUID_RE.match(text.lower()))
+
+
+def role_of(name: str) -> Role:
+    """Role of a disk from Nova's file name.
+
+    >>> role_of("disk.eph0"), role_of("disk.config.rescue"), role_of("volume-1")
+    (<Role.EPHEMERAL: 'ephemeral'>, <Role.RESCUE: 'rescue'>, <Role.UNKNOWN: 'unknown'>)
+    """
+    if name.endswith(".rescue"):
+        return Role.RESCUE
+    if name == "disk":
+        return Role.ROOT
+    if name == "disk.local" or _EPH.match(name):
+        return Role.EPHEMERAL
+    if name == "disk.swap":
+        return Role.SWAP
+    if name == "disk.config":
+        return Role.CONFIG
+    if name == "kernel":
+        return Role.KERNEL
+    if name == "ramdisk":
+        return Role.RAMDISK
+    return Role.UNKNOWN
+
+
+def is_nova_disk_name(name: str) -> bool:
+    return role_of(name) is not Role.UNKNOWN
+
+
+def lv_name(uuid: str, disk_name: str) -> str:
+    """``<uuid>_<name>``, underscores in the name doubled (nova's lvm escape)."""
+    return f"{uuid}_{disk_name.replace('_', '__')}"
+
+
+def parse_lv_name(name: str) -> tuple[str, str] | None:
+    """Inverse of :func:`lv_name`: ``(uuid, disk_name)`` or None.
+
+    >>> parse_lv_name("0c5d6c1e-0b0c-4c1b-8d2e-5b1f1b2f3a4b_disk.swap")
+    ('0c5d6c1e-0b0c-4c1b-8d2e-5b1f1b2f3a4b', 'disk.swap')
+    """
+    if len(name) < 38 or name[36] != "_" or not is_uuid(name[:36]):
+        return None
+    rest = name[37:]
+    if not rest:
+        return None
+    return name[:36], rest.replace("__", "_")
+
+
+def rbd_image_name(uuid: str, disk_name: str) -> str:
+    return f"{uuid}_{disk_name}"
+
+
+def parse_rbd_image_name(name: str) -> tuple[str, str] | None:
+    """``<uuid>_<disk>`` -> (uuid, disk), or None for images that are not instance disks.
+
+    (A resize in progress shows as a ``nova-resize`` *snapshot* of ``<uuid>_disk``, not as
+    a separate image name.)
+    """
+    if len(name) < 38 or name[36] != "_" or not is_uuid(name[:36]):
+        return None
+    return name[:36], name[37:]

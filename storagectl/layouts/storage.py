@@ -1,0 +1,73 @@
+"""A cached, read-only view of the host's block storage for one inspection run.
+
+Inspection must not run a subprocess per disk: LVM is listed once per volume group
+(``lvs``) and Ceph once per pool (``rbd ls -l``), and every disk is then looked up in
+memory. A VG that does not exist or a Ceph cluster that does not answer is remembered
+as such, so each problem costs one command and is reported on every disk it affects.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from storagectl import errors
+from storagectl.process import Runner
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A block volume as found in LVM or Ceph metadata."""
+
+    size: int
+    tags: tuple[str, ...] = ()
+    path: str | None = None  # /dev/VG/LV for LVM
+
+
+@dataclass
+class _Listing:
+    volumes: dict[str, Volume] = field(default_factory=dict)
+    error: str | None = None  # why the listing could not be made
+    missing: bool = False  # the VG / pool itself does not exist
+
+
+class StorageView:
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+        self._vgs: dict[str, _Listing] = {}
+        self._pools: dict[tuple[str, str, str | None], _Listing] = {}
+
+    def lvm(self, vg: str) -> _Listing:
+        if vg not in self._vgs:
+            self._vgs[vg] = self._list_vg(vg)
+        return self._vgs[vg]
+
+    def rbd(self, pool: str, ceph_conf: str, user: str | None) -> _Listing:
+        key = (pool, ceph_conf, user)
+        if key not in self._pools:
+            self._pools[key] = self._list_pool(pool, ceph_conf, user)
+        return self._pools[key]
+
+    def _list_vg(self, vg: str) -> _Listing:
+        from storagectl.backends.lvm import LVM
+
+        try:
+            lvs = LVM(self._runner).list_volumes(vg)
+        except errors.VolumeGroupNotFound:
+            return _Listing(missing=True, error=f"volume group {vg} not found")
+        except errors.StorageCtlError as exc:
+            LOG.debug("cannot list VG %s", vg, exc_info=True)
+            return _Listing(error=str(exc))
+        return _Listing({lv.name: Volume(lv.size, tuple(lv.tags), lv.path) for lv in lvs})
+
+    def _list_pool(self, pool: str, ceph_conf: str, user: str | None) -> _Listing:
+        from storagectl.backends.rbd import RBD
+
+        try:
+            images = RBD(self._runner, pool=pool, ceph_conf=ceph_conf, user=user).list_long()
+        except errors.StorageCtlError as exc:
+            LOG.debug("cannot list pool %s", pool, exc_info=True)
+            return _Listing(error=str(exc))
+        return _Listing({img.name: Volume(img.size) for img in images})

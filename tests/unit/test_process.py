@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import pytest
+from oslo_concurrency import processutils
+
+from storagectl import errors
+from storagectl.process import Runner, mask_argv
+
+
+class Recorder:
+    """A fake executor: records calls, answers from a dict keyed by argv prefix."""
+
+    def __init__(self, answers):
+        self.answers = answers
+        self.calls = []
+
+    def __call__(self, *argv, **kwargs):
+        self.calls.append((argv, kwargs))
+        for prefix, answer in self.answers.items():
+            if argv[: len(prefix)] == prefix:
+                if isinstance(answer, Exception):
+                    raise answer
+                return answer
+        raise AssertionError(f"unexpected command {argv}")
+
+
+def test_run_returns_output_and_passes_timeout_and_codes():
+    fake = Recorder({("qemu-img", "info"): ('{"format": "raw"}', "")})
+    result = Runner(fake, default_timeout=7).run("qemu-img", "info", "-f", "raw", "/x")
+    assert result.stdout == '{"format": "raw"}'
+    assert result.exit_code == 0
+    argv, kwargs = fake.calls[0]
+    assert argv == ("qemu-img", "info", "-f", "raw", "/x")
+    assert kwargs["timeout"] == 7 and kwargs["check_exit_code"] == [0]
+
+
+def test_failure_becomes_command_failed_with_masked_argv_and_last_stderr_line():
+    exc = processutils.ProcessExecutionError(
+        stdout="", stderr="warning: x\nrbd: error opening pool 'vms'\n", exit_code=2,
+        cmd="rbd",
+    )
+    fake = Recorder({("rbd",): exc})
+    with pytest.raises(errors.CommandFailed) as info:
+        Runner(fake).run("rbd", "--key", "AQBsecret", "ls", "vms")
+    err = info.value
+    assert err.exit_code_ == 2
+    assert "error opening pool 'vms'" in str(err)
+    assert "AQBsecret" not in str(err) and "***" in str(err)
+
+
+def test_timeout_becomes_command_timeout():
+    import subprocess
+
+    fake = Recorder({("sleep",): subprocess.TimeoutExpired("sleep", 1)})
+    with pytest.raises(errors.CommandTimeout) as info:
+        Runner(fake).run("sleep", "10", timeout=1)
+    assert "sleep 10" in str(info.value)
+
+
+def test_missing_program_is_reported_by_name():
+    with pytest.raises(errors.CommandNotFound) as info:
+        Runner().run("storagectl-no-such-tool", "--version")
+    assert "storagectl-no-such-tool" in str(info.value)
+
+
+def test_real_executor_runs_and_checks_exit_status():
+    runner = Runner()
+    assert runner.run("sh", "-c", "echo hi").stdout == "hi\n"
+    with pytest.raises(errors.CommandFailed) as info:
+        runner.run("sh", "-c", "echo boom >&2; exit 3")
+    assert info.value.exit_code_ == 3 and "boom" in str(info.value)
+    assert runner.run("sh", "-c", "exit 3", ok_codes=(0, 3)).exit_code == 3
+
+
+def test_mask_argv():
+    assert mask_argv(["rbd", "--key", "s3cr3t"]) == ["rbd", "--key", "***"]
+    assert mask_argv(["qemu-img", "info", "rbd:vms/x:id=a:key=K:conf=/c"]) == [
+        "qemu-img", "info", "rbd:vms/x:id=a:key=***:conf=/c"]
+    assert mask_argv(["echo", "password=hunter2"]) == ["echo", "password=***"]
