@@ -120,6 +120,7 @@ class Runner:
             raise errors.CommandNotFound(command=argv_t[0])
         merged_env = {**self.env, **(env or {})} or None
         started = time.monotonic()
+        finished: list[Any] = []
         try:
             stdout, stderr = self._execute(
                 *argv_t,
@@ -130,8 +131,10 @@ class Runner:
                 binary=binary,
                 cwd=cwd,
                 loglevel=logging.DEBUG,
+                on_completion=finished.append,
             )
-            code = 0
+            # processutils does not return the status of an accepted non-zero exit.
+            code = getattr(finished[0], "returncode", 0) if finished else 0
         except processutils.ProcessExecutionError as exc:
             elapsed = time.monotonic() - started
             code = exc.exit_code if exc.exit_code is not None else -1
