@@ -75,10 +75,11 @@ class Application:
             click.echo(yaml.safe_dump(data, sort_keys=False, default_flow_style=False), nl=False)
 
     def info(self, message: str) -> None:
-        self.err.print(message, highlight=False)
+        # click.echo, not rich: messages naming long paths must never be wrapped.
+        click.echo(message, err=True)
 
     def abort(self, message: str, code: int = 1) -> NoReturn:
-        self.err.print(f"--> {message}", style="red", highlight=False)
+        click.secho(f"--> {message}", fg="red", err=True)
         raise click.exceptions.Exit(code)
 
     # -- logging ----------------------------------------------------------------

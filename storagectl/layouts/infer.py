@@ -38,7 +38,8 @@ from storagectl.layouts.storage import StorageView
 
 LOG = logging.getLogger(__name__)
 
-DISK_INFO_MAX = 1 << 20  # disk.info is a few hundred bytes; refuse to parse megabytes
+DISK_INFO_MAX = 1 << 20
+BACKING_CHECK = "qcow2-backing-file"  # disk.info is a few hundred bytes; refuse to parse megabytes
 _FORMAT_BACKEND = {"qcow2": Backend.QCOW2, "raw": Backend.FLAT, "ploop": Backend.PLOOP,
                    "parallels": Backend.PLOOP}
 # disk.info spellings that mean the same as the XML's driver type.
@@ -181,9 +182,11 @@ def _file_disk(d: DomainDisk, ctx: _Ctx) -> DiskLayout:
         ctx.add(Code.UNKNOWN_LAYOUT, name, f"cannot stat {path}: {exc.strerror}")
         return disk
     disk.allocated_size = st.st_blocks * 512
-    if backend is Backend.UNKNOWN:
-        return disk
-    _check_image(disk, real, ctx, declared="parallels" if backend is Backend.PLOOP else fmt)
+    # Every existing file is inspected, whatever backend it maps to, so that an unsafe
+    # format (QED, a VMDK with host-path extents ...) is flagged even where storagectl
+    # itself would never open it.
+    _check_image(disk, real, ctx, declared="parallels" if backend is Backend.PLOOP else fmt,
+                 xml_backing_format=d.backing_format)
     return disk
 
 
@@ -211,6 +214,8 @@ def _check_image(disk: DiskLayout, real: str, ctx: _Ctx, *, declared: str | None
 
 def _failures_to_findings(name: str, path: str, report, ctx: _Ctx) -> None:  # noqa: ANN001
     for failure in report.failures:
+        if failure.check == BACKING_CHECK:
+            continue  # a Nova overlay has a backing file by design: _check_backing judges it
         if failure.check == "qcow2-data-file":
             ctx.add(Code.QCOW2_DATA_FILE, name,
                     f"{path} is a qcow2 with external data file {report.data_file!r}")

@@ -1,0 +1,113 @@
+"""storagectl benchmarks: `make bench` runs this and rewrites bench/RESULTS.md.
+
+Each benchmark compares storagectl against a baseline measured in the same run on the
+same data (these machines are noisy: only ratios within one run mean anything).
+
+- inspect: `storagectl inspect -o json` of a sandbox node, as a whole process, against
+  the naive loop operators script today (walk the domains with libvirt, `qemu-img info`
+  per disk), for several sizes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PY = sys.executable
+STORAGECTL = [PY, "-m", "storagectl"]
+
+NAIVE = r"""
+import json, subprocess, sys, libvirt, xml.etree.ElementTree as ET
+libvirt.registerErrorHandler(lambda *a: None, None)
+conn = libvirt.openReadOnly(sys.argv[1])
+out = []
+for dom in conn.listAllDomains(0):
+    root = ET.fromstring(dom.XMLDesc(0))
+    for src in root.findall("./devices/disk/source"):
+        path = src.get("file")
+        if not path:
+            continue
+        r = subprocess.run(["qemu-img", "info", "--output=json", "--force-share", path],
+                           capture_output=True, text=True)
+        out.append(json.loads(r.stdout) if r.returncode == 0 else {"error": r.stderr})
+print(json.dumps(out))
+"""
+
+
+def timed(argv: list[str], repeat: int) -> tuple[float, list[float]]:
+    runs = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        runs.append(time.perf_counter() - start)
+        if proc.returncode not in (0, 1):
+            raise SystemExit(f"benchmark command failed: {argv}\n{proc.stderr[-2000:]}")
+    return statistics.median(runs), runs
+
+
+def build(root: Path, n: int) -> tuple[str, str, float, int]:
+    start = time.perf_counter()
+    subprocess.run([*STORAGECTL, "sandbox", "create", str(root), "--instances", str(n)],
+                   check=True, capture_output=True, text=True)
+    took = time.perf_counter() - start
+    uri = f"test://{root}/node.xml"
+    conf = str(root / "etc/nova/nova.conf")
+    disks = sum(1 for p in (root / "instances").glob("*/disk*") if p.name != "disk.info")
+    return uri, conf, took, disks
+
+
+def bench_inspect(sizes: list[int]) -> list[str]:
+    lines = [
+        "## inspect: whole process vs the naive `qemu-img info` loop",
+        "",
+        "| instances | disks | sandbox build | storagectl inspect (median) | naive loop "
+        "(median) | speed-up |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix="storagectl-bench-") as tmp:
+            root = Path(tmp) / "node"
+            uri, conf, build_s, disks = build(root, n)
+            env_args = ["-c", uri, "--nova-conf", conf, "--log-file", f"{tmp}/log"]
+            ours, ours_runs = timed([*STORAGECTL, *env_args, "inspect", "-o", "json"], 5)
+            naive_repeat = 3 if n <= 1000 else 1
+            naive, _ = timed([PY, "-c", NAIVE, uri], naive_repeat)
+            lines.append(
+                f"| {n} | {disks} | {build_s:.1f} s | {ours:.3f} s "
+                f"(runs: {', '.join(f'{r:.3f}' for r in ours_runs)}) | {naive:.2f} s | "
+                f"{naive / ours:.0f}x |")
+            print(lines[-1], flush=True)
+    return lines
+
+
+def main() -> None:
+    os.environ.setdefault("STORAGECTL_LOG_FILE", "/dev/null")
+    sizes = [int(s) for s in os.environ.get("BENCH_SIZES", "100,1000,5000").split(",")]
+    started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    body = bench_inspect(sizes)
+    qemu = subprocess.run(["qemu-img", "--version"], capture_output=True, text=True)
+    header = [
+        "# Benchmark results",
+        "",
+        f"Written by `make bench` on {started}; {platform.node()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, {qemu.stdout.splitlines()[0]}.",
+        "Figures are wall-clock seconds of whole processes (start-up included). Ratios "
+        "compare runs made one after the other in this same run; absolute numbers on these "
+        "shared machines are noisy.",
+        "",
+    ]
+    (HERE / "RESULTS.md").write_text("\n".join(header + body) + "\n")
+    print(f"wrote {HERE / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()
