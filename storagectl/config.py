@@ -138,12 +138,12 @@ def load_nova_config(paths: Sequence[str | os.PathLike[str]] = (), *, explicit: 
         )
     # Older Nova spelled the cache directory [DEFAULT] image_cache_subdirectory_name.
     cache_dir = value("image_cache", "subdirectory_name")
-    if not (parser.has_section("image_cache") and parser.has_option("image_cache",
-                                                                    "subdirectory_name")):
-        if parser.has_section("DEFAULT") and parser.has_option(
-            "DEFAULT", "image_cache_subdirectory_name"
-        ):
-            cache_dir = parser.get("DEFAULT", "image_cache_subdirectory_name").strip()
+    new_spelling = parser.has_section("image_cache") and parser.has_option(
+        "image_cache", "subdirectory_name")
+    old_spelling = parser.has_section("DEFAULT") and parser.has_option(
+        "DEFAULT", "image_cache_subdirectory_name")
+    if old_spelling and not new_spelling:
+        cache_dir = parser.get("DEFAULT", "image_cache_subdirectory_name").strip()
 
     return NovaConfig(
         files=tuple(used),

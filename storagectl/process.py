@@ -120,6 +120,7 @@ class Runner:
             raise errors.CommandNotFound(command=argv_t[0])
         merged_env = {**self.env, **(env or {})} or None
         started = time.monotonic()
+        started_procs: list[Any] = []
         finished: list[Any] = []
         try:
             stdout, stderr = self._execute(
@@ -131,6 +132,7 @@ class Runner:
                 binary=binary,
                 cwd=cwd,
                 loglevel=logging.DEBUG,
+                on_execute=started_procs.append,
                 on_completion=finished.append,
             )
             # processutils does not return the status of an accepted non-zero exit.
@@ -153,6 +155,10 @@ class Runner:
             raise errors.CommandNotFound(command=argv_t[0]) from exc
         except Exception as exc:  # subprocess.TimeoutExpired and friends
             if exc.__class__.__name__ == "TimeoutExpired":
+                # processutils re-raises without killing the child: do it, or a hung
+                # rbd/qemu-img would outlive us holding locks and images open.
+                for proc in started_procs:
+                    _kill(proc)
                 LOG.info("command timed out: %s after %ss", shown, timeout or self.default_timeout)
                 raise errors.CommandTimeout(
                     command=shown, timeout=timeout or self.default_timeout
@@ -161,6 +167,14 @@ class Runner:
         elapsed = time.monotonic() - started
         LOG.debug("ran: %s -> exit %s (%.3fs)", shown, code, elapsed)
         return CommandResult(argv_t, stdout, stderr, code, elapsed)
+
+
+def _kill(proc: Any) -> None:
+    try:
+        proc.kill()
+        proc.wait(timeout=5)
+    except Exception:  # noqa: BLE001 - already gone, or unkillable: nothing more to do
+        LOG.debug("could not reap timed-out child %s", getattr(proc, "pid", "?"))
 
 
 def _text(value: Any) -> str:

@@ -77,3 +77,25 @@ def test_mask_argv():
     assert mask_argv(["qemu-img", "info", "rbd:vms/x:id=a:key=K:conf=/c"]) == [
         "qemu-img", "info", "rbd:vms/x:id=a:key=***:conf=/c"]
     assert mask_argv(["echo", "password=hunter2"]) == ["echo", "password=***"]
+
+
+def test_real_timeout_kills_the_child(tmp_path):
+    import os
+    import time
+
+    pidfile = tmp_path / "pid"
+    with pytest.raises(errors.CommandTimeout):
+        Runner().run("sh", "-c", f"echo $$ > {pidfile}; exec sleep 30", timeout=1)
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().split()[2] == "Z":
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        raise AssertionError("the timed-out child is still running")

@@ -1,0 +1,257 @@
+"""Checking a disk layout against reality, without ever trusting guest-writable bytes.
+
+The same checks serve an inferred layout and a persisted record: does each disk exist
+(file stat, one ``lvs`` per VG, one ``rbd ls -l`` per pool), how large is it, and is it
+safe - read by storagectl's own bounded header inspector, with the format *declared* by
+the domain XML or the record:
+
+- a raw disk that begins with an image header (the guest wrote it) is flagged, and what
+  that header claims is reported, never used;
+- a qcow2 backing file is resolved lexically and opened only when it lies inside the image
+  cache; an external data file is flagged;
+- ``disk.info`` is cross-checked against the declared format, never believed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from storagectl.config import NovaConfig
+from storagectl.layouts.inspector import InspectionReport, InspectorError, inspect_file
+from storagectl.layouts.model import Backend, Backing, Code, DiskLayout, Finding, Role
+from storagectl.layouts.storage import StorageView
+
+DISK_INFO_MAX = 1 << 20  # disk.info is a few hundred bytes; refuse to parse megabytes
+BACKING_CHECK = "qcow2-backing-file"
+# disk.info spellings that mean the same as the XML's driver type.
+_DISK_INFO_ALIASES = {"rbd": "raw", "lvm": "raw", "flat": "raw", "parallels": "ploop"}
+
+
+def inside(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+@dataclass
+class Checker:
+    """Per-instance context for the checks; collects findings."""
+
+    uuid: str
+    nova: NovaConfig
+    storage: StorageView
+    local: bool
+    findings: list[Finding] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.inst_dir = os.path.normpath(self.nova.instance_dir(self.uuid))
+        self.inst_dir_real = os.path.realpath(self.inst_dir)
+        self.cache_real = os.path.realpath(self.nova.image_cache_path)
+
+    def add(self, code: Code, disk: str | None, message: str) -> None:
+        self.findings.append(Finding.of(code, self.uuid, disk, message))
+
+
+def verify_disk(disk: DiskLayout, chk: Checker, *, backing_hint: str | None = None) -> None:
+    """Existence, sizes and safety of one disk. ``backing_hint``: the XML's backingStore
+    format, used only when the qcow2 header records none."""
+    if disk.backend is Backend.VOLUME or not chk.local:
+        return
+    if disk.backend is Backend.LVM:
+        _verify_lvm(disk, chk)
+    elif disk.backend is Backend.RBD:
+        _verify_rbd(disk, chk)
+    elif disk.role in (Role.KERNEL, Role.RAMDISK):
+        _verify_boot_file(disk, chk)
+    elif disk.path and os.path.dirname(disk.path) == chk.inst_dir:
+        _verify_file(disk, chk, backing_hint)
+
+
+def _verify_file(disk: DiskLayout, chk: Checker, backing_hint: str | None) -> None:
+    path = disk.path or ""
+    real = os.path.realpath(path)
+    if real != path and not (inside(real, chk.inst_dir_real) or inside(real, chk.cache_real)):
+        chk.add(Code.DISK_OUTSIDE_INSTANCE_DIR, disk.name,
+                f"disk {path} resolves to {real}, outside the instance directory and the "
+                "image cache")
+    if disk.backend is Backend.PLOOP and os.path.isdir(real):
+        real = os.path.join(real, "root.hds")  # ploop: a dir with root.hds + DiskDescriptor.xml
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        chk.add(Code.DISK_MISSING, disk.name, f"disk {path} ({disk.target}) does not exist")
+        return
+    except OSError as exc:
+        chk.add(Code.UNKNOWN_LAYOUT, disk.name, f"cannot stat {path}: {exc.strerror}")
+        return
+    disk.allocated_size = st.st_blocks * 512
+    # Every existing file is inspected, whatever backend it maps to, so that an unsafe
+    # format (QED, a VMDK with host-path extents ...) is flagged even where storagectl
+    # itself would never open it.
+    declared = "parallels" if disk.backend is Backend.PLOOP else disk.format
+    _check_image(disk, real, chk, declared=declared, backing_hint=backing_hint)
+
+
+def _verify_lvm(disk: DiskLayout, chk: Checker) -> None:
+    vg, lv = disk.volume_group or "", disk.volume or ""
+    listing = chk.storage.lvm(vg)
+    if listing.error and not listing.missing:
+        chk.add(Code.NOT_INSPECTED, disk.name, f"cannot check LV {vg}/{lv}: {listing.error}")
+        return
+    vol = listing.volumes.get(lv)
+    if vol is None:
+        chk.add(Code.DISK_MISSING, disk.name, f"LV {vg}/{lv} ({disk.target}) does not exist")
+        return
+    disk.virtual_size = disk.allocated_size = vol.size
+    path = disk.path or f"/dev/{vg}/{lv}"
+    if not os.path.exists(path):
+        # Only an active LV has a device node to read the first bytes from.
+        chk.add(Code.NOT_INSPECTED, disk.name,
+                f"LV {vg}/{lv} is not active (no {path}): its contents were not inspected")
+    elif disk.format == "raw":
+        _check_image(disk, path, chk, declared="raw")
+        disk.virtual_size = vol.size
+
+
+def _verify_rbd(disk: DiskLayout, chk: Checker) -> None:
+    pool, image = disk.pool or "", disk.image or ""
+    conf = disk.ceph_conf or chk.nova.images_rbd_ceph_conf
+    listing = chk.storage.rbd(pool, conf, disk.rbd_user)
+    if listing.error:
+        chk.add(Code.NOT_INSPECTED, disk.name,
+                f"cannot check RBD image {pool}/{image}: {listing.error}")
+        return
+    vol = listing.volumes.get(image)
+    if vol is None:
+        chk.add(Code.DISK_MISSING, disk.name,
+                f"RBD image {pool}/{image} ({disk.target}) does not exist")
+        return
+    disk.virtual_size = vol.size
+
+
+def _verify_boot_file(disk: DiskLayout, chk: Checker) -> None:
+    try:
+        st = os.stat(disk.path or "")
+    except FileNotFoundError:
+        chk.add(Code.DISK_MISSING, disk.name, f"{disk.role.value} {disk.path} does not exist")
+        return
+    disk.virtual_size = st.st_size
+    disk.allocated_size = st.st_blocks * 512
+
+
+def _check_image(disk: DiskLayout, real: str, chk: Checker, *, declared: str | None,
+                 backing_hint: str | None = None) -> None:
+    """Run the header inspector on one local image and turn what it says into findings."""
+    try:
+        report = inspect_file(real, declared or "raw")
+    except InspectorError as exc:
+        chk.add(Code.UNKNOWN_LAYOUT, disk.name, str(exc))
+        return
+    disk.virtual_size = report.virtual_size
+    embedded = report.container_header_in_raw
+    if embedded:
+        hidden = report.embedded.backing_file if report.embedded else None
+        extra = f" naming backing file {hidden!r}" if hidden else ""
+        chk.add(Code.RAW_DISK_HAS_IMAGE_HEADER, disk.name,
+                f"{disk.path} is used as raw but begins with a {embedded} header{extra}; "
+                "a host that probes it would expose that file to the guest")
+    _failures_to_findings(disk.name, disk.path or real, report, chk)
+    if report.backing_file and declared == "qcow2":
+        _check_backing(disk, real, report.backing_file, report.backing_format or backing_hint,
+                       chk)
+
+
+def _failures_to_findings(name: str, path: str, report: InspectionReport, chk: Checker) -> None:
+    for failure in report.failures:
+        if failure.check == BACKING_CHECK:
+            continue  # a Nova overlay has a backing file by design: _check_backing judges it
+        if failure.check == "qcow2-data-file":
+            chk.add(Code.QCOW2_DATA_FILE, name,
+                    f"{path} is a qcow2 with external data file {report.data_file!r}")
+        elif failure.check == "format-mismatch":
+            chk.add(Code.FORMAT_MISMATCH, name,
+                    f"{path} is opened as {report.declared_format}, but its header is not "
+                    f"{report.declared_format} ({failure.message})")
+        else:
+            chk.add(Code.UNSAFE_IMAGE_FORMAT, name,
+                    f"{path} fails safety check {failure.check}: {failure.message}")
+
+
+def _check_backing(disk: DiskLayout, real: str, backing: str, backing_format: str | None,
+                   chk: Checker) -> None:
+    # The backing path is as written in the qcow2 header (host-written for Nova's
+    # overlays). It is resolved lexically and never opened unless inside the cache.
+    resolved = os.path.normpath(os.path.join(os.path.dirname(real), backing))
+    disk.backing = Backing(path=resolved, format=backing_format)
+    base_real = os.path.realpath(resolved)
+    if not inside(base_real, chk.cache_real):
+        chk.add(Code.BACKING_FILE_OUTSIDE_CACHE, disk.name,
+                f"{disk.path} has backing file {backing!r}, outside the image cache "
+                f"{chk.nova.image_cache_path}; it was not followed")
+        return
+    if not os.path.exists(base_real):
+        chk.add(Code.DISK_MISSING, disk.name,
+                f"backing file {resolved} of {disk.path} does not exist")
+        return
+    try:
+        base = inspect_file(base_real, backing_format or "raw")
+    except InspectorError as exc:
+        chk.add(Code.UNKNOWN_LAYOUT, disk.name, str(exc))
+        return
+    if base.container_header_in_raw:
+        how = ("recorded as raw" if backing_format
+               else "with no backing format recorded, so qemu would probe it")
+        chk.add(Code.RAW_DISK_HAS_IMAGE_HEADER, disk.name,
+                f"base {resolved} of {disk.path} is {how}, but begins with a "
+                f"{base.container_header_in_raw} header")
+    _failures_to_findings(disk.name, resolved, base, chk)
+    if base.backing_file:
+        chk.add(Code.NESTED_BACKING_CHAIN, disk.name,
+                f"base {resolved} of {disk.path} itself has backing file {base.backing_file!r}")
+        nested = os.path.realpath(os.path.join(os.path.dirname(base_real), base.backing_file))
+        if not inside(nested, chk.cache_real):
+            chk.add(Code.BACKING_FILE_OUTSIDE_CACHE, disk.name,
+                    f"base {resolved} has backing file {base.backing_file!r} outside the "
+                    "image cache; it was not followed")
+
+
+def read_disk_info(inst_dir: str) -> tuple[dict[str, str] | None, str | None]:
+    """Nova's ``disk.info``: ``{path: format}``. Returns (mapping or None, error or None)."""
+    path = os.path.join(inst_dir, "disk.info")
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(DISK_INFO_MAX + 1)
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"cannot read {path}: {exc.strerror}"
+    if len(raw) > DISK_INFO_MAX:
+        return None, f"{path} is larger than {DISK_INFO_MAX} bytes"
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, f"{path} is not valid JSON: {exc}"
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        return None, f"{path} is not a JSON object of path -> format strings"
+    return data, None
+
+
+def check_disk_info(disks: list[DiskLayout], chk: Checker) -> None:
+    """Cross-check disk.info against the declared formats (never the other way round)."""
+    info, error = read_disk_info(chk.inst_dir)
+    if error:
+        chk.add(Code.DISK_INFO_INVALID, None, error)
+    if not info:
+        return
+    for disk in disks:
+        keys = [k for k in (disk.path, f"rbd:{disk.pool}/{disk.image}" if disk.pool else None,
+                            f"{disk.pool}/{disk.image}" if disk.pool else None) if k]
+        recorded = next((info[k] for k in keys if k in info), None)
+        if recorded is None or disk.format is None or disk.backend is Backend.VOLUME:
+            continue
+        if _DISK_INFO_ALIASES.get(recorded, recorded) != disk.format:
+            chk.add(Code.FORMAT_MISMATCH, disk.name,
+                    f"the domain XML opens {disk.location} as {disk.format}, but disk.info "
+                    f"says {recorded}")
