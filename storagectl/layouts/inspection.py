@@ -11,10 +11,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from storagectl import errors
 from storagectl.config import NovaConfig
-from storagectl.layouts.hosts import HostScan, scan_hosts
+from storagectl.layouts.hosts import HostScan, ScannedDomain, scan_hosts
 from storagectl.layouts.infer import infer_instance
-from storagectl.layouts.model import HostReport, InstanceLayout
+from storagectl.layouts.model import Code, Finding, HostReport, InstanceLayout
+from storagectl.layouts.record import read_record
+from storagectl.layouts.recorded import Drift, layout_from_record
 from storagectl.layouts.storage import StorageView
 from storagectl.process import Runner
 
@@ -26,6 +29,9 @@ class InspectionResult:
     hosts: list[HostReport]
     instances: list[InstanceLayout]
     not_found: list[str] = field(default_factory=list)
+    # Per instance uuid, how the domain XML differs from its record (audit reports it).
+    drift: dict[str, list[Drift]] = field(default_factory=dict)
+    remote_hosts: list[str] = field(default_factory=list)
 
     @property
     def failed_hosts(self) -> list[HostReport]:
@@ -45,7 +51,10 @@ def _selected(scan: HostScan, selectors: set[str]) -> list:
 
 
 def inspect_hosts(uris: Sequence[str], nova: NovaConfig, runner: Runner,
-                  selectors: Sequence[str] = ()) -> InspectionResult:
+                  selectors: Sequence[str] = (), *, use_records: bool = True
+                  ) -> InspectionResult:
+    """Scan ``uris`` and give every selected instance's layout: from its record when it
+    has a valid one (``use_records``), else inferred."""
     wanted = {s.lower() if len(s) == 36 else s for s in selectors}
     scans = scan_hosts(list(uris))
     storage = StorageView(runner)
@@ -57,8 +66,32 @@ def inspect_hosts(uris: Sequence[str], nova: NovaConfig, runner: Runner,
             LOG.warning("unreadable domain XML on %s: %s", scan.report.uri, names)
             scan.report.error = f"{len(scan.broken)} domain(s) with unreadable XML: {names}"
         host = scan.report.hostname or scan.report.uri
+        if not scan.local:
+            result.remote_hosts.append(host)
         for dom in _selected(scan, wanted):
             seen.update((dom.info.uuid, dom.info.name))
-            result.instances.append(infer_instance(dom, host, nova, storage, local=scan.local))
+            result.instances.append(
+                _layout(dom, host, nova, storage, result, local=scan.local,
+                        use_records=use_records))
     result.not_found = [s for s in selectors if (s.lower() if len(s) == 36 else s) not in seen]
     return result
+
+
+def _layout(dom: ScannedDomain, host: str, nova: NovaConfig, storage: StorageView,
+            result: InspectionResult, *, local: bool, use_records: bool) -> InstanceLayout:
+    invalid: Finding | None = None
+    if local and use_records:
+        try:
+            record = read_record(nova.instance_dir(dom.info.uuid), expect_uuid=dom.info.uuid)
+        except errors.StorageCtlError as exc:
+            # Never silently fall back: the layout shown is inferred, and says why.
+            record = None
+            invalid = Finding.of(Code.METADATA_INVALID, dom.info.uuid, None, str(exc))
+        if record is not None:
+            layout, drift = layout_from_record(record, dom, host, nova, storage, local=local)
+            result.drift[layout.uuid] = drift
+            return layout
+    layout = infer_instance(dom, host, nova, storage, local=local)
+    if invalid:
+        layout.findings.insert(0, invalid)
+    return layout

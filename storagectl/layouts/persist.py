@@ -1,0 +1,135 @@
+"""persist: turn an inferred layout into the instance's explicit record, once.
+
+Per instance, under its lock: refuse when inspection found anything critical (the
+operator resolves it first); an identical record is left alone (``unchanged``); a
+different one is refused with a diff unless ``force`` (the old file is kept as a
+timestamped backup); otherwise the in-band mirror (LVM tags / RBD image-meta) is written
+first - it is idempotent - and then ``storage.yaml``, atomically. One instance's refusal
+never stops the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from storagectl import errors
+from storagectl.config import NovaConfig
+from storagectl.layouts import record as rec
+from storagectl.layouts.inspection import InspectionResult
+from storagectl.layouts.locks import instance_lock
+from storagectl.layouts.mirror import write_mirror
+from storagectl.layouts.model import Backend, InstanceLayout, Severity
+from storagectl.layouts.verify import read_disk_info
+from storagectl.process import Runner
+
+LOG = logging.getLogger(__name__)
+
+WRITTEN, UNCHANGED, REFUSED, WOULD_WRITE = "written", "unchanged", "refused", "would-write"
+
+
+@dataclass
+class PersistOutcome:
+    uuid: str
+    name: str
+    status: str
+    reason: str | None = None
+    path: str | None = None
+    diff: str | None = None
+    backup: str | None = None
+    record: rec.Record | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"uuid": self.uuid, "name": self.name, "status": self.status,
+                "reason": self.reason, "path": self.path, "backup": self.backup,
+                "diff": self.diff or None}
+
+
+def evidence_for(layout: InstanceLayout, nova: NovaConfig) -> list[str]:
+    """The sources that the inference of ``layout`` actually used."""
+    used = ["domain-xml"]
+    if nova.files:
+        used.append("nova.conf")
+    if read_disk_info(nova.instance_dir(layout.uuid))[0]:
+        used.append("disk.info")
+    backends = {d.backend for d in layout.disks}
+    if backends & {Backend.QCOW2, Backend.FLAT, Backend.PLOOP}:
+        used.append("image-headers")
+    if Backend.LVM in backends:
+        used.append("lvm")
+    if Backend.RBD in backends:
+        used.append("rbd")
+    return used
+
+
+def persist(result: InspectionResult, nova: NovaConfig, runner: Runner, *, lock_path: str,
+            force: bool = False, dry_run: bool = False, remote_hosts: Sequence[str] = ()
+            ) -> list[PersistOutcome]:
+    return [
+        persist_one(layout, nova, runner, lock_path=lock_path, force=force, dry_run=dry_run,
+                    remote=layout.host in remote_hosts)
+        for layout in result.instances
+    ]
+
+
+def persist_one(layout: InstanceLayout, nova: NovaConfig, runner: Runner, *, lock_path: str,
+                force: bool = False, dry_run: bool = False, remote: bool = False
+                ) -> PersistOutcome:
+    out = PersistOutcome(layout.uuid, layout.name, REFUSED)
+    if remote:
+        out.reason = (f"host {layout.host} is remote: run storagectl persist on the compute "
+                      "host itself (records live in its instance directories)")
+        return out
+    critical = [f for f in layout.findings if f.severity is Severity.CRITICAL]
+    if critical:
+        out.reason = "critical findings must be resolved first: " + "; ".join(
+            f"{f.code} ({f.disk or 'instance'})" for f in critical)
+        return out
+    inst_dir = nova.instance_dir(layout.uuid)
+    if not os.path.isdir(inst_dir):
+        out.reason = f"instance directory {inst_dir} does not exist"
+        return out
+    try:
+        new = rec.record_from_layout(layout, evidence=evidence_for(layout, nova))
+    except errors.StorageCtlError as exc:
+        out.reason = str(exc)
+        return out
+    out.record = new
+    out.path = str(rec.record_path(inst_dir))
+    if dry_run:
+        out.status = WOULD_WRITE
+        return out
+    try:
+        with instance_lock(lock_path, layout.uuid):
+            return _write_locked(out, new, inst_dir, runner, force)
+    except errors.StorageCtlError as exc:
+        out.status, out.reason = REFUSED, str(exc)
+        return out
+
+
+def _write_locked(out: PersistOutcome, new: rec.Record, inst_dir: str, runner: Runner,
+                  force: bool) -> PersistOutcome:
+    try:
+        old = rec.read_record(inst_dir, expect_uuid=new.uuid)
+    except errors.RecordInvalid as exc:
+        if not force:
+            out.reason = f"{exc}; fix or remove it, or use --force to replace it"
+            return out
+        old = None
+    if old is not None and old.same_layout(new):
+        out.status = UNCHANGED
+        return out
+    if old is not None and not force:
+        out.diff = rec.diff_records(old, new)
+        out.reason = f"a different record exists at {out.path} (see the diff; --force replaces it)"
+        return out
+    write_mirror(new, runner)
+    if force and os.path.exists(out.path or ""):
+        backup = rec.backup_record(inst_dir)
+        out.backup = str(backup) if backup else None
+    rec.write_record(inst_dir, new)
+    out.status = WRITTEN
+    return out
