@@ -65,6 +65,7 @@ class RBDImage:
     size: int  # bytes
     parent: str | None  # "pool/image@snap" for clones, else None
     features: tuple[str, ...]
+    snapshots: tuple[str, ...] = ()  # filled by list_long only
 
     @property
     def spec(self) -> str:
@@ -166,8 +167,8 @@ class RBD:
             [{"image":"a","id":"100fe675dacf","size":4194304,"format":2},
              {"image":"b","snapshot":"s1","snapshot_id":4,"size":1073741824,...}]
 
-        Snapshot rows are skipped; ``parent`` and ``features`` are not in this listing
-        (None and ``()``), use :meth:`info` for them.
+        Snapshot rows become the ``snapshots`` of their image; ``parent`` and ``features``
+        are not in this listing (None and ``()``), use :meth:`info` for them.
         """
         out = self._rbd(
             "ls", "-l", "--pool", self.pool, "--format", "json", what=f"list pool {self.pool}"
@@ -407,8 +408,13 @@ def parse_info(data: dict[str, Any], pool: str) -> RBDImage:
 
 
 def parse_ls_long(rows: list[dict[str, Any]], pool: str) -> list[RBDImage]:
+    snaps: dict[str, list[str]] = {}
+    for r in rows:
+        if "snapshot" in r:
+            snaps.setdefault(str(r["image"]), []).append(str(r["snapshot"]))
     return [
-        RBDImage(pool=pool, name=str(r["image"]), size=int(r["size"]), parent=None, features=())
+        RBDImage(pool=pool, name=str(r["image"]), size=int(r["size"]), parent=None, features=(),
+                 snapshots=tuple(snaps.get(str(r["image"]), ())))
         for r in rows
         if "snapshot" not in r
     ]

@@ -94,12 +94,13 @@ def cli(ctx: click.Context, connect: tuple[str, ...], nova_conf: tuple[str, ...]
 
 
 def _register() -> None:
+    from storagectl.cli.audit import audit_cmd
     from storagectl.cli.inspect import inspect_cmd
     from storagectl.cli.persist import persist_cmd
     from storagectl.cli.sandbox import sandbox_group
     from storagectl.cli.show import show_cmd
 
-    for command in (inspect_cmd, persist_cmd, show_cmd, sandbox_group):
+    for command in (inspect_cmd, persist_cmd, show_cmd, audit_cmd, sandbox_group):
         cli.add_command(command)
 
 

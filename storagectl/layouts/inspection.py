@@ -32,6 +32,8 @@ class InspectionResult:
     # Per instance uuid, how the domain XML differs from its record (audit reports it).
     drift: dict[str, list[Drift]] = field(default_factory=dict)
     remote_hosts: list[str] = field(default_factory=list)
+    # Per instance uuid, the sources a migration kept (from the record): not orphans.
+    retained: dict[str, tuple[dict, ...]] = field(default_factory=dict)
 
     @property
     def failed_hosts(self) -> list[HostReport]:
@@ -90,6 +92,7 @@ def _layout(dom: ScannedDomain, host: str, nova: NovaConfig, storage: StorageVie
         if record is not None:
             layout, drift = layout_from_record(record, dom, host, nova, storage, local=local)
             result.drift[layout.uuid] = drift
+            result.retained[layout.uuid] = record.retained_sources
             return layout
     layout = infer_instance(dom, host, nova, storage, local=local)
     if invalid:

@@ -24,7 +24,7 @@ class Drift:
     """One way the domain XML no longer matches the record."""
 
     disk: str
-    what: str  # added | removed | moved | format | backend
+    what: str  # added | removed | moved | format | backend | size
     message: str
 
 
@@ -41,9 +41,14 @@ def layout_from_record(record: Record, dom: ScannedDomain, host: str, nova: Nova
         if item.what == "format":
             chk.add(Code.FORMAT_MISMATCH, item.disk, item.message)
     if local:
-        for disk in layout.disks:
+        for disk, was in zip(layout.disks, record.disks, strict=True):
             hint = xml_disks.get(disk.name, (None, None))[1]
             verify_disk(disk, chk, backing_hint=hint.backing_format if hint else None)
+            if was.virtual_size and disk.virtual_size is not None and (
+                    disk.virtual_size < was.virtual_size):
+                drift.append(Drift(disk.name, "size", f"disk {disk.name} ({disk.location}) "
+                                   f"shrank from {was.virtual_size} bytes (recorded) to "
+                                   f"{disk.virtual_size}"))
         check_disk_info(layout.disks, chk)
     _dedupe(layout)
     return layout, drift

@@ -24,6 +24,7 @@ class Volume:
     size: int
     tags: tuple[str, ...] = ()
     path: str | None = None  # /dev/VG/LV for LVM
+    snapshots: tuple[str, ...] = ()  # RBD snapshot names
 
 
 @dataclass
@@ -70,4 +71,4 @@ class StorageView:
         except errors.StorageCtlError as exc:
             LOG.debug("cannot list pool %s", pool, exc_info=True)
             return _Listing(error=str(exc))
-        return _Listing({img.name: Volume(img.size) for img in images})
+        return _Listing({img.name: Volume(img.size, snapshots=img.snapshots) for img in images})

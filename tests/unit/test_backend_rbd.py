@@ -95,8 +95,10 @@ def test_list_images_parses_json_and_names_pool() -> None:
 def test_list_long_gives_sizes_in_one_command_and_skips_snapshots() -> None:
     rbd, fake = backend({(*BASE, "ls", "-l"): ok("ls_long")})
     images = rbd.list_long()
-    assert [(i.name, i.size, i.pool) for i in images] == [("a", 4194304, "vms"),
-                                                          ("b", 1073741824, "vms")]
+    assert [(i.name, i.size, i.pool) for i in images] == [
+        ("a", 4194304, "vms"),
+        ("b", 1073741824, "vms"),
+    ]
     assert fake.calls == [(*BASE, "ls", "-l", "--pool", "vms", "--format", "json")]
 
 

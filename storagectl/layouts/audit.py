@@ -1,0 +1,274 @@
+"""audit: everything inspect flags, plus records against reality, orphans and the cache.
+
+Read-only. Built on one inspection run (records trusted where they exist), then:
+
+- ``metadata-missing``  an instance with no record yet;
+- ``metadata-drift``    the domain XML or the storage no longer matches the record (disk
+  added/removed, source moved, format or backend changed, size shrunk, mirror tags/meta
+  that disagree);
+- ``orphan-volume``     instance storage no defined domain owns: instance directories,
+  ``<uuid>_resize`` leftovers, LVs ``<uuid>_*`` in the VG, RBD images ``<uuid>_*`` in the
+  pool, leftover ``nova-resize`` snapshots;
+- ``orphan-metadata``   a record whose instance is no longer defined;
+- ``base-image-unsafe`` an image-cache entry failing the inspector's safety checks;
+- ``base-image-unused`` an image-cache entry no disk uses.
+
+Sources that a migration kept and recorded as retained are not orphans.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from storagectl import errors
+from storagectl.config import NovaConfig
+from storagectl.layouts import naming
+from storagectl.layouts.inspection import InspectionResult, inspect_hosts
+from storagectl.layouts.inspector import InspectorError, inspect_file
+from storagectl.layouts.mirror import mirror_items, read_mirror
+from storagectl.layouts.model import Backend, DiskLayout, Finding, InstanceLayout, Severity
+from storagectl.layouts.record import RECORD_NAME
+from storagectl.layouts.storage import StorageView
+from storagectl.process import Runner
+
+
+class AuditCode(StrEnum):
+    METADATA_MISSING = "metadata-missing"
+    METADATA_DRIFT = "metadata-drift"
+    ORPHAN_VOLUME = "orphan-volume"
+    ORPHAN_METADATA = "orphan-metadata"
+    BASE_IMAGE_UNSAFE = "base-image-unsafe"
+    BASE_IMAGE_UNUSED = "base-image-unused"
+
+
+AUDIT_SEVERITY = {
+    AuditCode.METADATA_MISSING: Severity.WARNING,
+    AuditCode.METADATA_DRIFT: Severity.CRITICAL,
+    AuditCode.ORPHAN_VOLUME: Severity.WARNING,
+    AuditCode.ORPHAN_METADATA: Severity.WARNING,
+    AuditCode.BASE_IMAGE_UNSAFE: Severity.CRITICAL,
+    AuditCode.BASE_IMAGE_UNUSED: Severity.INFO,
+}
+
+RESIZE_SNAPSHOT = "nova-resize"
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3  # Nagios exit statuses
+
+
+def _finding(code: AuditCode, instance: str | None, disk: str | None, message: str
+             ) -> Finding:
+    return Finding(AUDIT_SEVERITY[code], code.value, instance, disk, message)
+
+
+@dataclass
+class AuditReport:
+    findings: list[Finding]
+    instances: list[InstanceLayout]
+    errors: list[str] = field(default_factory=list)  # why (part of) the audit could not run
+    duration: float = 0.0
+    finished_at: float = 0.0
+
+    @property
+    def status(self) -> int:
+        if self.errors:
+            return UNKNOWN
+        ranks = {f.severity.rank for f in self.findings}
+        if Severity.CRITICAL.rank in ranks:
+            return CRITICAL
+        return WARNING if Severity.WARNING.rank in ranks else OK
+
+    def summary(self) -> dict[str, Any]:
+        by_sev = {s.value: 0 for s in Severity}
+        by_code: dict[str, int] = {}
+        for f in self.findings:
+            by_sev[f.severity.value] += 1
+            by_code[f.code] = by_code.get(f.code, 0) + 1
+        sources = {"metadata": 0, "inferred": 0}
+        for inst in self.instances:
+            sources[inst.source] = sources.get(inst.source, 0) + 1
+        return {"status": self.status, "instances": len(self.instances),
+                "instances_by_source": sources, "findings_by_severity": by_sev,
+                "findings_by_code": dict(sorted(by_code.items())), "errors": self.errors,
+                "duration_seconds": round(self.duration, 3)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"findings": [f.to_dict() for f in self.findings], "summary": self.summary()}
+
+
+def run_audit(uris: Sequence[str], nova: NovaConfig, runner: Runner) -> AuditReport:
+    started = time.monotonic()
+    result = inspect_hosts(uris, nova, runner)
+    report = AuditReport(findings=[], instances=result.instances)
+    report.errors += [f"cannot scan {h.uri}: {h.error}" for h in result.failed_hosts]
+    for inst in result.instances:
+        report.findings += inst.findings
+        report.findings += _record_checks(inst, result, runner)
+    storage = StorageView(runner)
+    if not result.failed_hosts:  # orphans only when every domain is known
+        report.findings += _orphans(result, nova, storage, report.errors)
+    report.findings += _image_cache(result, nova)
+    report.duration = time.monotonic() - started
+    report.finished_at = time.time()
+    return report
+
+
+def _record_checks(inst: InstanceLayout, result: InspectionResult, runner: Runner
+                   ) -> list[Finding]:
+    if inst.host in result.remote_hosts:
+        return []
+    if inst.source != "metadata":
+        return [_finding(AuditCode.METADATA_MISSING, inst.uuid, None,
+                         f"instance {inst.name} has no storage record yet "
+                         f"(storagectl persist {inst.uuid})")]
+    out = [_finding(AuditCode.METADATA_DRIFT, inst.uuid, d.disk, d.message)
+           for d in result.drift.get(inst.uuid, [])]
+    for disk in inst.disks:
+        if disk.backend in (Backend.LVM, Backend.RBD):
+            out += _mirror_drift(inst.uuid, disk, runner)
+    return out
+
+
+def _mirror_drift(uuid: str, disk: DiskLayout, runner: Runner) -> list[Finding]:
+    try:
+        have = read_mirror(disk, runner)
+    except errors.StorageCtlError:
+        return []  # unreachable storage is already reported by verification
+    if have is None:
+        return []  # the volume is gone: disk-missing says so
+    want = mirror_items(uuid, disk)
+    wrong = sorted(k for k in want if have.get(k) != want[k])
+    if not wrong:
+        return []
+    return [_finding(AuditCode.METADATA_DRIFT, uuid, disk.name,
+                     f"{disk.location}: storagectl tags/meta {', '.join(wrong)} do not match "
+                     "the record")]
+
+
+def _retained(result: InspectionResult) -> set[str]:
+    kept: set[str] = set()
+    for sources in result.retained.values():
+        for src in sources:
+            for key in ("path", "volume", "image"):
+                if src.get(key):
+                    kept.add(str(src[key]))
+    return kept
+
+
+def _orphans(result: InspectionResult, nova: NovaConfig, storage: StorageView,
+             errors_out: list[str]) -> list[Finding]:
+    defined = {i.uuid for i in result.instances}
+    kept = _retained(result)
+    out: list[Finding] = []
+    out += _orphan_dirs(nova, defined, kept)
+    vgs = {d.volume_group for i in result.instances for d in i.disks if d.volume_group}
+    if nova.images_volume_group:
+        vgs.add(nova.images_volume_group)
+    for vg in sorted(v for v in vgs if v):
+        listing = storage.lvm(vg)
+        if listing.error and not listing.missing:
+            errors_out.append(f"cannot list VG {vg}: {listing.error}")
+            continue
+        for lv in sorted(listing.volumes):
+            parsed = naming.parse_lv_name(lv)
+            if parsed and parsed[0] not in defined and lv not in kept:
+                out.append(_finding(AuditCode.ORPHAN_VOLUME, parsed[0], parsed[1],
+                                    f"LV {vg}/{lv} belongs to no defined domain"))
+    pools = {(d.pool, d.ceph_conf or nova.images_rbd_ceph_conf, d.rbd_user)
+             for i in result.instances for d in i.disks if d.pool and d.backend is Backend.RBD}
+    if nova.images_type == "rbd" or pools:
+        pools.add((nova.images_rbd_pool, nova.images_rbd_ceph_conf, nova.rbd_user))
+    for pool, conf, user in sorted(pools, key=str):
+        listing = storage.rbd(pool or "", conf or "", user)
+        if listing.error:
+            errors_out.append(f"cannot list RBD pool {pool}: {listing.error}")
+            continue
+        for image, vol in sorted(listing.volumes.items()):
+            parsed = naming.parse_rbd_image_name(image)
+            if not parsed:
+                continue
+            if parsed[0] not in defined and image not in kept:
+                out.append(_finding(AuditCode.ORPHAN_VOLUME, parsed[0], parsed[1],
+                                    f"RBD image {pool}/{image} belongs to no defined domain"))
+            elif RESIZE_SNAPSHOT in vol.snapshots:
+                out.append(_finding(AuditCode.ORPHAN_VOLUME, parsed[0], parsed[1],
+                                    f"RBD image {pool}/{image} still has a leftover "
+                                    f"{RESIZE_SNAPSHOT} snapshot"))
+    return out
+
+
+def _orphan_dirs(nova: NovaConfig, defined: set[str], kept: set[str]) -> list[Finding]:
+    out: list[Finding] = []
+    try:
+        entries = list(os.scandir(nova.instances_path))
+    except OSError:
+        return out
+    for entry in sorted(entries, key=lambda e: e.name):
+        name = entry.name
+        uuid = name[:36]
+        if not entry.is_dir(follow_symlinks=False) or not naming.is_uuid(uuid):
+            continue
+        suffix = name[36:]
+        if suffix not in ("", "_resize", "_del"):
+            continue
+        if suffix == "" and uuid in defined:
+            continue
+        if entry.path in kept:
+            continue
+        if suffix == "" and os.path.exists(os.path.join(entry.path, RECORD_NAME)):
+            out.append(_finding(AuditCode.ORPHAN_METADATA, uuid, None,
+                                f"record {os.path.join(entry.path, RECORD_NAME)} belongs to no "
+                                "defined domain"))
+            continue
+        what = {"": "instance directory", "_resize": "resize leftover",
+                "_del": "deletion leftover"}[suffix]
+        out.append(_finding(AuditCode.ORPHAN_VOLUME, uuid, None,
+                            f"{what} {entry.path} belongs to no defined domain"))
+    return out
+
+
+def _image_cache(result: InspectionResult, nova: NovaConfig) -> list[Finding]:
+    cache = nova.image_cache_path
+    try:
+        entries = sorted(os.scandir(cache), key=lambda e: e.name)
+    except OSError:
+        return []
+    used = {os.path.realpath(d.backing.path) for i in result.instances for d in i.disks
+            if d.backing}
+    out: list[Finding] = []
+    for entry in entries:
+        if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+            continue
+        problem = _unsafe_base(entry.path)
+        if problem:
+            out.append(_finding(AuditCode.BASE_IMAGE_UNSAFE, None, entry.name,
+                                f"image cache entry {entry.path}: {problem}"))
+        if os.path.realpath(entry.path) not in used:
+            out.append(_finding(AuditCode.BASE_IMAGE_UNUSED, None, entry.name,
+                                f"image cache entry {entry.path} is used by no disk"))
+    return out
+
+
+def _unsafe_base(path: str) -> str | None:
+    """Why a cache entry is unsafe for qemu to open, or None.
+
+    Entries are inspected as raw (what ``force_raw_images`` makes them); a container
+    header is acceptable only when it is a plain image with no backing file, no data file,
+    no failed safety check (a qcow2 base when ``force_raw_images=False``).
+    """
+    try:
+        report = inspect_file(path, "raw")
+    except InspectorError as exc:
+        return str(exc)
+    problems = [f"{f.check}: {f.message}" for f in report.failures]
+    inner = report.embedded
+    if inner is not None:
+        problems += [f"{f.check}: {f.message}" for f in inner.failures]
+        if inner.backing_file and not any("backing" in p for p in problems):
+            problems.append(f"has backing file {inner.backing_file!r}")
+        if inner.data_file and not any("data-file" in p for p in problems):
+            problems.append(f"has external data file {inner.data_file!r}")
+    return "; ".join(problems) or None
