@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
+import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -167,6 +170,77 @@ class Runner:
         elapsed = time.monotonic() - started
         LOG.debug("ran: %s -> exit %s (%.3fs)", shown, code, elapsed)
         return CommandResult(argv_t, stdout, stderr, code, elapsed)
+
+
+    def stream(
+        self,
+        *argv: str,
+        on_line: Callable[[str], None],
+        timeout: int | None = None,
+        ok_codes: Iterable[int] = (0,),
+    ) -> CommandResult:
+        """The "run and stream" door: ``on_line`` gets each line of stdout as it comes
+        (lines end in ``\n`` or ``\r``, as qemu-img ``-p`` progress does).
+
+        processutils.execute has no streaming mode, so this door uses subprocess
+        directly, with the same logging, masking, timeout and error types as :meth:`run`.
+        An injected executor (unit tests) is called like ``run`` and its stdout replayed.
+        """
+        argv_t = tuple(str(a) for a in argv)
+        shown = " ".join(mask_argv(argv_t))
+        if not self.is_real:
+            result = self.run(*argv_t, ok_codes=ok_codes, timeout=timeout)
+            for line in _LINE_SPLIT.split(_text(result.stdout)):
+                if line.strip():
+                    on_line(line)
+            return result
+        if shutil.which(argv_t[0]) is None and not os.path.isabs(argv_t[0]):
+            raise errors.CommandNotFound(command=argv_t[0])
+        limit = timeout or self.default_timeout
+        started = time.monotonic()
+        env = {**os.environ, **self.env} if self.env else None
+        try:
+            proc = subprocess.Popen(argv_t, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    stdin=subprocess.DEVNULL, env=env)
+        except OSError as exc:
+            raise errors.CommandNotFound(command=argv_t[0]) from exc
+        stderr_chunks: list[bytes] = []
+        drain = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()),
+                                 daemon=True)
+        drain.start()
+        timer = threading.Timer(limit, proc.kill)
+        timer.start()
+        try:
+            buf = b""
+            while chunk := proc.stdout.read1(65536) if proc.stdout else b"":
+                buf += chunk
+                *lines, buf = _LINE_SPLIT_B.split(buf)
+                for raw in lines:
+                    if raw.strip():
+                        on_line(raw.decode("utf-8", "replace"))
+            if buf.strip():
+                on_line(buf.decode("utf-8", "replace"))
+            code = proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                _kill(proc)
+            drain.join(5)
+        elapsed = time.monotonic() - started
+        stderr_text = b"".join(stderr_chunks).decode("utf-8", "replace").strip()
+        if elapsed >= limit and code < 0:
+            LOG.info("command timed out: %s after %ss", shown, limit)
+            raise errors.CommandTimeout(command=shown, timeout=limit)
+        LOG.debug("ran: %s -> exit %s (%.3fs)", shown, code, elapsed)
+        if code not in tuple(ok_codes):
+            raise errors.CommandFailed(command=shown, argv=mask_argv(argv_t), exit_code_=code,
+                                       stderr=_last_line(stderr_text) or "(no output)",
+                                       full_stderr=stderr_text)
+        return CommandResult(argv_t, "", stderr_text, code, elapsed)
+
+
+_LINE_SPLIT = re.compile(r"[\r\n]+")
+_LINE_SPLIT_B = re.compile(rb"[\r\n]+")
 
 
 def _kill(proc: Any) -> None:

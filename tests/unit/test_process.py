@@ -36,7 +36,9 @@ def test_run_returns_output_and_passes_timeout_and_codes():
 
 def test_failure_becomes_command_failed_with_masked_argv_and_last_stderr_line():
     exc = processutils.ProcessExecutionError(
-        stdout="", stderr="warning: x\nrbd: error opening pool 'vms'\n", exit_code=2,
+        stdout="",
+        stderr="warning: x\nrbd: error opening pool 'vms'\n",
+        exit_code=2,
         cmd="rbd",
     )
     fake = Recorder({("rbd",): exc})
@@ -75,7 +77,10 @@ def test_real_executor_runs_and_checks_exit_status():
 def test_mask_argv():
     assert mask_argv(["rbd", "--key", "s3cr3t"]) == ["rbd", "--key", "***"]
     assert mask_argv(["qemu-img", "info", "rbd:vms/x:id=a:key=K:conf=/c"]) == [
-        "qemu-img", "info", "rbd:vms/x:id=a:key=***:conf=/c"]
+        "qemu-img",
+        "info",
+        "rbd:vms/x:id=a:key=***:conf=/c",
+    ]
     assert mask_argv(["echo", "password=hunter2"]) == ["echo", "password=***"]
 
 
@@ -99,3 +104,31 @@ def test_real_timeout_kills_the_child(tmp_path):
     else:
         os.kill(pid, 9)
         raise AssertionError("the timed-out child is still running")
+
+
+def test_stream_delivers_carriage_return_progress_lines_and_checks_status():
+    seen = []
+    res = Runner().stream("sh", "-c", r"printf '    (0.00/100%%)\r    (50.00/100%%)\r'; "
+                          r"printf '    (100.00/100%%)\n'; echo warn >&2",
+                          on_line=seen.append)
+    assert [s.strip() for s in seen] == ["(0.00/100%)", "(50.00/100%)", "(100.00/100%)"]
+    assert res.exit_code == 0 and res.stderr == "warn"
+    with pytest.raises(errors.CommandFailed) as info:
+        Runner().stream("sh", "-c", "echo nope >&2; exit 4", on_line=seen.append)
+    assert info.value.exit_code_ == 4 and "nope" in str(info.value)
+
+
+def test_stream_timeout_kills_and_raises():
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(errors.CommandTimeout):
+        Runner().stream("sleep", "30", on_line=lambda _line: None, timeout=1)
+    assert time.monotonic() - start < 5
+
+
+def test_stream_with_a_fake_executor_replays_stdout():
+    fake = Recorder({("qemu-img",): ("    (0.00/100%)\r    (100.00/100%)\r\n", "")})
+    seen = []
+    Runner(fake).stream("qemu-img", "convert", "-p", on_line=seen.append)
+    assert [s.strip() for s in seen] == ["(0.00/100%)", "(100.00/100%)"]
