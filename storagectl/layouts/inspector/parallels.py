@@ -1,0 +1,51 @@
+"""Parallels / Virtuozzo ploop images.
+
+The header names no files; it is inspected for its virtual size and version.
+References: qemu 7.2 block/parallels.c (parallels_open), docs/interop/parallels.txt.
+"""
+
+from __future__ import annotations
+
+from storagectl.layouts.inspector.base import FormatInspector, Location, truncated, unpack
+from storagectl.layouts.inspector.reader import BoundedReader
+from storagectl.layouts.inspector.report import Findings
+
+# Parallels (ploop) image header, little-endian:
+#
+#   off  size  field
+#     0    16  magic "WithoutFreeSpace" (old) or "WithouFreSpacExt" (new)
+#    16     4  version (2)
+#    20     4  heads
+#    24     4  cylinders
+#    28     4  tracks: cluster size in sectors
+#    32     4  bat_entries
+#    36     8  nb_sectors: virtual size in sectors (old magic: low 32 bits)
+#    44     4  inuse (0x746F6E59: not closed cleanly)
+#    48     4  data_off
+#    52     4  flags
+#    56     8  ext_off: format extension cluster (dirty bitmaps)
+PARALLELS_MAGICS = (b"WithoutFreeSpace", b"WithouFreSpacExt")
+PARALLELS_HEADER = 64
+PARALLELS_VERSION = 2
+
+
+class ParallelsInspector(FormatInspector):
+    """Parallels / Virtuozzo ploop images."""
+
+    name = "parallels"
+
+    def locate(self, reader: BoundedReader) -> Location | None:
+        return Location.START if reader.head[:16] in PARALLELS_MAGICS else None
+
+    def inspect(self, reader: BoundedReader, found: Findings) -> None:
+        hdr = reader.read(0, PARALLELS_HEADER)
+        fields = unpack("<16sIIIIIQIIIQ", hdr)
+        if fields is None:
+            truncated(found, "Parallels header", PARALLELS_HEADER, len(hdr))
+            return
+        magic, version, sectors = fields[0], fields[1], fields[6]
+        if magic == PARALLELS_MAGICS[0]:
+            sectors &= 0xFFFFFFFF  # qemu ignores the high half for old images
+        found.virtual_size = sectors * 512
+        if version != PARALLELS_VERSION:
+            found.fail("parallels-version", f"Parallels header version {version} is not 2")
