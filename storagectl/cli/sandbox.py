@@ -81,6 +81,13 @@ def sandbox_group() -> None:
     help="Virtual size of every root disk (the flavor's root_gb).",
 )
 @click.option(
+    "--flavors",
+    default="",
+    metavar="NAME,...",
+    help="Only these flavors (m1.tiny, m1.small, m1.medium, m1.swap, m1.large), e.g. "
+    "m1.tiny,m1.swap for a small volume group.  [default: all]",
+)
+@click.option(
     "--workers",
     default=4,
     show_default=True,
@@ -101,6 +108,7 @@ def create_cmd(
     domain_type: str,
     seed: int,
     root_size: str,
+    flavors: str,
     workers: int,
 ) -> None:
     """Write a legacy Nova compute node into the new or empty DIRECTORY.
@@ -131,6 +139,7 @@ def create_cmd(
         domain_type=domain_type,
         virtual_size=_parse_size(root_size),
         workers=workers,
+        flavors=tuple(f.strip() for f in flavors.split(",") if f.strip()),
     )
     app = ctx.obj
     console: Console = getattr(app, "console", None) or Console()
@@ -154,11 +163,13 @@ def _summary(console: Console, sandbox: Sandbox) -> None:
     in_use = sum(1 for b in sandbox.bases if b.in_use)
     console.print(
         f"{len(sandbox.bases)} files in _base ({in_use} in use), "
-        f"built in {sandbox.build_seconds:.1f}s; manifest {sandbox.manifest}"
+        f"built in {sandbox.build_seconds:.1f}s; manifest {sandbox.manifest}",
+        soft_wrap=True,
     )
     if sandbox.define_uri:
         console.print(
-            f"defined {len(sandbox.instances)} domains in {sandbox.define_uri} (not started)"
+            f"defined {len(sandbox.instances)} domains in {sandbox.define_uri} (not started)",
+            soft_wrap=True,
         )
     console.print("point storagectl at it with:", highlight=False)
     console.print(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from storagectl import errors
 from storagectl.process import Runner
@@ -39,6 +40,17 @@ class StorageView:
         self._runner = runner
         self._vgs: dict[str, _Listing] = {}
         self._pools: dict[tuple[str, str, str | None], _Listing] = {}
+        self._bases: dict[tuple[str, str], Any] = {}
+
+    def inspect_cached(self, path: str, declared: str) -> Any:
+        """Header report of an image-cache entry, inspected once per run: hundreds of
+        overlays share one base. Raises InspectorError like ``inspect_file``."""
+        from storagectl.layouts.inspector import inspect_file
+
+        key = (path, declared)
+        if key not in self._bases:
+            self._bases[key] = inspect_file(path, declared)
+        return self._bases[key]
 
     def lvm(self, vg: str) -> _Listing:
         if vg not in self._vgs:

@@ -194,7 +194,7 @@ def _check_backing(disk: DiskLayout, real: str, backing: str, backing_format: st
                 f"backing file {resolved} of {disk.path} does not exist")
         return
     try:
-        base = inspect_file(base_real, backing_format or "raw")
+        base = chk.storage.inspect_cached(base_real, backing_format or "raw")
     except InspectorError as exc:
         chk.add(Code.UNKNOWN_LAYOUT, disk.name, str(exc))
         return
