@@ -32,11 +32,19 @@ def test_explicit_missing_file_is_an_error_naming_it(tmp_path):
 
 
 def test_later_files_override_and_state_path_substitution(tmp_path):
-    a = write(tmp_path, "a.conf", "[DEFAULT]\nstate_path = /srv/nova\nuse_cow_images = True\n"
-              "[libvirt]\nimages_type = qcow2\n")
-    b = write(tmp_path, "b.conf", "[DEFAULT]\nuse_cow_images = false\n"
-              "[libvirt]\nimages_type = lvm\nimages_volume_group = nova-vg\n"
-              "sparse_logical_volumes = yes\n[image_cache]\nsubdirectory_name = cache\n")
+    a = write(
+        tmp_path,
+        "a.conf",
+        "[DEFAULT]\nstate_path = /srv/nova\nuse_cow_images = True\n"
+        "[libvirt]\nimages_type = qcow2\n",
+    )
+    b = write(
+        tmp_path,
+        "b.conf",
+        "[DEFAULT]\nuse_cow_images = false\n"
+        "[libvirt]\nimages_type = lvm\nimages_volume_group = nova-vg\n"
+        "sparse_logical_volumes = yes\n[image_cache]\nsubdirectory_name = cache\n",
+    )
     cfg = load_nova_config([a, b])
     assert cfg.files == (a, b)
     assert cfg.instances_path == "/srv/nova/instances"
@@ -48,8 +56,12 @@ def test_later_files_override_and_state_path_substitution(tmp_path):
 
 
 def test_braced_substitution_and_old_cache_option(tmp_path):
-    a = write(tmp_path, "a.conf", "[DEFAULT]\nstate_path=/x\ninstances_path=${state_path}/i\n"
-              "image_cache_subdirectory_name = old_base\n")
+    a = write(
+        tmp_path,
+        "a.conf",
+        "[DEFAULT]\nstate_path=/x\ninstances_path=${state_path}/i\n"
+        "image_cache_subdirectory_name = old_base\n",
+    )
     cfg = load_nova_config([a])
     assert cfg.instances_path == "/x/i"
     assert cfg.image_cache_subdirectory == "old_base"

@@ -49,7 +49,12 @@ def test_parse_nova_domain():
     assert info.kernel == f"/var/lib/nova/instances/{U}/kernel" and info.initrd is None
     f, b, n, c = info.disks
     assert (f.type, f.driver_type, f.source, f.target, f.bus) == (
-        "file", "qcow2", f"/var/lib/nova/instances/{U}/disk", "vda", "virtio")
+        "file",
+        "qcow2",
+        f"/var/lib/nova/instances/{U}/disk",
+        "vda",
+        "virtio",
+    )
     assert f.backing_format == "raw"
     assert (b.type, b.source, b.driver_type) == ("block", f"/dev/nova-vg/{U}_disk.local", "raw")
     assert (n.type, n.protocol, n.source) == ("network", "rbd", f"vms/{U}_disk.swap")
@@ -58,11 +63,14 @@ def test_parse_nova_domain():
     assert (c.device, c.source) == ("cdrom", None)
 
 
-@pytest.mark.parametrize("xml, reason", [
-    ("<domain><name>x</name>", "no element found"),
-    ("<node/>", "not <domain>"),
-    ("<domain><name>x</name></domain>", "missing <uuid>"),
-])
+@pytest.mark.parametrize(
+    "xml, reason",
+    [
+        ("<domain><name>x</name>", "no element found"),
+        ("<node/>", "not <domain>"),
+        ("<domain><name>x</name></domain>", "missing <uuid>"),
+    ],
+)
 def test_broken_xml_names_the_domain(xml, reason):
     with pytest.raises(DomainXMLError) as exc:
         parse_domain_xml(xml, where="domain x on cn1")

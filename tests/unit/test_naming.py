@@ -35,8 +35,7 @@ def test_lv_names_double_underscores_and_round_trip():
     assert naming.parse_lv_name(naming.lv_name(U, "my_disk")) == (U, "my_disk")
 
 
-@pytest.mark.parametrize("name", ["volume-1", f"{U}", f"{U}_", "x" * 36 + "_disk",
-                                  f"{U}-disk"])
+@pytest.mark.parametrize("name", ["volume-1", f"{U}", f"{U}_", "x" * 36 + "_disk", f"{U}-disk"])
 def test_non_instance_lv_names(name):
     assert naming.parse_lv_name(name) is None
 

@@ -108,9 +108,13 @@ def test_real_timeout_kills_the_child(tmp_path):
 
 def test_stream_delivers_carriage_return_progress_lines_and_checks_status():
     seen = []
-    res = Runner().stream("sh", "-c", r"printf '    (0.00/100%%)\r    (50.00/100%%)\r'; "
-                          r"printf '    (100.00/100%%)\n'; echo warn >&2",
-                          on_line=seen.append)
+    res = Runner().stream(
+        "sh",
+        "-c",
+        r"printf '    (0.00/100%%)\r    (50.00/100%%)\r'; "
+        r"printf '    (100.00/100%%)\n'; echo warn >&2",
+        on_line=seen.append,
+    )
     assert [s.strip() for s in seen] == ["(0.00/100%)", "(50.00/100%)", "(100.00/100%)"]
     assert res.exit_code == 0 and res.stderr == "warn"
     with pytest.raises(errors.CommandFailed) as info:
