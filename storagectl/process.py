@@ -25,10 +25,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from oslo_concurrency import processutils
-from oslo_utils import strutils
-
 from storagectl import errors
+
+# oslo_concurrency.processutils (and the oslo_utils it pulls in) costs a few hundred
+# milliseconds to import; inspect of a file-only host runs no command at all, so the
+# import happens on the first command, not at start-up.
 
 LOG = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def mask_argv(argv: Sequence[str]) -> list[str]:
                         part = k + "***"
                 parts.append(part)
             arg = ":".join(parts)
-        masked.append(strutils.mask_password(arg))
+        masked.append(_strutils().mask_password(arg))
     return masked
 
 
@@ -98,13 +99,17 @@ class Runner:
         default_timeout: int = DEFAULT_TIMEOUT,
         env: dict[str, str] | None = None,
     ) -> None:
-        self._execute = execute or processutils.execute
+        self._injected = execute
         self.default_timeout = default_timeout
         self.env = dict(env or {})
 
     @property
     def is_real(self) -> bool:
-        return self._execute is processutils.execute
+        return self._injected is None
+
+    @property
+    def _execute(self) -> Executor:
+        return self._injected or _processutils().execute
 
     def run(
         self,
@@ -140,7 +145,7 @@ class Runner:
             )
             # processutils does not return the status of an accepted non-zero exit.
             code = getattr(finished[0], "returncode", 0) if finished else 0
-        except processutils.ProcessExecutionError as exc:
+        except _processutils().ProcessExecutionError as exc:
             elapsed = time.monotonic() - started
             code = exc.exit_code if exc.exit_code is not None else -1
             stderr_text = _text(exc.stderr).strip() or _text(exc.stdout).strip()
@@ -241,6 +246,18 @@ class Runner:
 
 _LINE_SPLIT = re.compile(r"[\r\n]+")
 _LINE_SPLIT_B = re.compile(rb"[\r\n]+")
+
+
+def _processutils() -> Any:
+    from oslo_concurrency import processutils
+
+    return processutils
+
+
+def _strutils() -> Any:
+    from oslo_utils import strutils
+
+    return strutils
 
 
 def _kill(proc: Any) -> None:

@@ -11,6 +11,8 @@ Errors: a :class:`storagectl.errors.StorageCtlError` is shown as one line,
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import os
 import sys
@@ -27,8 +29,34 @@ def _debug() -> bool:
     return os.environ.get("STORAGECTL_DEBUG", "") not in ("", "0")
 
 
+# Command name -> "module:attribute". Modules are imported only when their command runs
+# (or for --help), so `storagectl inspect` does not pay for oslo.config via lockutils.
+COMMANDS = {
+    "inspect": "storagectl.cli.inspect:inspect_cmd",
+    "persist": "storagectl.cli.persist:persist_cmd",
+    "show": "storagectl.cli.show:show_cmd",
+    "audit": "storagectl.cli.audit:audit_cmd",
+    "migrate": "storagectl.cli.migrate:migrate_cmd",
+    "sandbox": "storagectl.cli.sandbox:sandbox_group",
+}
+
+
 class RootGroup(click.Group):
-    """Renders storagectl errors once, at the top."""
+    """Loads command modules lazily and renders storagectl errors once, at the top."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._available()})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self._available():
+            module, attr = COMMANDS[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+    @staticmethod
+    def _available() -> list[str]:
+        return [n for n, target in COMMANDS.items()
+                if importlib.util.find_spec(target.split(":")[0]) is not None]
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
@@ -91,20 +119,6 @@ def cli(ctx: click.Context, connect: tuple[str, ...], nova_conf: tuple[str, ...]
     ctx.obj = app
     app.setup_logging()
     LOG.debug("storagectl %s: %s", __version__, " ".join(sys.argv))
-
-
-def _register() -> None:
-    from storagectl.cli.audit import audit_cmd
-    from storagectl.cli.inspect import inspect_cmd
-    from storagectl.cli.persist import persist_cmd
-    from storagectl.cli.sandbox import sandbox_group
-    from storagectl.cli.show import show_cmd
-
-    for command in (inspect_cmd, persist_cmd, show_cmd, audit_cmd, sandbox_group):
-        cli.add_command(command)
-
-
-_register()
 
 
 def main() -> None:

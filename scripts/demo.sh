@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# `make demo`: build a sandbox legacy compute node (files, Ceph RBD and LVM instances)
+# and run storagectl's main flow on it: inspect -> persist -> show -> audit.
+# Everything lives under build/demo and is torn down at the end (set KEEP=1 to keep).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DEMO=${DEMO_DIR:-$PWD/build/demo}
+PY=.venv/bin/python
+SC=.venv/bin/storagectl
+export STORAGECTL_LOG_FILE=$DEMO/storagectl.log
+
+cleanup() {
+  [ "${KEEP:-0}" = 1 ] && { echo "kept $DEMO"; return; }
+  $PY -m tests.env.ceph stop "$DEMO/ceph" >/dev/null 2>&1 || true
+  $PY -m tests.env.lvm destroy "$DEMO/lvm" >/dev/null 2>&1 || true
+  rm -rf "$DEMO"
+}
+trap cleanup EXIT
+step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+show() { printf '$ %s\n' "$*"; "$@"; echo "(exit status $?)"; }
+
+rm -rf "$DEMO"; mkdir -p "$DEMO"
+
+step "A single-node Ceph cluster on 127.0.0.1 (one mon, one memstore OSD)"
+CEPH_CONF=$($PY -m tests.env.ceph start "$DEMO/ceph") || { echo "ceph did not start"; exit 1; }
+echo "ceph conf: $CEPH_CONF"
+
+step "A volume group on a loop device (metadata only: this host has no device-mapper)"
+eval "$($PY -m tests.env.lvm create "$DEMO/lvm")" || { echo "lvm set-up failed"; exit 1; }
+echo "volume group: $VG"
+
+step "A sandbox legacy compute node: qcow2-on-base, flat, LVM and RBD instances"
+show $SC sandbox create "$DEMO/node" --instances 8 --with lvm,rbd --volume-group "$VG" \
+  --rbd-pool vms --ceph-conf "$CEPH_CONF" --rbd-user admin --flavors m1.tiny,m1.swap
+G=(-c "test://$DEMO/node/node.xml" --nova-conf "$DEMO/node/etc/nova/nova.conf"
+   --lock-path "$DEMO/locks")
+
+step "A guest writes a qcow2 header naming /etc/shadow into its raw disk (CVE-2016-2140)"
+VICTIM=$($PY - "$DEMO/node" <<'PYEOF'
+import json, sys
+m = json.load(open(sys.argv[1] + "/sandbox.json"))
+for inst in m["instances"]:
+    for d in inst["disks"]:
+        if d["backend"] == "file" and d["format"] == "raw" and d["name"] == "disk":
+            print(inst["uuid"]); sys.exit(0)
+PYEOF
+)
+qemu-img create -q -f qcow2 -b /etc/shadow -F raw "$DEMO/evil.qcow2" 1G
+dd if="$DEMO/evil.qcow2" of="$DEMO/node/instances/$VICTIM/disk" bs=64k count=1 conv=notrunc status=none
+echo "instance $VICTIM"
+
+step "inspect: every instance's layout, inferred once from the domain XML and metadata"
+show $SC "${G[@]}" inspect
+
+step "inspect -o json (first instance)"
+$SC "${G[@]}" inspect -o json | $PY -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps({"hosts": d["hosts"], "instances": d["instances"][:1]}, indent=2))'
+
+step "persist --all: the attacked instance is refused, the others get storage.yaml"
+show $SC "${G[@]}" persist --all
+
+step "show: the record of one instance"
+FIRST=$($SC "${G[@]}" inspect -o json | $PY -c 'import json,sys; print([i["uuid"] for i in json.load(sys.stdin)["instances"] if i["source"]=="metadata"][0])')
+show $SC "${G[@]}" show "$FIRST"
+
+step "flip the host to images_type=lvm, use_cow_images=False: records keep every layout"
+sed -i 's/^use_cow_images.*/use_cow_images = False/; s/^images_type.*/images_type = lvm/' "$DEMO/node/etc/nova/nova.conf"
+$SC "${G[@]}" inspect -o json | $PY -c '
+import json,sys
+for i in json.load(sys.stdin)["instances"]:
+    print(i["uuid"], i["source"], " ".join(f"{d[\"name\"]}={d[\"backend\"]}/{d[\"format\"]}" for d in i["disks"]))'
+
+step "audit: the cron job (exit 2: a critical finding), with a Prometheus textfile"
+show $SC "${G[@]}" audit --prometheus "$DEMO/storagectl.prom"
+grep -v '^#' "$DEMO/storagectl.prom" | grep -v ' 0$'
