@@ -70,7 +70,7 @@ def inspect_hosts(uris: Sequence[str], nova: NovaConfig, runner: Runner,
         host = scan.report.hostname or scan.report.uri
         if not scan.local:
             result.remote_hosts.append(host)
-        for dom in _selected(scan, wanted):
+        for dom in sorted(_selected(scan, wanted), key=lambda d: (d.info.name, d.info.uuid)):
             seen.update((dom.info.uuid, dom.info.name))
             result.instances.append(
                 _layout(dom, host, nova, storage, result, local=scan.local,
