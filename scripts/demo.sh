@@ -26,8 +26,12 @@ CEPH_CONF=$($PY -m tests.env.ceph start "$DEMO/ceph") || { echo "ceph did not st
 echo "ceph conf: $CEPH_CONF"
 
 step "A volume group on a loop device (metadata only: this host has no device-mapper)"
-eval "$($PY -m tests.env.lvm create "$DEMO/lvm")" || { echo "lvm set-up failed"; exit 1; }
-echo "volume group: $VG"
+LVM_JSON=$($PY -m tests.env.lvm create "$DEMO/lvm") || { echo "lvm set-up failed"; exit 1; }
+VG=$(echo "$LVM_JSON" | $PY -c 'import json,sys; print(json.load(sys.stdin)["vg"])')
+# lvm2 reads this lvm.conf (activation off, only our loop device) - storagectl's own
+# command lines stay exactly what they are on a real compute host.
+export LVM_SYSTEM_DIR=$(echo "$LVM_JSON" | $PY -c 'import json,sys; print(json.load(sys.stdin)["system_dir"])')
+echo "volume group: $VG (LVM_SYSTEM_DIR=$LVM_SYSTEM_DIR)"
 
 step "A sandbox legacy compute node: qcow2-on-base, flat, LVM and RBD instances"
 show $SC sandbox create "$DEMO/node" --instances 8 --with lvm,rbd --volume-group "$VG" \

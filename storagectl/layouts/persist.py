@@ -4,7 +4,8 @@ Per instance, under its lock: refuse when inspection found anything critical (th
 operator resolves it first); an identical record is left alone (``unchanged``); a
 different one is refused with a diff unless ``force`` (the old file is kept as a
 timestamped backup); otherwise the in-band mirror (LVM tags / RBD image-meta) is written
-first - it is idempotent - and then ``storage.yaml``, atomically. One instance's refusal
+first - it is idempotent, and re-asserted for unchanged records - and then
+``storage.yaml``, atomically. One instance's refusal
 never stops the others.
 """
 
@@ -120,6 +121,9 @@ def _write_locked(out: PersistOutcome, new: rec.Record, inst_dir: str, runner: R
             return out
         old = None
     if old is not None and old.same_layout(new):
+        # The record stays as it is; its mirror is re-asserted (only differing tags/meta
+        # are written), so a tag removed by hand is repaired by running persist again.
+        write_mirror(old, runner)
         out.status = UNCHANGED
         return out
     if old is not None and not force:

@@ -5,13 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from storagectl.cli import cli
 from storagectl.sandbox import SandboxSpec, create_sandbox
-
-BACKEND = {("file", "qcow2"): "qcow2", ("file", "raw"): "flat", ("lvm", "raw"): "lvm",
-           ("rbd", "raw"): "rbd"}
+from tests.flowcheck import assert_inspect_matches_manifest, run, run_json
 
 
 @pytest.fixture(scope="module")
@@ -20,34 +16,11 @@ def sandbox(tmp_path_factory):
                                       instances=8, seed=3))
 
 
-def run(sandbox, *args):
-    res = CliRunner().invoke(cli, ["-c", sandbox.uri, "--nova-conf", str(sandbox.nova_conf),
-                                   "--lock-path", str(sandbox.root / "locks"),
-                                   "--log-file", str(sandbox.root / "log"), *args])
-    if res.exception and not isinstance(res.exception, SystemExit):
-        raise res.exception
-    return res.exit_code, res.stdout, res.stderr
-
-
 def test_inspect_matches_the_manifest_exactly(sandbox):
-    code, out, err = run(sandbox, "inspect", "-o", "json")
-    assert code == 0, err
-    data = json.loads(out)
-    got = {i["uuid"]: i for i in data["instances"]}
-    assert set(got) == {i.uuid for i in sandbox.instances}
-    for inst in sandbox.instances:
-        layout = got[inst.uuid]
-        assert layout["findings"] == [], layout["findings"]
-        assert layout["state"] == inst.state and layout["source"] == "inferred"
-        disks = {d["name"]: d for d in layout["disks"]}
-        assert set(disks) == {d.name for d in inst.disks}
-        for want in inst.disks:
-            have = disks[want.name]
-            assert have["backend"] == BACKEND[(want.backend, want.format)]
-            assert (have["format"], have["target"]) == (want.format, want.target)
-            assert have["virtual_size"] == want.virtual_size
-            assert have["path"] == want.path
-            assert (have["backing"] or {}).get("path") == want.backing_file
+    code, data = run_json(sandbox, "inspect")
+    assert code == 0
+    assert_inspect_matches_manifest(sandbox, data, source="inferred")
+    assert all(i["findings"] == [] for i in data["instances"])
 
 
 def test_persist_all_then_audit_is_clean(sandbox):

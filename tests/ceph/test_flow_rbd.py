@@ -1,0 +1,90 @@
+"""inspect -> persist -> audit on RBD instances, against the real Ceph cluster."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from storagectl.backends.rbd import RBD
+from storagectl.cli import cli
+from storagectl.layouts import naming
+from storagectl.process import Runner
+from storagectl.sandbox import SandboxSpec, create_sandbox
+from tests.flowcheck import assert_inspect_matches_manifest, run, run_json
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def node(ceph_cluster, tmp_path_factory):
+    rbd = RBD(Runner(), pool=ceph_cluster.pool, ceph_conf=str(ceph_cluster.conf),
+              user=ceph_cluster.user)
+    sandbox = create_sandbox(SandboxSpec(
+        root=tmp_path_factory.mktemp("flow-rbd") / "node", instances=4, seed=31,
+        kinds=("rbd", "flat"), rbd_pool=ceph_cluster.pool, ceph_conf=str(ceph_cluster.conf),
+        rbd_user=ceph_cluster.user, virtual_size=64 * MiB))
+    mine = {d.image for i in sandbox.instances for d in i.disks if d.backend == "rbd"}
+    yield sandbox, rbd, ceph_cluster
+    for image in rbd.list_images():
+        if image in mine or image.startswith("99999999-"):
+            for snap in rbd.list_snapshots(image):
+                ceph_cluster.rbd("snap", "rm", f"{ceph_cluster.pool}/{image}@{snap}")
+            rbd.remove(image)
+
+
+def test_rbd_instances_are_discovered_from_the_cluster(node):
+    sandbox, _, _ = node
+    code, data = run_json(sandbox, "inspect")
+    assert code == 0
+    assert_inspect_matches_manifest(sandbox, data, source="inferred")
+    assert any(d["backend"] == "rbd" for i in data["instances"] for d in i["disks"])
+
+
+def test_ceph_unreachable_is_reported_not_guessed(node, tmp_path):
+    sandbox, _, _ = node
+    conf = sandbox.nova_conf.read_text()
+    dead = tmp_path / "dead.conf"
+    dead.write_text("[global]\nmon host = 127.0.0.1:1\n")
+    broken = tmp_path / "nova.conf"
+    broken.write_text(conf + f"\n[libvirt]\nimages_rbd_ceph_conf = {dead}\n")
+    # (before persist: once recorded, the record's own ceph conf is used instead)
+    res = CliRunner().invoke(cli, ["-c", sandbox.uri, "--nova-conf", str(sandbox.nova_conf),
+                                   "--nova-conf", str(broken), "--log-file",
+                                   str(tmp_path / "log"), "inspect", "-o", "json"])
+    assert res.exit_code == 0
+    findings = [f for i in json.loads(res.stdout)["instances"] for f in i["findings"]]
+    assert findings and all(f["code"] == "content-not-inspected" for f in findings)
+    assert all("Ceph" in f["message"] or "ceph" in f["message"] for f in findings)
+
+
+def test_persist_sets_image_meta_then_audit_catches_orphans_and_resize_leftovers(node):
+    sandbox, rbd, cluster = node
+    code, data = run_json(sandbox, "persist", "--all")
+    assert code == 0 and {i["status"] for i in data["instances"]} == {"written"}
+    rbd_disks = [(i, d) for i in sandbox.instances for d in i.disks if d.backend == "rbd"]
+    for inst, disk in rbd_disks:
+        meta = rbd.get_meta(disk.image)
+        assert meta["storagectl.instance"] == inst.uuid
+        assert meta["storagectl.disk"] == disk.name
+        assert meta["storagectl.schema"] == "1"
+    code, data = run_json(sandbox, "audit")
+    assert code == 0, data["findings"]
+    # An image left behind by a deleted instance, a nova-resize snapshot left on a live
+    # instance's root, and image-meta changed behind the record's back.
+    orphan = naming.rbd_image_name("99999999-8888-7777-6666-555555555555", "disk")
+    rbd.create(orphan, 4 * MiB)
+    inst, root = next((i, d) for i, d in rbd_disks if d.name == "disk")
+    cluster.rbd("snap", "create", f"{cluster.pool}/{root.image}@nova-resize")
+    inst2, other = rbd_disks[-1]
+    rbd.set_meta(other.image, "storagectl.disk", "disk.bogus")
+    code, data = run_json(sandbox, "audit")
+    assert code == 2
+    orphans = [f for f in data["findings"] if f["code"] == "orphan-volume"]
+    assert any(orphan in f["message"] for f in orphans)
+    assert any(f["instance"] == inst.uuid and "nova-resize" in f["message"] for f in orphans)
+    drift = [f for f in data["findings"] if f["code"] == "metadata-drift"]
+    assert [(f["instance"], f["disk"]) for f in drift] == [(inst2.uuid, other.name)]
+    code, out, err = run(sandbox, "audit", "--quiet")
+    assert code == 2 and "orphan-volume" in out
