@@ -73,7 +73,7 @@ class RootGroup(click.Group):
             _render("Interrupted")
             ctx.exit(130)
         except Exception as exc:  # noqa: BLE001 - the last line of defence
-            LOG.error("unexpected error", exc_info=True)
+            LOG.debug("unexpected error", exc_info=True)  # to the log file, not stderr
             if _debug():
                 raise
             app = ctx.obj if isinstance(ctx.obj, Application) else None
