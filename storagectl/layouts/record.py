@@ -14,7 +14,6 @@ LV or RBD image.
 
 from __future__ import annotations
 
-import copy
 import difflib
 import errno
 import logging
@@ -22,34 +21,35 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from storagectl import __version__, errors
-from storagectl.layouts import naming
-from storagectl.layouts.model import Backend, Backing, DiskLayout, InstanceLayout, Role
+from storagectl.layouts.model import InstanceLayout
+from storagectl.layouts.record_schema import (  # noqa: F401 - re-exported API
+    DEVICES,
+    MAX_EVENTS,
+    MAX_NESTING,
+    OBTAINED_HOW,
+    RECORDABLE_BACKENDS,
+    RECORDABLE_ROLES,
+    SCHEMA_VERSION,
+    Record,
+    _disk_to_dict,
+    _Invalid,
+    _load_yaml,
+    _validate,
+)
 
 LOG = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 RECORD_NAME = "storage.yaml"
 MAX_RECORD_BYTES = 1 << 20
 MAX_BACKUP_BYTES = 64 << 20  # --force backs up even an oversized file, within reason
-MAX_NESTING = 32  # a record needs 4 levels; retained_sources entries get the rest
-MAX_EVENTS = 50_000  # YAML parse events; a disk takes about 30
 #: Temp files of interrupted writes: ``.storage.yaml.<pid>.<random>``.
 TEMP_PREFIX = f".{RECORD_NAME}."
-OBTAINED_HOW = ("inferred", "migrated", "manual")
-RECORDABLE_BACKENDS = tuple(b.value for b in Backend if b is not Backend.UNKNOWN)
-RECORDABLE_ROLES = tuple(r.value for r in Role if r is not Role.UNKNOWN)
-DEVICES = ("disk", "cdrom", "floppy", "lun", "kernel")
-_HEADER = "# storagectl storage record, schema in docs/record.md. Written by storagectl.\n"
 
 
 class RecordIOError(errors.StorageCtlError):
@@ -62,49 +62,6 @@ class LayoutNotRecordable(errors.StorageCtlError):
     """An inferred layout that the schema cannot hold (an unknown disk, say)."""
 
     template = "the layout of instance %(uuid)s cannot be recorded: %(reason)s"
-
-
-@dataclass(frozen=True)
-class Record:
-    """One instance's storage record, as read from or written to ``storage.yaml``."""
-
-    uuid: str
-    name: str
-    host: str
-    written_at: str
-    written_by: str
-    obtained_how: str
-    evidence: tuple[str, ...]
-    disks: tuple[DiskLayout, ...]
-    retained_sources: tuple[dict, ...] = ()
-
-    def __post_init__(self) -> None:
-        for name in ("evidence", "disks", "retained_sources"):  # lists in, tuples kept
-            object.__setattr__(self, name, tuple(getattr(self, name)))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "instance": {"uuid": self.uuid, "name": self.name, "host": self.host},
-            "written": {"at": self.written_at, "by": self.written_by},
-            "obtained": {"how": self.obtained_how, "evidence": list(self.evidence)},
-            "disks": [_disk_to_dict(d) for d in self.disks],
-            "retained_sources": copy.deepcopy(list(self.retained_sources)),
-        }
-
-    def to_yaml(self) -> str:
-        return _HEADER + yaml.dump(self.to_dict(), **_DUMP_OPTIONS)
-
-    def same_layout(self, other: Record) -> bool:
-        """Equal but for when and by whom it was written ("identical -> unchanged")."""
-        mine, theirs = self.to_dict(), other.to_dict()
-        del mine["written"], theirs["written"]
-        return mine == theirs
-
-    def to_instance_layout(self, state: str) -> InstanceLayout:
-        """The layout storagectl acts on once the record exists (``source="metadata"``)."""
-        disks = [replace(d) for d in self.disks]  # copies: the record stays as read
-        return InstanceLayout(self.uuid, self.name, self.host, state, "metadata", disks)
 
 
 def record_from_layout(
@@ -218,366 +175,6 @@ def diff_records(old: Record, new: Record) -> str:
     old_lines, new_lines = old.to_yaml().splitlines(True), new.to_yaml().splitlines(True)
     labels = f"{RECORD_NAME} (recorded)", f"{RECORD_NAME} (new)"
     return "".join(difflib.unified_diff(old_lines, new_lines, *labels))
-
-
-# --- schema -------------------------------------------------------------------------
-
-_FILE_BACKENDS = (Backend.QCOW2, Backend.FLAT, Backend.PLOOP)
-# How libvirt opens each backend's disks (<driver type>); a volume may use anything.
-_FORMATS = {Backend.QCOW2: ("qcow2",), Backend.FLAT: ("raw",), Backend.LVM: ("raw",)}
-_FORMATS |= {Backend.RBD: ("raw",), Backend.PLOOP: ("ploop", "parallels")}
-_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
-_KINDS = {type(None): "null", bool: "a boolean", int: "an integer", float: "a number"}
-_KINDS |= {str: "a string", list: "a list", dict: "a mapping", bytes: "binary data"}
-_KINDS[datetime] = "an unquoted timestamp (quote it)"
-
-Check = Callable[[Any, str], Any]  # (value, field name) -> value, or raise _Invalid
-
-
-class _Invalid(Exception):
-    def __init__(self, field: str | None, message: str) -> None:
-        super().__init__(f"field {field}: {message}" if field else message)
-
-
-def _disk_to_dict(d: DiskLayout) -> dict[str, Any]:
-    backend = getattr(d.backend, "value", d.backend)
-    location: dict[str, Any] = {"path": d.path}
-    if backend == Backend.LVM:
-        location = {"volume_group": d.volume_group, "volume": d.volume}
-    elif backend == Backend.RBD:
-        location = {"pool": d.pool, "image": d.image, "ceph_conf": d.ceph_conf}
-        location["user"] = d.rbd_user
-    out = {"name": d.name, "role": getattr(d.role, "value", d.role), "target": d.target}
-    out |= {"backend": backend, "format": d.format, "device": d.device, "location": location}
-    out["virtual_size"] = d.virtual_size
-    if backend == Backend.QCOW2:
-        out["backing"] = d.backing.to_dict() if d.backing else None
-    return out
-
-
-class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
-    def ignore_aliases(self, data: Any) -> bool:
-        return True  # the loader refuses aliases, so never emit one
-
-
-# Block style for the structure, flow style for leaves ({path: ...}): a disk's location
-# stays on one line, which keeps diffs short. Never wrap a long path.
-_DUMP_OPTIONS = {"Dumper": _Dumper, "default_flow_style": None, "sort_keys": False}
-_DUMP_OPTIONS |= {"allow_unicode": True, "width": 1 << 16}
-
-
-# libyaml when PyYAML was built with it: the pure-Python parser is ~20x slower.
-_PARSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_T = "tag:yaml.org,2002:"
-_SCALAR_TAGS = {f"{_T}{t}": f"construct_yaml_{t}" for t in ("int", "float", "bool", "null")}
-_SCALAR_TAGS[f"{_T}timestamp"] = "construct_yaml_timestamp"  # refused later, by type
-_EMPTY = object()  # no mapping key pending / no document
-
-
-def _load_yaml(raw: bytes) -> Any:
-    """Build plain data from the parser's events; refuse what a record never needs.
-
-    No composer and no constructor run: they would expand aliases ("billion laughs"),
-    honour ``!!python/...`` tags if the loader were ever swapped, and recurse with the
-    nesting depth (libyaml's composer, in C, crashed the interpreter on 1 MiB of ``[``;
-    both parsers slow down quadratically with depth). So: no aliases, no merge keys, no
-    duplicate keys, no tags but the standard ones, at most MAX_NESTING levels and
-    MAX_EVENTS events.
-    """
-    try:
-        loader = _PARSER(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise _Invalid(None, f"not UTF-8 text (byte {exc.start})") from None
-    stack: list[Any] = []  # open collections, innermost last
-    keys: list[Any] = []  # for each open mapping, its pending key (or _EMPTY)
-    root: Any = _EMPTY
-
-    def add(value: Any, line: int) -> None:
-        nonlocal root
-        if not stack:
-            root = value
-        elif isinstance(stack[-1], list):
-            stack[-1].append(value)
-        elif keys[-1] is not _EMPTY:
-            stack[-1][keys[-1]], keys[-1] = value, _EMPTY
-        elif isinstance(value, list | dict):
-            raise _Invalid(None, f"a mapping key is not a scalar (line {line})")
-        elif value in stack[-1]:
-            raise _Invalid(None, f"duplicate key {value!r} (line {line})")
-        else:
-            keys[-1] = value
-
-    try:
-        for count, event in enumerate(iter(loader.get_event, None)):
-            line = event.start_mark.line + 1
-            if count > MAX_EVENTS:
-                raise _Invalid(None, f"more than {MAX_EVENTS} YAML nodes (line {line})")
-            if isinstance(event, yaml.StreamEndEvent):
-                break
-            if isinstance(event, yaml.DocumentStartEvent) and root is not _EMPTY:
-                raise _Invalid(None, f"more than one YAML document (line {line})")
-            if isinstance(event, yaml.AliasEvent):
-                raise _Invalid(None, f"YAML aliases are not allowed (line {line})")
-            if isinstance(event, yaml.CollectionEndEvent):
-                stack.pop()
-                keys.pop()
-            elif isinstance(event, yaml.CollectionStartEvent):
-                is_map = isinstance(event, yaml.MappingStartEvent)
-                if event.tag not in (None, "!", f"{_T}{'map' if is_map else 'seq'}"):
-                    raise _Invalid(None, f"YAML tag {event.tag!r} is not allowed (line {line})")
-                container: Any = {} if is_map else []
-                add(container, line)
-                stack.append(container)
-                keys.append(_EMPTY)
-                if len(stack) > MAX_NESTING:
-                    raise _Invalid(None, f"nested more than {MAX_NESTING} levels (line {line})")
-            elif isinstance(event, yaml.ScalarEvent):
-                tag = event.tag
-                if tag in (None, "!"):
-                    tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
-                if tag == f"{_T}str":
-                    add(event.value, line)
-                elif tag in _SCALAR_TAGS:
-                    node = yaml.ScalarNode(tag, event.value)
-                    add(getattr(loader, _SCALAR_TAGS[tag])(node), line)
-                elif tag == f"{_T}merge":
-                    raise _Invalid(None, f"YAML merge keys are not allowed (line {line})")
-                else:
-                    raise _Invalid(None, f"YAML tag {tag!r} is not allowed (line {line})")
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        what = " ".join(p for p in (exc.context, exc.problem) if p)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise _Invalid(None, f"not valid YAML: {what}{where}") from None
-    except (yaml.YAMLError, ValueError) as exc:  # ValueError: a bad int/float/timestamp
-        raise _Invalid(None, f"not valid YAML: {exc}") from None
-    finally:
-        loader.dispose()
-    return None if root is _EMPTY else root
-
-
-# Field checks: the schema below is built from these.
-
-
-def _kind(value: Any) -> str:
-    return _KINDS.get(type(value), type(value).__name__)
-
-
-def _str(value: Any, field: str) -> str:
-    """Non-empty text without control characters."""
-    if not isinstance(value, str):
-        raise _Invalid(field, f"expected a string, got {_kind(value)}")
-    if not value or any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise _Invalid(field, f"{value!r} is empty or contains control characters")
-    return value
-
-
-def _opt(check: Check) -> Check:
-    return lambda value, field: None if value is None else check(value, field)
-
-
-def _like(regex: str, what: str) -> Check:
-    def check(value: Any, field: str) -> str:
-        if not re.fullmatch(regex, _str(value, field)):
-            raise _Invalid(field, f"{value!r} is not {what}")
-        return value
-
-    return check
-
-
-def _path(value: Any, field: str) -> str:
-    if not _str(value, field).startswith("/") or os.path.normpath(value) != value:
-        raise _Invalid(field, f"{value!r} is not an absolute, normalized path")
-    return value
-
-
-def _one_of(*choices: str) -> Check:
-    def check(value: Any, field: str) -> str:
-        if not isinstance(value, str) or value not in choices:
-            raise _Invalid(field, f"{value!r} is not one of {', '.join(choices)}")
-        return value
-
-    return check
-
-
-def _size(value: Any, field: str) -> int | None:
-    if value is not None and (type(value) is not int or value < 0):
-        raise _Invalid(field, f"expected a size in bytes (an integer >= 0), got {value!r}")
-    return value
-
-
-def _timestamp(value: Any, field: str) -> str:
-    try:
-        ok = bool(_TIMESTAMP.match(_str(value, field)) and datetime.fromisoformat(value))
-    except ValueError:
-        ok = False
-    if not ok:
-        raise _Invalid(field, f"{value!r} is not a UTC time like '2026-11-23T23:59:01Z'")
-    return value
-
-
-def _list_of(check: Check) -> Check:
-    def check_list(value: Any, field: str) -> list[Any]:
-        if not isinstance(value, list):
-            raise _Invalid(field, f"expected a list, got {_kind(value)}")
-        return [check(item, f"{field}[{i}]") for i, item in enumerate(value)]
-
-    return check_list
-
-
-def _map(spec: dict[str, Check] | None, optional: tuple[str, ...] = ()) -> Check:
-    """A mapping with exactly the keys of ``spec`` (less ``optional`` ones), or any keys."""
-
-    def check_map(value: Any, field: str) -> dict[str, Any]:
-        def name(key: str) -> str:
-            return f"{field}.{key}" if field else key
-
-        if not isinstance(value, dict):
-            raise _Invalid(field or None, f"expected a mapping, got {_kind(value)}")
-        if not all(isinstance(key, str) for key in value):
-            raise _Invalid(field or None, "all keys must be strings")
-        if spec is None:
-            return value
-        for key in spec:
-            if key not in value and key not in optional:
-                raise _Invalid(name(key), "missing")
-        for key in value:
-            if key not in spec:
-                raise _Invalid(name(key), "unknown field")
-        return {key: check(value[key], name(key)) for key, check in spec.items() if key in value}
-
-    return check_map
-
-
-_RBD_NAME = _like(r"[^/@\s]+", "a valid RBD name")
-_LVM_NAME = _like(r"[A-Za-z0-9+_.][A-Za-z0-9+_.-]*", "a valid LVM name")
-_LOCATIONS = {
-    Backend.LVM: _map({"volume_group": _LVM_NAME, "volume": _LVM_NAME}),
-    # Nova's default images_rbd_ceph_conf is "": librados then searches its defaults.
-    Backend.RBD: _map(
-        {
-            "pool": _RBD_NAME,
-            "image": _RBD_NAME,
-            "user": _opt(_str),
-            "ceph_conf": _opt(lambda v, f: v if v == "" else _path(v, f)),
-        }
-    ),
-    Backend.VOLUME: _map({"path": _opt(_path)}),
-}
-_FILE_LOCATION = _map({"path": _path})
-_DISK = _map(
-    {
-        "name": _like(r"(?!\.\.?$)[^/]+", "a file name"),
-        "role": _one_of(*RECORDABLE_ROLES),
-        "target": _opt(_str),
-        "backend": _one_of(*RECORDABLE_BACKENDS),
-        "format": _opt(_str),
-        "device": _one_of(*DEVICES),
-        "location": _map(None),  # checked against the backend in _disk
-        "virtual_size": _size,
-        "backing": _opt(_map({"path": _path, "format": _opt(_str)})),
-    },
-    optional=("backing",),
-)
-_RECORD = _map(
-    {
-        "schema_version": lambda v, f: v,  # checked first, in _validate
-        "instance": _map(
-            {"uuid": _like(naming.UUID_RE.pattern, "a lower-case UUID"), "name": _str, "host": _str}
-        ),
-        "written": _map({"at": _timestamp, "by": _str}),
-        "obtained": _map({"how": _one_of(*OBTAINED_HOW), "evidence": _list_of(_str)}),
-        "disks": _list_of(_DISK),
-        "retained_sources": _list_of(_map(None)),
-    }
-)
-
-
-def _validate(data: Any, *, expect_uuid: str | None) -> Record:
-    """Check every field of a loaded record and build the :class:`Record`."""
-    if isinstance(data, dict) and "schema_version" in data:  # first: a v2 file says so
-        version = data["schema_version"]
-        if type(version) is not int or version != SCHEMA_VERSION:
-            raise _Invalid(
-                "schema_version",
-                f"{version!r} is not supported (this storagectl reads version {SCHEMA_VERSION})",
-            )
-    doc = _RECORD(data, "")
-    inst, obtained = doc["instance"], doc["obtained"]
-    if expect_uuid is not None and inst["uuid"] != expect_uuid.lower():
-        raise _Invalid("instance.uuid", f"{inst['uuid']} is not this instance ({expect_uuid})")
-    _unique(obtained["evidence"], "obtained.evidence")
-    disks = [_disk(d, f"disks[{i}]", inst["uuid"]) for i, d in enumerate(doc["disks"])]
-    _unique([d.name for d in disks], "disks", ".name")
-    _unique([d.target for d in disks], "disks", ".target")
-    written, evidence = doc["written"], tuple(obtained["evidence"])
-    return Record(
-        inst["uuid"],
-        inst["name"],
-        inst["host"],
-        written["at"],
-        written["by"],
-        obtained["how"],
-        evidence,
-        tuple(disks),
-        tuple(doc["retained_sources"]),
-    )
-
-
-def _disk(d: dict[str, Any], f: str, uuid: str) -> DiskLayout:
-    """A type-checked disk mapping -> DiskLayout, checking it belongs to this instance."""
-    name, role, backend, fmt = d["name"], Role(d["role"]), Backend(d["backend"]), d["format"]
-    if backend in _FORMATS and fmt not in _FORMATS[backend]:
-        expected = " or ".join(_FORMATS[backend])
-        raise _Invalid(f"{f}.format", f"{fmt!r}: a {backend} disk is opened as {expected}")
-    if backend is not Backend.VOLUME and role is not naming.role_of(name):
-        raise _Invalid(f"{f}.role", f"{role} does not match the Nova disk name {name!r}")
-    if (role is Role.VOLUME) != (backend is Backend.VOLUME):
-        raise _Invalid(f"{f}.role", f"role {role} does not go with backend {backend}")
-    if d.get("backing") and backend is not Backend.QCOW2:
-        raise _Invalid(f"{f}.backing", f"only qcow2 disks have a backing file, not {backend}")
-    loc = _LOCATIONS.get(backend, _FILE_LOCATION)(d["location"], f"{f}.location")
-    disk = DiskLayout(
-        name=name,
-        role=role,
-        target=d["target"],
-        backend=backend,
-        format=fmt,
-        device=d["device"],
-        virtual_size=d["virtual_size"],
-        path=loc.get("path"),
-        volume_group=loc.get("volume_group"),
-        volume=loc.get("volume"),
-        pool=loc.get("pool"),
-        image=loc.get("image"),
-        ceph_conf=loc.get("ceph_conf"),
-        rbd_user=loc.get("user"),
-        backing=Backing(**d["backing"]) if d.get("backing") else None,
-    )
-    where, want = f"{f}.location.path", f".../{uuid}/{name}"
-    if backend is Backend.LVM:
-        where, want = f"{f}.location.volume", naming.lv_name(uuid, name)
-        mine = naming.parse_lv_name(disk.volume) == (uuid, name)
-        disk.path = f"/dev/{disk.volume_group}/{disk.volume}"
-    elif backend is Backend.RBD:
-        where, want = f"{f}.location.image", naming.rbd_image_name(uuid, name)
-        mine = disk.image == want
-    else:
-        path = Path(disk.path or "")
-        mine = backend not in _FILE_BACKENDS or (path.name, path.parent.name) == (name, uuid)
-    if not mine:
-        raise _Invalid(where, f"not this disk of this instance (expected {want})")
-    return disk
-
-
-def _unique(values: Sequence[Any], field: str, suffix: str = "") -> None:
-    first: dict[Any, int] = {}
-    for i, value in enumerate(values):
-        if value is not None and value in first:
-            raise _Invalid(
-                f"{field}[{i}]{suffix}", f"{value!r} repeats {field}[{first[value]}]{suffix}"
-            )
-        first.setdefault(value, i)
 
 
 # --- file handling ------------------------------------------------------------------
