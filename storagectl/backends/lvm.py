@@ -1,0 +1,499 @@
+"""LVM backend: Nova's ``images_type=lvm`` disks, through the lvm2 CLI.
+
+Every command goes through :class:`storagectl.process.Runner` and asks lvm2 for
+a JSON report in bytes (``--reportformat json --units b --nosuffix``), so sizes
+are exact integers and nothing depends on the operator's locale or
+``global/units``. Report values are always strings in lvm2's ``json`` format::
+
+    $ vgs --reportformat json --units b --nosuffix \\
+        -o vg_name,vg_size,vg_free,vg_extent_size nova
+      {
+          "report": [
+              {
+                  "vg": [
+                      {"vg_name":"nova", "vg_size":"1069547520",
+                       "vg_free":"964689920", "vg_extent_size":"4194304"}
+                  ]
+              }
+          ]
+      }
+
+The backend reads whatever lvm.conf the environment selects (``LVM_SYSTEM_DIR``)
+and never adds ``--config``: the test environment makes LVM metadata-only
+(``global/activation = 0``) from outside, and production uses the host's own
+configuration unchanged.
+
+Naming follows Nova (``nova/virt/libvirt/imagebackend.py``, class ``Lvm``):
+``f"{instance.uuid}_{escape(disk_name)}"`` where ``escape`` doubles every ``_``.
+
+Failures come out as:
+
+* :class:`storagectl.errors.VolumeGroupNotFound` - the VG does not exist;
+* :class:`LogicalVolumeNotFound` - the LV to change or remove does not exist;
+* :class:`InvalidLVMName` - a VG/LV name or tag lvm2 would refuse;
+* :class:`storagectl.errors.BackendError` (``backend="lvm"``) - not enough free
+  space, or a report lvm2 printed that cannot be read;
+* :class:`storagectl.errors.CommandFailed` - any other lvm2 failure.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from storagectl import errors
+from storagectl.process import Runner
+
+LOG = logging.getLogger(__name__)
+
+#: Nova's ``sparse_logical_volumes``: the space actually reserved for a sparse
+#: LV (nova/virt/libvirt/storage/lvm.py ``create_volume``: ``-L 64M``).
+SPARSE_PREALLOCATED = 64 * 1024 * 1024
+#: Suffix of the private thin pool that backs one sparse LV (see ``create``).
+POOL_SUFFIX = "_pool"
+
+_REPORT = ("--reportformat", "json", "--units", "b", "--nosuffix")
+_VG_FIELDS = "vg_name,vg_size,vg_free,vg_extent_size"
+_LV_FIELDS = "vg_name,lv_name,lv_size,lv_attr,lv_path,lv_tags,segtype,pool_lv,origin,origin_size"
+
+# lvm2 lib/misc/lvm-string.c validate_name(): these characters, no leading "-",
+# not "." or "..". 127 characters at most (NAME_LEN 128 with the NUL).
+_NAME_RE = re.compile(r"[A-Za-z0-9+_.][A-Za-z0-9+_.\-]{0,126}")
+# lvm2 validate_tag(): "A-Za-z0-9._-+/=!:&#", not empty.
+_TAG_RE = re.compile(r"[A-Za-z0-9_+.\-/=!:&#]+")
+# safe_tag() keeps these as they are; "=" separates key from value and "&"
+# starts an escape, so both are escaped inside keys and values.
+_TAG_PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_+.-/!:#")
+_UUID_RE = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+_HEX2_RE = re.compile(r"[0-9a-fA-F]{2}")
+# lvs/vgs exit 5 with this line when the VG named on the command line is missing.
+_VG_MISSING = 'Volume group "{vg}" not found'
+
+
+class LogicalVolumeNotFound(errors.StorageCtlError):
+    template = "logical volume %(vg_name)s/%(lv_name)s not found"
+
+
+class InvalidLVMName(errors.StorageCtlError):
+    template = "invalid LVM %(kind)s %(value)r: %(reason)s"
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class LogicalVolume:
+    """One LV as ``lvs`` reports it."""
+
+    vg: str
+    name: str
+    size: int  # bytes the device has: virtual size of thin LVs, origin size of snapshots
+    tags: tuple[str, ...]
+    path: str  # /dev/VG/LV (a node exists only while the LV is active)
+    attr: str  # lv_attr, e.g. "-wi-a-----"; "-wi-XX----" when activation is off
+    thin: bool  # space is allocated on write (thin LV or sparse snapshot)
+
+
+@dataclass(frozen=True)
+class VolumeGroup:
+    """One VG as ``vgs`` reports it; sizes in bytes."""
+
+    name: str
+    size: int
+    free: int
+    extent_size: int  # LV sizes are whole multiples of this
+
+
+class LVM:
+    """Logical volumes of the volume groups one host's lvm2 sees.
+
+    Nothing runs in the constructor; the first command runs on the first call.
+    """
+
+    name = "lvm"
+
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+
+    # -- reading ------------------------------------------------------------
+
+    def volume_group(self, vg: str) -> VolumeGroup:
+        """Size, free space and extent size of ``vg``.
+
+        Runs ``vgs --reportformat json --units b --nosuffix -o
+        vg_name,vg_size,vg_free,vg_extent_size VG`` (output: module docstring).
+        Raises :class:`storagectl.errors.VolumeGroupNotFound`.
+        """
+        _check_name("volume group", vg)
+        rows = self._report(vg, "vg", ("vgs", *_REPORT, "-o", _VG_FIELDS, vg))
+        for row in rows:
+            if row.get("vg_name") == vg:
+                return VolumeGroup(
+                    name=vg,
+                    size=_int(row, "vg_size"),
+                    free=_int(row, "vg_free"),
+                    extent_size=_int(row, "vg_extent_size"),
+                )
+        raise errors.VolumeGroupNotFound(vg_name=vg)
+
+    def list_volumes(self, vg: str) -> list[LogicalVolume]:
+        """The LVs of ``vg`` that hold data, in lvm2's order.
+
+        Pools (thin-pool, cache-pool, vdo-pool) are left out: they are not
+        disks. Hidden LVs (``[lvol0_pmspare]`` ...) are not reported without
+        ``-a``. Runs::
+
+            $ lvs --reportformat json --units b --nosuffix -o vg_name,lv_name,lv_size,\\
+                lv_attr,lv_path,lv_tags,segtype,pool_lv,origin,origin_size nova
+              {"report": [{"lv": [
+                  {"vg_name":"nova", "lv_name":"9d6c..._disk", "lv_size":"1073741824",
+                   "lv_attr":"Vwi-a-tz--", "lv_path":"/dev/nova/9d6c..._disk",
+                   "lv_tags":"storagectl.disk=disk", "segtype":"thin",
+                   "pool_lv":"9d6c..._disk_pool", "origin":"", "origin_size":""},
+                  {"vg_name":"nova", "lv_name":"9d6c..._disk_pool", "lv_size":"67108864",
+                   "lv_attr":"twi-aotz--", "lv_path":"", "lv_tags":"",
+                   "segtype":"thin-pool", "pool_lv":"", "origin":"", "origin_size":""}]}]}
+
+        Raises :class:`storagectl.errors.VolumeGroupNotFound`.
+        """
+        _check_name("volume group", vg)
+        return [
+            _volume(vg, row)
+            for row in self._lv_rows(vg)
+            if not row.get("segtype", "").endswith("-pool")
+        ]
+
+    def get_volume(self, vg: str, name: str) -> LogicalVolume | None:
+        """One LV of ``vg``, or None if there is no LV ``name`` in it.
+
+        Runs ``lvs ... -S lv_name="NAME" VG`` (same fields as ``list_volumes``);
+        the selection makes a missing LV an empty report with exit 0, where
+        ``lvs VG/NAME`` would exit 5 just as for a missing VG.
+        Raises :class:`storagectl.errors.VolumeGroupNotFound`.
+        """
+        _check_name("volume group", vg)
+        _check_name("logical volume", name)
+        for row in self._lv_rows(vg, selection=f'lv_name="{name}"'):
+            if row.get("lv_name") == name:
+                return _volume(vg, row)
+        return None
+
+    # -- changing -----------------------------------------------------------
+
+    def create(
+        self,
+        vg: str,
+        name: str,
+        size_bytes: int,
+        *,
+        sparse: bool = False,
+        tags: Iterable[str] = (),
+    ) -> LogicalVolume:
+        """Create LV ``name`` of at least ``size_bytes`` (rounded up to whole extents).
+
+        Plain (Nova's default)::
+
+            lvcreate --yes -L 1073741824b -n NAME [--addtag TAG ...] VG
+
+        ``sparse`` is Nova's ``sparse_logical_volumes``. Nova runs
+        ``lvcreate -L 64M --virtualsize SIZE -n NAME VG``, whose result depends on
+        the host's ``global/sparse_segtype_default``: a thin LV in a new 64 MiB
+        thin pool auto-named ``lvolN`` (lvm2's default, "thin"), or a snapshot of
+        a virtual zero device (legacy "snapshot"). Either way Nova never removes
+        the pool. We make the same layout explicitly, with the pool named after
+        the LV so that ``remove`` (and Nova's own cleanup, which removes every LV
+        whose name starts with the instance UUID) takes it away too::
+
+            lvcreate --yes --type thin-pool -L 67108864b -n NAME_pool VG
+            lvcreate --yes --type thin --virtualsize 1073741824b \\
+                --thinpool NAME_pool -n NAME [--addtag TAG ...] VG
+
+        Two commands because lvcreate making pool and thin LV at once puts the
+        ``--addtag`` tags on the pool, not on the LV (seen with lvm2 2.03.16);
+        this way the LV never exists without its tags. If the second command
+        fails, the empty pool is removed again.
+
+        As with Nova, writes beyond the pool's 64 MiB fail unless the host's
+        dmeventd extends pools (``activation/thin_pool_autoextend_threshold``).
+        Raises :class:`storagectl.errors.VolumeGroupNotFound`, and
+        :class:`storagectl.errors.BackendError` when the VG lacks the space.
+        """
+        _check_name("logical volume", name)
+        tag_list = _checked_tags(tags)
+        if size_bytes <= 0:
+            raise InvalidLVMName(kind="size", value=size_bytes, reason="must be positive")
+        group = self.volume_group(vg)
+        size = -(-size_bytes // group.extent_size) * group.extent_size
+        # Like Nova's check_size(): only the space really taken must be free.
+        needed = SPARSE_PREALLOCATED if sparse else size
+        if needed > group.free:
+            raise errors.BackendError(
+                backend=self.name,
+                reason=(
+                    f"volume group {vg} has {group.free} bytes free, {name} needs {needed} bytes"
+                ),
+            )
+        if sparse:
+            pool = name + POOL_SUFFIX
+            _check_name("logical volume", pool)
+            self._runner.run(
+                "lvcreate", "--yes", "--type", "thin-pool",
+                "-L", f"{SPARSE_PREALLOCATED}b", "-n", pool, vg,
+            )  # fmt: skip
+            argv = ["lvcreate", "--yes", "--type", "thin", "--virtualsize", f"{size}b"]
+            argv += ["--thinpool", pool, "-n", name]
+        else:
+            argv = ["lvcreate", "--yes", "-L", f"{size}b", "-n", name]
+        for tag in tag_list:
+            argv += ["--addtag", tag]
+        try:
+            self._runner.run(*argv, vg)
+        except errors.StorageCtlError:
+            if sparse:
+                self._remove_quietly(vg, name + POOL_SUFFIX)
+            raise
+        created = self.get_volume(vg, name)
+        if created is None:
+            raise errors.BackendError(
+                backend=self.name, reason=f"lvcreate reported success but {vg}/{name} is missing"
+            )
+        return created
+
+    def remove(self, vg: str, name: str) -> None:
+        """Remove LV ``name``, and the private thin pool ``create`` made for it.
+
+        Runs ``lvs`` (to find the pool), then ``lvremove --yes VG/NAME`` - or
+        ``lvremove --yes VG/NAME VG/NAME_pool`` when NAME is the only thin LV in
+        ``NAME_pool``. An LV that is open (a running guest) is not removed:
+        lvremove refuses with "Logical volume VG/NAME in use".
+        Raises :class:`LogicalVolumeNotFound`, VolumeGroupNotFound.
+        """
+        _check_name("logical volume", name)
+        rows = self._lv_rows(vg)
+        target = next((r for r in rows if r.get("lv_name") == name), None)
+        if target is None:
+            raise LogicalVolumeNotFound(vg_name=vg, lv_name=name)
+        argv = ["lvremove", "--yes", f"{vg}/{name}"]
+        pool = target.get("pool_lv", "")
+        if pool == name + POOL_SUFFIX:
+            users = [r.get("lv_name") for r in rows if r.get("pool_lv") == pool]
+            if users == [name]:
+                argv.append(f"{vg}/{pool}")
+        self._runner.run(*argv)
+
+    def add_tags(self, vg: str, name: str, tags: Iterable[str]) -> None:
+        """Add tags (already-present ones are kept; lvm2 exits 0).
+
+        Runs ``lvchange --addtag TAG [--addtag TAG ...] VG/NAME``.
+        Raises :class:`LogicalVolumeNotFound`, VolumeGroupNotFound, InvalidLVMName.
+        """
+        self._change_tags(vg, name, "--addtag", tags)
+
+    def remove_tags(self, vg: str, name: str, tags: Iterable[str]) -> None:
+        """Remove tags (absent ones are ignored; lvm2 exits 0).
+
+        Runs ``lvchange --deltag TAG [--deltag TAG ...] VG/NAME``.
+        Raises :class:`LogicalVolumeNotFound`, VolumeGroupNotFound, InvalidLVMName.
+        """
+        self._change_tags(vg, name, "--deltag", tags)
+
+    # -- names --------------------------------------------------------------
+
+    @staticmethod
+    def volume_name(instance_uuid: str, disk_name: str) -> str:
+        """Nova's LV name for one disk of one instance.
+
+        >>> LVM.volume_name("9d6c3e7a-0f1b-4c2d-8e3f-4a5b6c7d8e9f", "disk_eph0")
+        '9d6c3e7a-0f1b-4c2d-8e3f-4a5b6c7d8e9f_disk__eph0'
+        """
+        return f"{instance_uuid}_{disk_name.replace('_', '__')}"
+
+    @staticmethod
+    def parse_volume_name(lv_name: str) -> tuple[str, str] | None:
+        """``(instance_uuid, disk_name)`` of a Nova LV name, or None if it is not one.
+
+        A lone ``_`` cannot come out of Nova's escaping, so names such as
+        ``UUID_disk_pool`` (our private thin pools) are not disks.
+
+        >>> LVM.parse_volume_name("9d6c3e7a-0f1b-4c2d-8e3f-4a5b6c7d8e9f_disk__eph0")
+        ('9d6c3e7a-0f1b-4c2d-8e3f-4a5b6c7d8e9f', 'disk_eph0')
+        >>> LVM.parse_volume_name("lvol0") is None
+        True
+        """
+        uuid, sep, escaped = lv_name[:36], lv_name[36:37], lv_name[37:]
+        if sep != "_" or not escaped or not _UUID_RE.fullmatch(uuid):
+            return None
+        if any(len(run) % 2 for run in re.findall(r"_+", escaped)):
+            return None
+        return uuid, escaped.replace("__", "_")
+
+    # -- internals ----------------------------------------------------------
+
+    def _lv_rows(self, vg: str, *, selection: str | None = None) -> list[dict[str, Any]]:
+        argv = ["lvs", *_REPORT, "-o", _LV_FIELDS]
+        if selection is not None:
+            argv += ["-S", selection]
+        return self._report(vg, "lv", (*argv, vg))
+
+    def _remove_quietly(self, vg: str, name: str) -> None:
+        # Cleanup after a failure: the original error is what the caller must see.
+        try:
+            self._runner.run("lvremove", "--yes", f"{vg}/{name}")
+        except errors.StorageCtlError as exc:
+            LOG.warning("could not remove %s/%s after a failed create: %s", vg, name, exc)
+
+    def _change_tags(self, vg: str, name: str, flag: str, tags: Iterable[str]) -> None:
+        _check_name("volume group", vg)
+        _check_name("logical volume", name)
+        tag_list = _checked_tags(tags)
+        if not tag_list:
+            return
+        argv = ["lvchange"]
+        for tag in tag_list:
+            argv += [flag, tag]
+        try:
+            self._runner.run(*argv, f"{vg}/{name}")
+        except errors.CommandFailed as exc:
+            stderr = exc.fields.get("full_stderr", "")
+            if _vg_missing(vg, stderr):
+                raise errors.VolumeGroupNotFound(vg_name=vg) from exc
+            if f'Failed to find logical volume "{vg}/{name}"' in stderr:
+                raise LogicalVolumeNotFound(vg_name=vg, lv_name=name) from exc
+            raise
+
+    def _report(self, vg: str, key: str, argv: Sequence[str]) -> list[dict[str, Any]]:
+        """Run an lvs/vgs report naming ``vg``; its rows, or VolumeGroupNotFound."""
+        try:
+            result = self._runner.run(*argv)
+        except errors.CommandFailed as exc:
+            if _vg_missing(vg, exc.fields.get("full_stderr", "")):
+                raise errors.VolumeGroupNotFound(vg_name=vg) from exc
+            raise
+        return _rows(result.stdout, key, argv[0])
+
+
+def safe_tag(key: str, value: str) -> str:
+    """A ``key=value`` LVM tag that lvm2 accepts for any key and value.
+
+    Characters outside lvm2's tag set, and ``=``/``&`` themselves, become
+    ``&`` plus two hex digits per UTF-8 byte, so :func:`parse_tag` gets both back.
+
+    >>> safe_tag("storagectl.record", "/var/lib/nova/instances/u 1/disk")
+    'storagectl.record=/var/lib/nova/instances/u&201/disk'
+    """
+    if not key:
+        raise InvalidLVMName(kind="tag key", value=key, reason="must not be empty")
+    return f"{_escape_tag(key)}={_escape_tag(value)}"
+
+
+def parse_tag(tag: str) -> tuple[str, str] | None:
+    """The ``(key, value)`` of a :func:`safe_tag` tag, or None for other tags.
+
+    >>> parse_tag("storagectl.record=/var/lib/nova/instances/u&201/disk")
+    ('storagectl.record', '/var/lib/nova/instances/u 1/disk')
+    """
+    key, sep, value = tag.partition("=")
+    if not sep or not key:
+        return None
+    try:
+        return _unescape_tag(key), _unescape_tag(value)
+    except ValueError:
+        return None
+
+
+def _escape_tag(text: str) -> str:
+    return "".join(
+        ch if ch in _TAG_PLAIN else "".join(f"&{b:02x}" for b in ch.encode("utf-8")) for ch in text
+    )
+
+
+def _unescape_tag(text: str) -> str:
+    if "=" in text:
+        raise ValueError("unescaped '=' in a tag part")
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        if text[i] == "&":
+            digits = text[i + 1 : i + 3]
+            if not _HEX2_RE.fullmatch(digits):
+                raise ValueError(f"bad escape &{digits} in a tag")
+            out.append(int(digits, 16))
+            i += 3
+        else:
+            out += text[i].encode("ascii")
+            i += 1
+    return out.decode("utf-8")
+
+
+def _checked_tags(tags: Iterable[str]) -> list[str]:
+    if isinstance(tags, str):  # a lone string would be split into characters
+        tags = [tags]
+    tag_list = list(tags)
+    for tag in tag_list:
+        if not _TAG_RE.fullmatch(tag):
+            raise InvalidLVMName(
+                kind="tag", value=tag, reason="allowed: A-Z a-z 0-9 _ + . - / = ! : & # (safe_tag)"
+            )
+    return tag_list
+
+
+def _check_name(kind: str, name: str) -> None:
+    # Names end up in lvm2 arguments and -S selections: refuse what lvm2 would.
+    if not _NAME_RE.fullmatch(name) or name in (".", ".."):
+        raise InvalidLVMName(
+            kind=kind, value=name, reason="allowed: A-Z a-z 0-9 + _ . - (not first), 1-127 chars"
+        )
+
+
+def _vg_missing(vg: str, stderr: str) -> bool:
+    return _VG_MISSING.format(vg=vg) in stderr
+
+
+def _rows(stdout: Any, key: str, command: str) -> list[dict[str, Any]]:
+    try:
+        report = json.loads(stdout)
+        rows: list[dict[str, Any]] = []
+        for section in report["report"]:
+            rows.extend(section.get(key, []))
+    except (TypeError, ValueError, KeyError) as exc:
+        raise errors.BackendError(
+            backend="lvm", reason=f"cannot read the JSON report of {command}: {exc}"
+        ) from exc
+    return rows
+
+
+def _int(row: dict[str, Any], field: str) -> int:
+    try:
+        return int(row[field])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise errors.BackendError(
+            backend="lvm", reason=f"report field {field} is {row.get(field)!r}, not bytes"
+        ) from exc
+
+
+def _volume(vg: str, row: dict[str, Any]) -> LogicalVolume:
+    name = row["lv_name"]
+    attr = row.get("lv_attr", "")
+    segtype = row.get("segtype", "")
+    tags = tuple(t for t in row.get("lv_tags", "").split(",") if t)
+    snapshot = attr[:1] in ("s", "S")
+    # A snapshot's lv_size is its copy-on-write store; the device is as large as
+    # its origin (origin_size). Hidden origins come in brackets.
+    origin = row.get("origin", "").strip("[]")
+    # "V": thin LV. A snapshot of a "*_vorigin" (segtype zero): the legacy sparse
+    # LV of sparse_segtype_default = "snapshot".
+    thin = segtype == "thin" or attr[:1] == "V" or (snapshot and origin.endswith("_vorigin"))
+    size = _int(row, "origin_size") if snapshot and row.get("origin_size") else _int(row, "lv_size")
+    return LogicalVolume(
+        vg=vg,
+        name=name,
+        size=size,
+        tags=tags,
+        path=row.get("lv_path") or f"/dev/{vg}/{name}",
+        attr=attr,
+        thin=thin,
+    )
