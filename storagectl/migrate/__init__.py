@@ -1,4 +1,5 @@
 """Moving an instance's disks between backends: plans, journal, copy, verify, switch.
 
-Not implemented yet (issue 6). Nothing in storagectl imports this package today.
+``engine.Engine`` drives it; ``storagectl migrate`` (storagectl/cli/migrate.py) is the
+command. See docs/migrate.md.
 """

@@ -1,0 +1,391 @@
+"""The migration engine: refusals, then the journaled steps, resume and rollback.
+
+::
+
+    engine = Engine(Settings(uri, nova, runner, lock_path))
+    plan = engine.prepare("instance-00000001", Options(to="flat"))   # refuses or plans
+    engine.run(plan)                                                 # under the lock
+
+Steps (journal.STEPS): plan, preflight, create, copy, verify, switch, cleanup; each is
+journaled before and after and is safe to run again, which is all ``resume`` does. A
+failed copy or verification rolls back at once (targets removed, source untouched).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from storagectl import errors
+from storagectl.config import NovaConfig
+from storagectl.layouts import naming
+from storagectl.layouts import record as rec
+from storagectl.layouts.hosts import is_local_uri, scan_host
+from storagectl.layouts.inspection import inspect_hosts
+from storagectl.layouts.locks import instance_lock
+from storagectl.layouts.mirror import write_mirror
+from storagectl.layouts.model import Code, Severity
+from storagectl.migrate import switch
+from storagectl.migrate.copy import NullProgress, Progress, copy_all
+from storagectl.migrate.journal import STEPS, Journal, journal_path, read_journal
+from storagectl.migrate.plan import MigrationRefused, Options, Plan, make_plan
+from storagectl.migrate.preflight import preflight
+from storagectl.migrate.retained import delete_retained
+from storagectl.migrate.targets import Storage
+from storagectl.migrate.verify import verify_disk
+from storagectl.process import Runner
+
+LOG = logging.getLogger(__name__)
+
+
+class MigrationFailed(errors.StorageCtlError):
+    template = "migration of %(instance)s failed at %(step)s: %(reason)s; %(outcome)s"
+
+
+class NoMigration(errors.StorageCtlError):
+    template = "no migration of %(instance)s is in progress (no %(path)s)"
+
+
+@dataclass
+class Settings:
+    uri: str
+    nova: NovaConfig
+    runner: Runner
+    lock_path: str
+    fault: str | None = None  # test-only STORAGECTL_FAULT, see journal.py
+    ceph_timeout: int = 60
+    progress: Progress = field(default_factory=NullProgress)
+    say: Callable[[str], None] = lambda _msg: None
+
+
+class Engine:
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.storage = Storage(settings.runner, ceph_timeout=settings.ceph_timeout)
+        # Plans this engine preflighted in prepare(): the journaled preflight step then
+        # re-checks only what another process could have changed since (target names).
+        self._checked: set[str] = set()
+
+    # -- starting -----------------------------------------------------------------
+
+    def prepare(self, instance: str, options: Options) -> Plan:
+        """Refuse (nothing changed) or return the plan, preflight-checked."""
+        s = self.s
+        if not is_local_uri(s.uri):
+            raise errors.UsageError(reason=f"{s.uri} is remote: run migrate on the host itself")
+        result = inspect_hosts([s.uri], s.nova, s.runner, [instance], use_records=True)
+        for host in result.failed_hosts:
+            raise errors.HostUnreachable(uri=host.uri, reason=host.error)
+        if not result.instances:
+            raise errors.InstanceNotFound(instance=instance, hosts=s.uri)
+        layout = result.instances[0]
+        who = f"{layout.name} ({layout.uuid})"
+
+        def refuse(reason: str) -> MigrationRefused:
+            return MigrationRefused(instance=who, reason=reason)
+
+        if layout.source != "metadata":
+            invalid = [f.message for f in layout.findings if f.code == Code.METADATA_INVALID]
+            raise refuse(
+                invalid[0] if invalid else "it has no storage record; run storagectl persist first"
+            )
+        if layout.state != "shutoff":
+            raise refuse(f"it is {layout.state}; shut it off, or use live migration when available")
+        inst_dir = s.nova.instance_dir(layout.uuid)
+        with self._lock(layout.uuid, who):
+            if os.path.exists(journal_path(inst_dir)):
+                raise refuse(
+                    "a migration is already in progress (journal "
+                    f"{journal_path(inst_dir)}); use --resume or --rollback"
+                )
+        drift = result.drift.get(layout.uuid) or []
+        if drift:
+            raise refuse(
+                "the record no longer matches reality (run storagectl audit): "
+                + "; ".join(d.message for d in drift)
+            )
+        critical = [f for f in layout.findings if f.severity is Severity.CRITICAL]
+        if critical:
+            raise refuse(
+                "critical findings (run storagectl audit): "
+                + "; ".join(f"{f.code} ({f.disk or 'instance'})" for f in critical)
+            )
+        record = rec.read_record(inst_dir, expect_uuid=layout.uuid)
+        if record is None:  # removed since inspection
+            raise refuse("it has no storage record; run storagectl persist first")
+        plan = make_plan(record, options, s.nova, uri=s.uri)
+        preflight(plan, self.storage)
+        self._checked.add(plan.uuid)
+        return plan
+
+    def run(self, plan: Plan) -> None:
+        """Carry out a prepared plan, journaled, under the instance lock."""
+        who = f"{plan.name} ({plan.uuid})"
+        domains = switch.Domains(plan.uri)
+        try:
+            with self._lock(plan.uuid, who):
+                if read_journal(plan.instance_dir) is not None:
+                    raise MigrationRefused(
+                        instance=who,
+                        reason="a migration is already in progress; use --resume or --rollback",
+                    )
+                if domains.is_active(plan.uuid):
+                    raise MigrationRefused(
+                        instance=who,
+                        reason="it is running; shut it off, or use live migration when available",
+                    )
+                record_text = rec.record_path(plan.instance_dir).read_text()
+                info = os.path.join(plan.instance_dir, "disk.info")
+                journal = Journal(
+                    plan=plan,
+                    original_xml=domains.persistent_xml(plan.uuid),
+                    original_record=record_text,
+                    original_disk_info=_read_text(info),
+                    started_at=rec.utc_now(),
+                    pid=os.getpid(),
+                )
+                self._steps(journal, domains)
+        finally:
+            domains.close()
+
+    # -- resume, rollback, status, delete-retained ----------------------------------
+
+    def resume(self, instance: str) -> Plan:
+        uuid = self.resolve(instance)
+        domains = switch.Domains(self.s.uri)
+        try:
+            with self._lock(uuid, instance):
+                journal = self._journal(uuid, instance)
+                if domains.is_active(uuid):
+                    raise MigrationRefused(
+                        instance=instance, reason="it is running; shut it off before resuming"
+                    )
+                self.s.say(f"resuming {journal.plan.name} at {journal.step} ({journal.phase})")
+                journal.pid, journal.error = os.getpid(), None
+                self._steps(journal, domains)
+                return journal.plan
+        finally:
+            domains.close()
+
+    def rollback(self, instance: str) -> Plan:
+        uuid = self.resolve(instance)
+        domains = switch.Domains(self.s.uri)
+        try:
+            with self._lock(uuid, instance):
+                journal = self._journal(uuid, instance)
+                self._rollback(journal, domains)
+                return journal.plan
+        finally:
+            domains.close()
+
+    def status(self, instance: str | None = None) -> list[dict]:
+        """In-progress migrations (one instance, or every one under instances_path)."""
+        if instance:
+            dirs = [self.s.nova.instance_dir(self.resolve(instance))]
+        else:
+            root = self.s.nova.instances_path
+            dirs = (
+                sorted(os.path.join(root, d) for d in os.listdir(root) if naming.is_uuid(d))
+                if os.path.isdir(root)
+                else []
+            )
+        out = []
+        for d in dirs:
+            j = read_journal(d)
+            if j is not None:
+                out.append(
+                    {
+                        "uuid": j.plan.uuid,
+                        "name": j.plan.name,
+                        "to": j.plan.options.to,
+                        "step": j.step,
+                        "phase": j.phase,
+                        "done": j.done,
+                        "started_at": j.started_at,
+                        "pid": j.pid,
+                        "error": j.error,
+                        "disks": [m.name for m in j.plan.moves],
+                    }
+                )
+        return out
+
+    def delete_retained(self, instance: str) -> list[str]:
+        uuid = self.resolve(instance)
+        inst_dir = self.s.nova.instance_dir(uuid)
+        with self._lock(uuid, instance):
+            if read_journal(inst_dir) is not None:
+                raise MigrationRefused(instance=instance, reason="a migration is in progress")
+            return delete_retained(inst_dir, uuid, self.storage, self.s.runner)
+
+    def resolve(self, instance: str) -> str:
+        if naming.is_uuid(instance):
+            return instance.lower()
+        scan = scan_host(self.s.uri)
+        for dom in scan.domains:
+            if dom.info.name == instance:
+                return dom.info.uuid
+        raise errors.InstanceNotFound(instance=instance, hosts=self.s.uri)
+
+    # -- the steps ----------------------------------------------------------------
+
+    def _steps(self, j: Journal, domains: switch.Domains) -> None:
+        for step in STEPS:
+            if step in j.done:
+                continue
+            j.mark(step, "before", self.s.fault)
+            try:
+                getattr(self, f"_{step}")(j, domains)
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after cleaning up
+                self._failed(j, domains, step, exc)
+            j.mark(step, "after", self.s.fault)
+            self.s.say(f"{j.plan.name}: {step} done")
+        j.remove()
+
+    def _failed(self, j: Journal, domains: switch.Domains, step: str, exc: Exception) -> None:
+        who = f"{j.plan.name} ({j.plan.uuid})"
+        if isinstance(exc, MigrationRefused) and step == "preflight":
+            j.remove()  # nothing was changed yet
+            raise exc
+        j.error = f"{step}: {exc}"
+        try:
+            j.save()
+        except OSError:  # a full disk is one reason to be here; the rollback frees it
+            LOG.warning("cannot record the error in the journal", exc_info=True)
+        if step in ("copy", "verify", "create"):
+            try:
+                self._rollback(j, domains)
+            except Exception as undo_exc:  # noqa: BLE001
+                LOG.error("rollback after a failed %s failed", step, exc_info=True)
+                raise MigrationFailed(
+                    instance=who,
+                    step=step,
+                    reason=str(exc),
+                    outcome=f"the rollback failed too ({undo_exc}); run "
+                    "storagectl migrate --rollback when it can work",
+                ) from exc
+            raise MigrationFailed(
+                instance=who,
+                step=step,
+                reason=str(exc),
+                outcome="rolled back: targets removed, source untouched",
+            ) from exc
+        raise MigrationFailed(
+            instance=who,
+            step=step,
+            reason=str(exc),
+            outcome="the journal is kept: storagectl migrate --resume or --rollback",
+        ) from exc
+
+    def _plan(self, j: Journal, domains: switch.Domains) -> None:
+        pass  # the plan is the journal itself
+
+    def _preflight(self, j: Journal, domains: switch.Domains) -> None:
+        preflight(j.plan, self.storage, names_only=j.plan.uuid in self._checked)
+
+    def _create(self, j: Journal, domains: switch.Domains) -> None:
+        for m in j.plan.moves:
+            loc = m.copy_dest
+            if self.storage.exists(loc):  # left by an interrupted create: ours
+                self.storage.remove(loc)
+            self.storage.create(loc, m.virtual_size, sparse_lv=j.plan.options.sparse_lvs)
+
+    def _copy(self, j: Journal, domains: switch.Domains) -> None:
+        o = j.plan.options
+        copy_all(
+            j.plan.moves,
+            self.storage,
+            self.s.runner,
+            self.s.progress,
+            parallel=o.parallel,
+            bwlimit=o.bwlimit,
+        )
+
+    def _verify(self, j: Journal, domains: switch.Domains) -> None:
+        for m in j.plan.moves:
+            verify_disk(m, self.storage, self.s.runner)
+
+    def _switch(self, j: Journal, domains: switch.Domains) -> None:
+        plan = j.plan
+        switch.forward(plan, j.original_xml, domains, self.storage)
+        new = switch.migrated_record(self._original_record(j), plan, now=rec.utc_now())
+        write_mirror(new, self.s.runner)
+        rec.write_record(plan.instance_dir, new)
+        switch.write_disk_info(
+            plan.instance_dir, switch.disk_info_after(j.original_disk_info, plan.moves)
+        )
+
+    def _cleanup(self, j: Journal, domains: switch.Domains) -> None:
+        if not j.plan.options.delete_source:
+            return
+        for m in j.plan.moves:
+            self.storage.remove(m.retained)
+        new = switch.migrated_record(
+            self._original_record(j), j.plan, now=rec.utc_now(), keep_sources=False
+        )
+        rec.write_record(j.plan.instance_dir, new)
+
+    def _rollback(self, j: Journal, domains: switch.Domains) -> None:
+        plan, who = j.plan, f"{j.plan.name} ({j.plan.uuid})"
+        if plan.options.delete_source and j.started("cleanup"):
+            raise MigrationRefused(
+                instance=who,
+                reason="the sources are being deleted "
+                "(cleanup); only --resume can finish this migration",
+            )
+        if j.started("switch"):
+            if domains.is_active(plan.uuid):
+                raise MigrationRefused(instance=who, reason="it is running; shut it off")
+            switch.undo(plan, j.original_xml, domains, self.storage)
+            rec.write_record(plan.instance_dir, self._original_record(j))
+            switch.write_disk_info(plan.instance_dir, j.original_disk_info)
+        if j.started("create"):
+            for m in plan.moves:
+                self.storage.remove(m.copy_dest)
+        j.remove()
+        self.s.say(f"{plan.name}: rolled back")
+
+    # -- helpers ------------------------------------------------------------------
+
+    def _original_record(self, j: Journal) -> rec.Record:
+        path = str(rec.record_path(j.plan.instance_dir))
+        return rec.parse_record(j.original_record, path=path, expect_uuid=j.plan.uuid)
+
+    def _journal(self, uuid: str, who: str) -> Journal:
+        inst_dir = self.s.nova.instance_dir(uuid)
+        journal = read_journal(inst_dir)
+        if journal is None:
+            raise NoMigration(instance=who, path=journal_path(inst_dir))
+        return journal
+
+    def _lock(self, uuid: str, who: str):  # noqa: ANN202 - a context manager
+        return _Locked(self.s.lock_path, uuid, who)
+
+
+class _Locked:
+    """instance_lock, with "locked" told as "another migration is in progress"."""
+
+    def __init__(self, lock_path: str, uuid: str, who: str) -> None:
+        self._cm = instance_lock(lock_path, uuid)
+        self.who = who
+
+    def __enter__(self) -> None:
+        try:
+            self._cm.__enter__()
+        except errors.LockBusy as exc:
+            raise MigrationRefused(
+                instance=self.who,
+                reason=f"another storagectl process (a migration?) holds its lock: {exc}",
+            ) from exc
+
+    def __exit__(self, *exc: object) -> None:
+        self._cm.__exit__(*exc)
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None

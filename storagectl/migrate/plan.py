@@ -1,0 +1,304 @@
+"""The migration plan: which disks move where, computed from the record only.
+
+A plan never comes from inference: the instance must have a valid ``storage.yaml``
+(``storagectl persist``), and each disk's source is the recorded location. Targets follow
+Nova's naming, so that Nova itself finds the disks afterwards:
+
+- flat / qcow2: ``<instances_path>/<uuid>/<name>`` (a qcow2 target is standalone);
+- lvm: ``/dev/<vg>/<uuid>_<name>`` (``_`` doubled), VG from ``--volume-group`` or
+  ``[libvirt] images_volume_group``;
+- rbd: ``<pool>/<uuid>_<name>``, pool from ``--pool`` or ``[libvirt] images_rbd_pool``,
+  ceph conf and user from nova.conf.
+
+A file disk keeps its Nova name, so a file->file move copies into a temporary
+``<name>.migrating`` and, at the switch, moves the source aside to
+``<name>.retained-<backend>`` (see :mod:`storagectl.migrate.switch`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from storagectl import errors
+from storagectl.config import NovaConfig
+from storagectl.layouts import naming
+from storagectl.layouts.model import Backend, DiskLayout, Role
+from storagectl.layouts.record import Record
+
+#: Backends this slice can write to and read from.
+TARGETS = (Backend.FLAT, Backend.QCOW2, Backend.LVM, Backend.RBD)
+SOURCES = (Backend.FLAT, Backend.QCOW2, Backend.LVM, Backend.RBD, Backend.PLOOP)
+DEFAULT_ROLES = (Role.ROOT, Role.EPHEMERAL, Role.SWAP)
+MOVABLE_ROLES = (Role.ROOT, Role.EPHEMERAL, Role.SWAP, Role.CONFIG)
+FORMAT_OF = {Backend.FLAT: "raw", Backend.QCOW2: "qcow2", Backend.LVM: "raw", Backend.RBD: "raw"}
+FILE_BACKENDS = (Backend.FLAT, Backend.QCOW2, Backend.PLOOP)
+TEMP_SUFFIX = ".migrating"
+RETAINED_SUFFIX = ".retained-"
+
+
+class MigrationRefused(errors.StorageCtlError):
+    """The migration cannot start; nothing was changed."""
+
+    template = "cannot migrate %(instance)s: %(reason)s"
+
+
+@dataclass
+class Location:
+    """Where one disk's data lives, in the record's terms (JSON-able for the journal)."""
+
+    backend: str
+    format: str
+    path: str | None = None  # file path, or /dev/VG/LV
+    volume_group: str | None = None
+    volume: str | None = None
+    pool: str | None = None
+    image: str | None = None
+    ceph_conf: str | None = None
+    user: str | None = None
+
+    @property
+    def kind(self) -> Backend:
+        return Backend(self.backend)
+
+    @property
+    def is_file(self) -> bool:
+        return self.kind in FILE_BACKENDS
+
+    def describe(self) -> str:
+        if self.kind is Backend.RBD:
+            return f"rbd:{self.pool}/{self.image}"
+        if self.kind is Backend.LVM:
+            return f"{self.path}"
+        return f"{self.path}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Location:
+        return cls(**data)
+
+    @classmethod
+    def of_disk(cls, disk: DiskLayout) -> Location:
+        return cls(
+            backend=disk.backend.value,
+            format=disk.format or "raw",
+            path=disk.path,
+            volume_group=disk.volume_group,
+            volume=disk.volume,
+            pool=disk.pool,
+            image=disk.image,
+            ceph_conf=disk.ceph_conf,
+            user=disk.rbd_user,
+        )
+
+
+@dataclass
+class DiskMove:
+    """One disk: from ``source`` to ``dest``; file targets go through ``temp_path``."""
+
+    name: str
+    role: str
+    target_dev: str | None
+    virtual_size: int
+    source: Location
+    dest: Location
+    temp_path: str | None = None  # file targets: copied here, renamed at the switch
+    retained_path: str | None = None  # file sources: moved here at the switch
+    needed: int | None = None  # bytes the copy will take on the target (preflight)
+
+    @property
+    def copy_dest(self) -> Location:
+        """Where the copy writes: the temporary file for file targets."""
+        if self.temp_path:
+            return Location(self.dest.backend, self.dest.format, path=self.temp_path)
+        return self.dest
+
+    @property
+    def retained(self) -> Location:
+        """Where the source lives once the switch is done."""
+        if self.retained_path:
+            return Location(self.source.backend, self.source.format, path=self.retained_path)
+        return self.source
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["source"], data["dest"] = self.source.to_dict(), self.dest.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DiskMove:
+        data = dict(data)
+        data["source"] = Location.from_dict(data["source"])
+        data["dest"] = Location.from_dict(data["dest"])
+        return cls(**data)
+
+
+@dataclass
+class Options:
+    """What the operator asked for (``storagectl migrate`` options)."""
+
+    to: str
+    roles: tuple[str, ...] = tuple(r.value for r in DEFAULT_ROLES)
+    volume_group: str | None = None
+    pool: str | None = None
+    ceph_conf: str | None = None
+    rbd_user: str | None = None
+    secret_uuid: str | None = None  # libvirt secret for RBD auth when no rbd disk has one
+    delete_source: bool = False
+    parallel: int = 1
+    bwlimit: int | None = None  # MiB/s, per disk
+    sparse_lvs: bool = False  # nova.conf sparse_logical_volumes
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["roles"] = list(self.roles)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Options:
+        data = dict(data)
+        data["roles"] = tuple(data.get("roles") or ())
+        return cls(**data)
+
+
+@dataclass
+class Plan:
+    uuid: str
+    name: str
+    uri: str
+    instance_dir: str
+    options: Options
+    moves: list[DiskMove] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "disk: why"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "uuid": self.uuid,
+            "name": self.name,
+            "uri": self.uri,
+            "instance_dir": self.instance_dir,
+            "options": self.options.to_dict(),
+            "moves": [m.to_dict() for m in self.moves],
+            "skipped": list(self.skipped),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        return cls(
+            uuid=data["uuid"],
+            name=data["name"],
+            uri=data["uri"],
+            instance_dir=data["instance_dir"],
+            options=Options.from_dict(data["options"]),
+            moves=[DiskMove.from_dict(m) for m in data["moves"]],
+            skipped=list(data.get("skipped") or ()),
+        )
+
+
+def make_plan(record: Record, options: Options, nova: NovaConfig, *, uri: str) -> Plan:
+    """The moves for ``record`` under ``options``; :class:`MigrationRefused` if none.
+
+    Pure: runs nothing. Sizes needed on the target are filled in by preflight.
+    """
+    try:
+        to = Backend(options.to)
+    except ValueError:
+        to = Backend.UNKNOWN
+    if to not in TARGETS:
+        raise errors.UsageError(reason=f"--to must be one of {', '.join(TARGETS)}")
+    roles = {Role(r) for r in options.roles}
+    bad = roles - set(MOVABLE_ROLES)
+    if bad:
+        raise errors.UsageError(reason=f"--disks: cannot move {', '.join(sorted(bad))} disks")
+    inst_dir = nova.instance_dir(record.uuid)
+    plan = Plan(record.uuid, record.name, uri, inst_dir, options)
+    for disk in record.disks:
+        why = _skip_reason(disk, to, roles)
+        if why:
+            plan.skipped.append(f"{disk.name}: {why}")
+            continue
+        plan.moves.append(_move(record.uuid, disk, to, options, nova, inst_dir))
+    if not plan.moves:
+        reasons = "; ".join(plan.skipped) or "it has no disks"
+        raise MigrationRefused(instance=record.uuid, reason=f"no disk to move to {to}: {reasons}")
+    return plan
+
+
+def _skip_reason(disk: DiskLayout, to: Backend, roles: set[Role]) -> str | None:
+    if disk.role not in roles:
+        return f"{disk.role} disks not selected (--disks)"
+    if disk.backend not in SOURCES:
+        return f"a {disk.backend} disk is never moved"
+    if disk.backend is to:
+        return f"already {to}"
+    if disk.virtual_size is None:
+        return "no recorded virtual size"
+    return None
+
+
+def _move(
+    uuid: str, disk: DiskLayout, to: Backend, options: Options, nova: NovaConfig, inst_dir: str
+) -> DiskMove:
+    fmt = FORMAT_OF[to]
+    temp = None
+    if to in (Backend.FLAT, Backend.QCOW2):
+        final = os.path.join(inst_dir, disk.name)
+        dest = Location(to.value, fmt, path=final)
+        temp = final + TEMP_SUFFIX
+    elif to is Backend.LVM:
+        vg = options.volume_group or nova.images_volume_group
+        if not vg:
+            raise errors.UsageError(
+                reason="--to lvm needs --volume-group (nova.conf has no images_volume_group)"
+            )
+        lv = naming.lv_name(uuid, disk.name)
+        dest = Location(to.value, fmt, path=f"/dev/{vg}/{lv}", volume_group=vg, volume=lv)
+    else:
+        pool = options.pool or nova.images_rbd_pool
+        conf = options.ceph_conf or nova.images_rbd_ceph_conf
+        user = options.rbd_user or nova.rbd_user
+        image = naming.rbd_image_name(uuid, disk.name)
+        dest = Location(to.value, fmt, pool=pool, image=image, ceph_conf=conf, user=user)
+    source = Location.of_disk(disk)
+    retained = None
+    if source.is_file and source.path:
+        retained = f"{source.path}{RETAINED_SUFFIX}{source.backend}"
+    return DiskMove(
+        name=disk.name,
+        role=disk.role.value,
+        target_dev=disk.target,
+        virtual_size=int(disk.virtual_size or 0),
+        source=source,
+        dest=dest,
+        temp_path=temp,
+        retained_path=retained if (temp and source.is_file) else None,
+    )
+
+
+def describe(plan: Plan) -> list[str]:
+    """Human lines: what will happen, disk by disk (``--dry-run`` and the confirmation)."""
+    o = plan.options
+    lines = [f"instance {plan.name} ({plan.uuid}) on {plan.uri}: to {o.to}"]
+    for m in plan.moves:
+        need = f", needs {m.needed} bytes" if m.needed is not None else ""
+        lines.append(
+            f"  {m.name} ({m.role}, {m.target_dev or '-'}): {m.source.backend} "
+            f"{m.source.describe()} -> {m.dest.backend} {m.dest.describe()} "
+            f"[virtual {m.virtual_size} bytes{need}]"
+        )
+        if m.temp_path:
+            lines.append(f"      copy into {m.temp_path}, renamed at the switch")
+        keep = m.retained.describe()
+        lines.append(
+            f"      source {'deleted after the switch' if o.delete_source else 'kept as ' + keep}"
+        )
+    for s in plan.skipped:
+        lines.append(f"  skipped {s}")
+    lines.append(
+        "  steps: plan, preflight, create target, copy (qemu-img convert), verify "
+        "(qemu-img compare), switch (domain XML + record), cleanup"
+    )
+    return lines

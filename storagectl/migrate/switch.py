@@ -1,0 +1,370 @@
+"""The switch step: point the domain, the record and disk.info at the copies.
+
+The persistent domain XML is changed by replacing only the text span of each moved
+``<disk>`` element (found by its ``<target dev>``) in the XML libvirt gave us, so
+everything else - Nova's ``<metadata>`` included - is redefined byte-for-byte. Inside
+the element only ``type``, ``<driver type>``, ``<source>`` (``<backingStore>`` dropped)
+and ``<auth>`` change.
+
+A file target has the source's Nova name, so the switch of a file target runs in steps
+that each leave the domain pointing at a complete, verified disk (kill -9 anywhere)::
+
+    define(disk -> T)  ->  rename S -> R  ->  link T -> S  ->  define(disk -> S)  ->  unlink T
+
+(T = ``<name>.migrating``, the verified copy; R = ``<name>.retained-<backend>``.) Every
+step checks what is already done, so running the switch again finishes it, and
+:func:`undo` walks back the same way.
+
+This module opens libvirt read-write (``hosts`` only ever reads).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable
+from dataclasses import replace
+
+from storagectl import errors
+from storagectl.fsutil import atomic_write
+from storagectl.layouts import record as rec
+from storagectl.layouts.model import Backend, DiskLayout, Role
+from storagectl.migrate.plan import DiskMove, Location, Plan
+from storagectl.migrate.targets import Storage
+
+LOG = logging.getLogger(__name__)
+
+_DISK_RE = re.compile(r"<disk[\s>].*?</disk>", re.DOTALL)
+
+
+class SwitchError(errors.StorageCtlError):
+    template = "cannot switch %(instance)s: %(reason)s"
+
+
+# -- the domain XML -----------------------------------------------------------------
+
+
+def disk_span(xml: str, target_dev: str) -> tuple[int, int]:
+    """Start and end offsets of the ``<disk>`` element whose target is ``target_dev``."""
+    for match in _DISK_RE.finditer(xml):
+        target = ET.fromstring(match.group(0)).find("target")
+        if target is not None and target.get("dev") == target_dev:
+            return match.start(), match.end()
+    raise SwitchError(instance="domain", reason=f"no <disk> with target {target_dev}")
+
+
+def rbd_auth(xml: str) -> tuple[str | None, str | None, list[tuple[str, str | None]]]:
+    """``(username, secret uuid, hosts)`` of the first rbd disk of the domain, if any."""
+    for match in _DISK_RE.finditer(xml):
+        el = ET.fromstring(match.group(0))
+        src = el.find("source")
+        if el.get("type") == "network" and src is not None and src.get("protocol") == "rbd":
+            auth = el.find("auth")
+            secret = auth.find("secret") if auth is not None else None
+            hosts = [(h.get("name", ""), h.get("port")) for h in src.findall("host")]
+            return (
+                auth.get("username") if auth is not None else None,
+                secret.get("uuid") if secret is not None else None,
+                hosts,
+            )
+    return None, None, []
+
+
+def rewrite_disk(
+    element_text: str, disk_type: str, fmt: str, source: ET.Element, auth: tuple[str, str] | None
+) -> str:
+    """One ``<disk>`` element's text with a new type, format, source and auth."""
+    el = ET.fromstring(element_text)
+    el.set("type", disk_type)
+    driver = el.find("driver")
+    if driver is None:
+        driver = ET.Element("driver", {"name": "qemu"})
+        el.insert(0, driver)
+    driver.set("type", fmt)
+    children = list(el)
+    old = el.find("source")
+    index = children.index(old) if old is not None else children.index(driver) + 1
+    source.tail = old.tail if old is not None else driver.tail
+    if old is not None:
+        el.remove(old)
+    el.insert(index, source)
+    for gone in el.findall("backingStore") + el.findall("auth"):
+        el.remove(gone)
+    if auth is not None:
+        auth_el = ET.Element("auth", {"username": auth[0]})
+        ET.SubElement(auth_el, "secret", {"type": "ceph", "uuid": auth[1]})
+        auth_el.tail = source.tail
+        el.insert(list(el).index(source), auth_el)
+    return ET.tostring(el, encoding="unicode")
+
+
+def domain_xml(
+    original: str,
+    plan: Plan,
+    where: dict[str, Location],
+    storage: Storage,
+    *,
+    rbd: tuple[str | None, str | None, list] | None = None,
+) -> str:
+    """``original`` with each disk named in ``where`` pointing at that location."""
+    xml = original
+    user, secret, hosts = rbd or rbd_auth(original)
+    if secret is None and plan.options.secret_uuid:
+        secret = plan.options.secret_uuid
+    for move in plan.moves:
+        loc = where.get(move.name)
+        if loc is None or move.target_dev is None:
+            continue
+        start, end = disk_span(xml, move.target_dev)
+        disk_type, source = storage.disk_source(loc, hosts=hosts)
+        auth = None
+        if loc.kind is Backend.RBD and secret:
+            auth = (user or loc.user or "admin", secret)
+        new = rewrite_disk(xml[start:end], disk_type, loc.format, source, auth)
+        xml = xml[:start] + new + xml[end:]
+    return xml
+
+
+def rbd_access(
+    original: str, plan: Plan, storage: Storage
+) -> tuple[str | None, str | None, list[tuple[str, str | None]]]:
+    """User, secret and monitors for new rbd disks: those of an rbd disk the domain already
+    has, else ``--secret-uuid`` and the monitors of ``ceph mon dump`` (as Nova does)."""
+    user, secret, hosts = rbd_auth(original)
+    dest = next((m.dest for m in plan.moves if m.dest.kind is Backend.RBD), None)
+    if dest is not None and not hosts:
+        hosts = storage.mon_hosts(dest)
+    return user, secret or plan.options.secret_uuid, hosts
+
+
+class Domains:
+    """Read-write libvirt access for one hypervisor (``virsh dumpxml --inactive
+    --security-info`` and ``virsh define``)."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._conn = None
+
+    def _open(self):  # noqa: ANN202 - libvirt has no type stubs
+        import libvirt
+
+        libvirt.registerErrorHandler(lambda _c, _e: None, None)
+        if self._conn is None:
+            try:
+                self._conn = libvirt.open(self.uri)
+            except libvirt.libvirtError as exc:
+                raise errors.HostUnreachable(uri=self.uri, reason=str(exc)) from exc
+        return self._conn
+
+    def _domain(self, uuid: str):  # noqa: ANN202
+        import libvirt
+
+        try:
+            return self._open().lookupByUUIDString(uuid)
+        except libvirt.libvirtError as exc:
+            raise errors.InstanceNotFound(instance=uuid, hosts=self.uri) from exc
+
+    def persistent_xml(self, uuid: str) -> str:
+        """The persistent definition with secrets (redefining without them loses them)."""
+        import libvirt
+
+        flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+        return self._domain(uuid).XMLDesc(flags)
+
+    def is_active(self, uuid: str) -> bool:
+        return bool(self._domain(uuid).isActive())
+
+    def define(self, xml: str) -> None:
+        import libvirt
+
+        try:
+            self._open().defineXML(xml)
+        except libvirt.libvirtError as exc:
+            raise SwitchError(instance="domain", reason=f"libvirt refused the XML: {exc}") from exc
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+
+# -- switching and undoing ---------------------------------------------------------
+
+
+def forward(plan: Plan, original_xml: str, domains: Domains, storage: Storage) -> None:
+    """Point the domain at the verified copies (idempotent; see the module docstring)."""
+    if domains.is_active(plan.uuid):
+        raise SwitchError(instance=plan.uuid, reason="the domain is running; shut it off")
+    where = {m.name: m.dest for m in plan.moves}
+    rbd = rbd_access(original_xml, plan, storage)
+    staged = {
+        m.name: m.copy_dest for m in plan.moves if m.temp_path and os.path.lexists(m.temp_path)
+    }
+    if staged:
+        domains.define(domain_xml(original_xml, plan, where | staged, storage, rbd=rbd))
+    for m in plan.moves:
+        if m.name not in staged:
+            continue
+        final, temp = m.dest.path or "", m.temp_path or ""
+        if os.path.lexists(final) and not os.path.samefile(final, temp):
+            if not m.retained_path or os.path.lexists(m.retained_path):
+                raise SwitchError(
+                    instance=plan.uuid,
+                    reason=f"{final} exists and is neither the source nor the copy",
+                )
+            _keep_owner(final, temp)
+            os.rename(final, m.retained_path)
+        if not os.path.lexists(final):
+            os.link(temp, final)
+        _fsync_dir(os.path.dirname(final))
+    domains.define(domain_xml(original_xml, plan, where, storage, rbd=rbd))
+    for m in plan.moves:
+        if m.name in staged:
+            os.unlink(m.temp_path or "")
+            _fsync_dir(os.path.dirname(m.temp_path or "/"))
+
+
+def undo(plan: Plan, original_xml: str, domains: Domains, storage: Storage) -> None:
+    """Point the domain back at the sources and remove the file copies (idempotent)."""
+    where: dict[str, Location] = {}
+    for m in plan.moves:
+        if m.retained_path and os.path.lexists(m.retained_path):
+            where[m.name] = m.retained
+        else:
+            where[m.name] = m.source
+    domains.define(domain_xml(original_xml, plan, where, storage))
+    for m in plan.moves:
+        if not m.temp_path:
+            continue
+        final = m.dest.path or ""
+        kept = m.retained_path
+        if kept and os.path.lexists(kept):
+            # The source comes back under its name in one rename, while R still holds it.
+            if not (os.path.lexists(final) and os.path.samefile(final, kept)):
+                back = final + ".rollback"
+                if os.path.lexists(back):
+                    os.unlink(back)
+                os.link(kept, back)
+                os.replace(back, final)
+        elif not m.source.is_file and os.path.lexists(final):
+            os.unlink(final)  # a block source: S was only ever our copy
+        if os.path.lexists(m.temp_path):
+            os.unlink(m.temp_path)
+        _fsync_dir(os.path.dirname(final))
+    domains.define(original_xml)
+    for m in plan.moves:
+        if m.temp_path and m.retained_path and os.path.lexists(m.retained_path):
+            os.unlink(m.retained_path)
+            _fsync_dir(os.path.dirname(m.retained_path))
+
+
+# -- the record and disk.info ------------------------------------------------------------
+
+
+def migrated_record(
+    original: rec.Record, plan: Plan, *, now: str, keep_sources: bool = True
+) -> rec.Record:
+    """The record after the switch: moved disks at their targets, sources retained."""
+    moves = {m.name: m for m in plan.moves}
+    disks = []
+    for disk in original.disks:
+        m = moves.get(disk.name)
+        disks.append(disk if m is None else _moved_disk(disk, m.dest))
+    retained = list(original.retained_sources)
+    if keep_sources:
+        retained += [retained_entry(m, now) for m in plan.moves]
+    return replace(
+        original,
+        disks=tuple(disks),
+        retained_sources=tuple(retained),
+        written_at=now,
+        obtained_how="migrated",
+    )
+
+
+def retained_entry(move: DiskMove, now: str) -> dict:
+    """A ``retained_sources`` item: where the old copy of a disk still is."""
+    loc = move.retained
+    entry = {"disk": move.name, "backend": loc.backend, "format": loc.format}
+    entry |= {k: v for k, v in loc.to_dict().items() if k not in ("backend", "format")}
+    entry |= {"retained_at": now, "migrated_to": move.dest.backend}
+    return entry
+
+
+def _moved_disk(disk: DiskLayout, dest: Location) -> DiskLayout:
+    kind = dest.kind
+    return DiskLayout(
+        name=disk.name,
+        role=Role(disk.role),
+        target=disk.target,
+        backend=kind,
+        format=dest.format,
+        path=dest.path if kind is not Backend.RBD else None,
+        volume_group=dest.volume_group,
+        volume=dest.volume,
+        pool=dest.pool,
+        image=dest.image,
+        virtual_size=disk.virtual_size,
+        device=disk.device,
+        ceph_conf=dest.ceph_conf if kind is Backend.RBD else None,
+        rbd_user=dest.user if kind is Backend.RBD else None,
+    )
+
+
+def disk_info_after(original: str | None, moves: Iterable[DiskMove]) -> str | None:
+    """Nova's disk.info (``{path: format}``) with the moved disks' entries replaced."""
+    if original is None:
+        return None
+    try:
+        data = json.loads(original)
+    except ValueError:
+        return None  # not ours to repair; audit reports it
+    if not isinstance(data, dict):
+        return None
+    for m in moves:
+        for key in _info_keys(m.source):
+            data.pop(key, None)
+        data[_info_keys(m.dest)[0]] = m.dest.format
+    return json.dumps(data)
+
+
+def write_disk_info(instance_dir: str, text: str | None) -> None:
+    """Replace Nova's disk.info atomically, keeping its owner and mode (Nova rewrites it
+    later, as its own user)."""
+    if text is None:
+        return
+    path = os.path.join(instance_dir, "disk.info")
+    try:
+        st = os.stat(path)
+        owner, mode = (st.st_uid, st.st_gid), st.st_mode & 0o7777
+    except FileNotFoundError:
+        owner, mode = None, 0o644
+    atomic_write(path, text.encode(), mode=mode)
+    if owner is not None and owner != (os.geteuid(), os.getegid()):
+        os.chown(path, *owner)
+
+
+def _info_keys(loc: Location) -> list[str]:
+    if loc.kind is Backend.RBD:
+        return [f"rbd:{loc.pool}/{loc.image}", f"{loc.pool}/{loc.image}"]
+    return [loc.path or ""]
+
+
+def _keep_owner(source: str, copy: str) -> None:
+    # Nova's files belong to nova / libvirt-qemu; the copy must too.
+    st = os.stat(source)
+    os.chown(copy, st.st_uid, st.st_gid)
+    os.chmod(copy, st.st_mode & 0o7777)
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory or "/", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

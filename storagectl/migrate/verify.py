@@ -1,0 +1,51 @@
+"""The verify step: the guest-visible contents of source and target must be identical.
+
+Runs, with explicit formats on both sides::
+
+    qemu-img compare -f qcow2 -F raw SRC TARGET
+    Images are identical.                     (exit 0)
+    Content mismatch at offset 1048576!       (exit 1)
+
+An LV is rounded up to whole extents and its tail is not zeroed, so when an LV is
+involved both sides are opened with ``--image-opts`` and the raw driver's ``size`` limits
+the LV to the disk's virtual size::
+
+    qemu-img compare --image-opts driver=qcow2,file.driver=file,file.filename=SRC \\
+        driver=raw,size=1073741824,file.driver=host_device,file.filename=/dev/vg/U_disk
+"""
+
+from __future__ import annotations
+
+import logging
+
+from storagectl import errors
+from storagectl.layouts.model import Backend
+from storagectl.migrate.plan import DiskMove
+from storagectl.migrate.targets import Storage
+from storagectl.process import Runner
+
+LOG = logging.getLogger(__name__)
+COMPARE_TIMEOUT = 24 * 3600
+
+
+class VerifyFailed(errors.StorageCtlError):
+    template = "disk %(disk)s: the copy differs from the source (%(detail)s)"
+
+
+def compare_argv(move: DiskMove, storage: Storage) -> list[str]:
+    src_loc, dst_loc = move.source, move.copy_dest
+    if Backend.LVM in (src_loc.kind, dst_loc.kind):
+        src = storage.qemu_spec(src_loc, size=move.virtual_size)
+        dst = storage.qemu_spec(dst_loc, size=move.virtual_size)
+        return ["qemu-img", "compare", "--image-opts", src.image_opts, dst.image_opts]
+    src, dst = storage.qemu_spec(src_loc), storage.qemu_spec(dst_loc)
+    return ["qemu-img", "compare", "-f", src.format, "-F", dst.format, src.filename, dst.filename]
+
+
+def verify_disk(move: DiskMove, storage: Storage, runner: Runner) -> None:
+    """Raise :class:`VerifyFailed` unless the target holds exactly the source's data."""
+    result = runner.run(*compare_argv(move, storage), ok_codes=(0, 1), timeout=COMPARE_TIMEOUT)
+    if result.exit_code != 0:
+        detail = (str(result.stdout) or str(result.stderr)).strip() or "exit status 1"
+        raise VerifyFailed(disk=move.name, detail=detail)
+    LOG.info("verified %s: %s", move.name, str(result.stdout).strip())

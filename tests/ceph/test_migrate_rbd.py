@@ -1,0 +1,289 @@
+"""storagectl migrate flat <-> rbd: the real Ceph test cluster and the real libvirtd.
+
+The instances are defined shut off in libvirtd (an rbd disk needs no secret to be
+defined, only to start), persisted through the CLI, and migrated by the CLI in a
+subprocess so that the test-only ``STORAGECTL_FAULT`` hook can SIGKILL it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid as uuidlib
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from tests.env.ceph import CephCluster, daemon_pids_for_conf, free_port, start_cluster
+from tests.env.libvirtd import Libvirtd, minimal_domain_xml
+from tests.libvirtd.test_migrate_files import (
+    DISK_RE,
+    ROOT,
+    STEPS,
+    Node,
+    guest_sha,
+    sh,
+    without_disk,
+)
+
+MiB = 1 << 20
+SECRET = "5b0f6c1e-1111-4c2d-8e3f-4a5b6c7d8e9f"
+
+
+@pytest.fixture
+def node(libvirtd: Libvirtd, libvirt_workdir: Path, ceph_cluster: CephCluster) -> Node:
+    n = Node(libvirt_workdir, libvirtd)
+    (n.instances / "_base").mkdir(parents=True)
+    n.conf.write_text(
+        f"[DEFAULT]\nstate_path = {n.root}\ninstances_path = {n.instances}\n"
+        f"[libvirt]\nimages_rbd_pool = {ceph_cluster.pool}\n"
+        f"images_rbd_ceph_conf = {ceph_cluster.conf}\nrbd_user = {ceph_cluster.user}\n"
+    )
+    n.ceph = ceph_cluster  # type: ignore[attr-defined]
+    return n
+
+
+def rbd_sha(cluster: CephCluster, image: str, scratch: Path) -> str:
+    return guest_sha(cluster.qemu_uri(image), "raw", scratch)
+
+
+def images(cluster: CephCluster, uuid: str) -> list[str]:
+    return sorted(
+        i
+        for i in json.loads(cluster.rbd("ls", "--pool", cluster.pool, "--format", "json"))
+        if i.startswith(uuid)
+    )
+
+
+def make_instance(node: Node, *, on_rbd: bool) -> str:
+    """A persisted, shut-off instance: root flat (or on RBD) with 3 MiB of data."""
+    cluster: CephCluster = node.ceph  # type: ignore[attr-defined]
+    uuid = str(uuidlib.uuid4())
+    d = node.instances / uuid
+    d.mkdir()
+    raw = d / "disk"
+    sh("qemu-img", "create", "-q", "-f", "raw", str(raw), str(16 * MiB))
+    sh("qemu-io", "-f", "raw", "-c", "write -P 3 1M 3M", str(raw))
+    info = {str(raw): "raw"}
+    xml = minimal_domain_xml(
+        f"storagectl-rbd-{uuid[:8]}", uuid, [(str(raw), "raw", "vda")], node.libvirtd.domain_type
+    )
+    if on_rbd:
+        image = f"{uuid}_disk"
+        cluster.rbd("import", "--no-progress", str(raw), f"{cluster.pool}/{image}")
+        raw.unlink()
+        info = {f"rbd:{cluster.pool}/{image}": "raw"}
+        root = ET.fromstring(xml)
+        disk = root.find("./devices/disk")
+        disk.set("type", "network")
+        disk.remove(disk.find("source"))
+        auth = ET.SubElement(disk, "auth", username=cluster.user)
+        ET.SubElement(auth, "secret", type="ceph", uuid=SECRET)
+        src = ET.SubElement(disk, "source", protocol="rbd", name=f"{cluster.pool}/{image}")
+        ET.SubElement(src, "host", name="127.0.0.1", port=str(cluster.port))
+        xml = ET.tostring(root, encoding="unicode")
+    (d / "disk.info").write_text(json.dumps(info))
+    node.libvirtd.define(xml)
+    res = node.run("persist", uuid)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return uuid
+
+
+def vda(node: Node, uuid: str) -> str:
+    return next(m.group(0) for m in DISK_RE.finditer(node.xml(uuid)) if "dev='vda'" in m.group(0))
+
+
+def guest_view(node: Node, uuid: str, scratch: Path) -> str:
+    """sha256 of what vda shows the guest, wherever the persistent XML points it."""
+    el = vda(node, uuid)
+    fmt = re.search(r"<driver [^>]*type='([^']+)'", el).group(1)
+    if "protocol='rbd'" in el:
+        image = re.search(r"<source protocol='rbd' name='[^/']+/([^']+)'", el).group(1)
+        assert fmt == "raw"
+        return rbd_sha(node.ceph, image, scratch)  # type: ignore[attr-defined]
+    return guest_sha(re.search(r"<source file='([^']+)'", el).group(1), fmt, scratch)
+
+
+def state(node: Node, uuid: str) -> dict:
+    d = node.instances / uuid
+    return {
+        "xml": node.xml(uuid),
+        "record": (d / "storage.yaml").read_bytes(),
+        "files": sorted(os.listdir(d)),
+        "images": images(node.ceph, uuid),
+    }  # type: ignore
+
+
+def test_flat_to_rbd_and_back(node: Node, tmp_path: Path) -> None:
+    cluster: CephCluster = node.ceph  # type: ignore[attr-defined]
+    uuid = make_instance(node, on_rbd=False)
+    d = node.instances / uuid
+    before_sha, before_xml = guest_view(node, uuid, tmp_path), node.xml(uuid)
+    res = node.cli("migrate", uuid, "--to", "rbd", "--yes", "--secret-uuid", SECRET)
+    assert res.returncode == 0, res.stderr
+    el = vda(node, uuid)
+    assert "type='network'" in el and f"name='{cluster.pool}/{uuid}_disk'" in el
+    assert f"uuid='{SECRET}'" in el and f"username='{cluster.user}'" in el
+    assert f"port='{cluster.port}'" in el  # from ceph mon dump
+    assert without_disk(node.xml(uuid), "vda") == without_disk(before_xml, "vda")
+    assert guest_view(node, uuid, tmp_path) == before_sha
+    rec = node.record(uuid)
+    assert rec["disks"][0]["backend"] == "rbd"
+    assert rec["disks"][0]["location"] == {
+        "pool": cluster.pool,
+        "image": f"{uuid}_disk",
+        "ceph_conf": str(cluster.conf),
+        "user": cluster.user,
+    }
+    assert rec["retained_sources"][0]["path"] == str(d / "disk")
+    meta = json.loads(
+        cluster.rbd("image-meta", "list", "--format", "json", f"{cluster.pool}/{uuid}_disk")
+    )
+    assert meta["storagectl.instance"] == uuid and meta["storagectl.disk"] == "disk"
+    assert json.loads((d / "disk.info").read_text()) == {f"rbd:{cluster.pool}/{uuid}_disk": "raw"}
+    res = node.run("inspect", "-o", "json", uuid)
+    assert json.loads(res.stdout)["instances"][0]["findings"] == []
+    # and back: rbd -> flat; the flat file kept by the first migration is in the way
+    res = node.cli("migrate", uuid, "--to", "flat", "--yes")
+    assert res.returncode == 1 and "the target" in res.stderr and "already exists" in res.stderr
+    res = node.run("migrate", "--delete-retained", uuid)
+    assert res.returncode == 0 and str(d / "disk") in res.stdout
+    res = node.cli("migrate", uuid, "--to", "flat", "--yes", "--delete-source")
+    assert res.returncode == 0, res.stderr
+    assert without_disk(node.xml(uuid), "vda") == without_disk(before_xml, "vda")
+    assert "type='file'" in vda(node, uuid) and "<auth" not in vda(node, uuid)
+    assert guest_view(node, uuid, tmp_path) == before_sha
+    assert images(cluster, uuid) == []
+    assert node.record(uuid)["retained_sources"] == []
+
+
+@pytest.mark.parametrize("direction", ["flat-to-rbd", "rbd-to-flat"])
+@pytest.mark.parametrize("fault", [f"{s}:{p}" for s in STEPS for p in ("before", "after")])
+def test_kill_at_every_boundary(node: Node, tmp_path: Path, direction: str, fault: str) -> None:
+    """Killed at the boundary: rollback restores the original; killed again: resume ends."""
+    to_rbd = direction == "flat-to-rbd"
+    uuid = make_instance(node, on_rbd=not to_rbd)
+    d = node.instances / uuid
+    before_sha, before = guest_view(node, uuid, tmp_path), state(node, uuid)
+    argv = ["migrate", uuid, "--to", "rbd" if to_rbd else "flat", "--yes"]
+    for how in ("rollback", "resume"):
+        res = node.killed(*argv, fault=fault)
+        assert res.returncode == -signal.SIGKILL, res.stderr
+        assert guest_view(node, uuid, tmp_path) == before_sha
+        res = node.run("migrate", f"--{how}", uuid)
+        assert res.returncode == 0, res.stderr
+        assert not (d / "storage.migration.json").exists()
+        assert guest_view(node, uuid, tmp_path) == before_sha
+        if how == "rollback":
+            assert state(node, uuid) == before
+    after = state(node, uuid)
+    assert without_disk(after["xml"], "vda") == without_disk(before["xml"], "vda")
+    assert node.record(uuid)["disks"][0]["backend"] == ("rbd" if to_rbd else "flat")
+    # nothing leaked: exactly the source (retained) and the target exist
+    assert after["images"] == [f"{uuid}_disk"]
+    assert ("disk" in after["files"]) is True
+    assert not [f for f in after["files"] if f.endswith((".migrating", ".rollback"))]
+
+
+def test_ceph_unreachable_is_refused(node: Node, tmp_path: Path) -> None:
+    cluster: CephCluster = node.ceph  # type: ignore[attr-defined]
+    uuid = make_instance(node, on_rbd=False)
+    before = state(node, uuid)
+    dead = tmp_path / "dead.conf"
+    dead.write_text(
+        cluster.conf.read_text().replace(f"127.0.0.1:{cluster.port}", f"127.0.0.1:{free_port()}")
+    )
+    node.conf.write_text(node.conf.read_text().replace(str(cluster.conf), str(dead)))
+    started = time.monotonic()
+    res = node.run("migrate", uuid, "--to", "rbd", "--yes", "--ceph-timeout", "3")
+    assert res.returncode == 1 and "Ceph is unreachable" in res.stderr, res.stderr
+    assert time.monotonic() - started < 30
+    node.conf.write_text(node.conf.read_text().replace(str(dead), str(cluster.conf)))
+    assert state(node, uuid) == before
+
+
+@pytest.fixture
+def own_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A cluster of its own: stopping its OSD must not disturb the session's cluster."""
+    cluster = start_cluster(tmp_path_factory.mktemp("ceph-dying"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_ceph_dying_mid_copy(node: Node, tmp_path: Path, own_cluster: CephCluster) -> None:
+    """The OSD stops answering (SIGSTOP) during a rate-limited copy to RBD: the copy
+    fails within --ceph-timeout; once Ceph answers again no image is left, and the source,
+    the domain and the record are untouched."""
+    shared: CephCluster = node.ceph  # type: ignore[attr-defined]
+    cluster = node.ceph = own_cluster  # type: ignore[attr-defined]
+    node.conf.write_text(node.conf.read_text().replace(str(shared.conf), str(cluster.conf)))
+    uuid = make_instance(node, on_rbd=False)
+    d = node.instances / uuid
+    sh("qemu-io", "-f", "raw", "-c", "write -P 4 4M 12M", str(d / "disk"))
+    before_sha, before = guest_view(node, uuid, tmp_path), state(node, uuid)
+    osds = [
+        p
+        for p in daemon_pids_for_conf(cluster.conf)
+        if "ceph-osd" in Path(f"/proc/{p}/cmdline").read_text()
+    ]
+    assert osds, "no ceph-osd process found for the test cluster"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "storagectl",
+            *node.args(),
+            "migrate",
+            uuid,
+            "--to",
+            "rbd",
+            "--yes",
+            "--bwlimit",
+            "2",
+            "--ceph-timeout",
+            "3",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while f"{uuid}_disk" not in images(cluster, uuid):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        time.sleep(0.5)  # the copy is under way
+        for pid in osds:
+            os.kill(pid, signal.SIGSTOP)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        for pid in osds:
+            os.kill(pid, signal.SIGCONT)
+    assert proc.returncode == 1, (out, err)
+    assert "failed at copy" in err
+    # After SIGCONT the OSD may first have to rejoin the map before it serves again.
+    deadline = time.monotonic() + 240
+    while True:
+        try:
+            cluster.rbd("info", f"{cluster.pool}/{uuid}_disk", timeout=20)
+            break
+        except Exception as exc:  # noqa: BLE001 - gone (rolled back) or not answering yet
+            if "No such file" in str(exc):
+                break
+            assert time.monotonic() < deadline, f"the cluster did not come back: {exc}"
+            time.sleep(1)
+    if (d / "storage.migration.json").exists():  # the rollback could not reach Ceph either
+        assert "--rollback" in err
+        res = node.run("migrate", "--rollback", uuid)
+        assert res.returncode == 0, res.stderr
+    assert state(node, uuid) == before
+    assert guest_view(node, uuid, tmp_path) == before_sha

@@ -1,0 +1,444 @@
+"""storagectl migrate between qcow2 and flat files, on domains of the real libvirtd.
+
+Each test builds a Nova-like instance (qcow2 root on a raw ``_base`` image, or a flat
+root, plus a raw ephemeral) under ``libvirt_workdir``, defines it shut off in the real
+libvirtd, persists it through the CLI, and migrates it with the CLI in a subprocess (so
+the test-only ``STORAGECTL_FAULT`` hook can SIGKILL it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid as uuidlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import libvirt
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from storagectl.cli import cli
+from tests.env.libvirtd import Libvirtd, minimal_domain_xml
+
+MiB = 1 << 20
+ROOT = Path(__file__).resolve().parents[2]
+STEPS = ("plan", "preflight", "create", "copy", "verify", "switch", "cleanup")
+DISK_RE = re.compile(r"<disk[\s>].*?</disk>", re.DOTALL)
+
+
+def sh(*argv: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, check=True, capture_output=True, text=True, **kw)
+
+
+def guest_sha(path: str | Path, fmt: str, scratch: Path) -> str:
+    """sha256 of the guest-visible bytes (qemu-img convert -O raw, then hash)."""
+    out = scratch / f"sha-{uuidlib.uuid4().hex}.raw"
+    sh("qemu-img", "convert", "-f", fmt, "-O", "raw", str(path), str(out))
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    out.unlink()
+    return digest
+
+
+def without_disk(xml: str, target: str) -> str:
+    """The XML with the <disk> element of ``target`` cut out (everything else as is)."""
+    for m in DISK_RE.finditer(xml):
+        if f"<target dev='{target}'" in m.group(0):
+            return xml[: m.start()] + xml[m.end() :]
+    raise AssertionError(f"no disk {target}")
+
+
+@dataclass
+class Node:
+    root: Path
+    libvirtd: Libvirtd
+
+    @property
+    def instances(self) -> Path:
+        return self.root / "instances"
+
+    @property
+    def conf(self) -> Path:
+        return self.root / "nova.conf"
+
+    def args(self) -> list[str]:
+        return [
+            "-c",
+            self.libvirtd.uri,
+            "--nova-conf",
+            str(self.conf),
+            "--lock-path",
+            str(self.root / "locks"),
+            "--log-file",
+            str(self.root / "storagectl.log"),
+        ]
+
+    def cli(
+        self,
+        *args: str,
+        env: dict | None = None,
+        timeout: float = 120,
+        prefix: tuple[str, ...] = (),
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*prefix, sys.executable, "-m", "storagectl", *self.args(), *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=timeout,
+            env={**os.environ, **(env or {})},
+            stdin=subprocess.DEVNULL,
+        )
+
+    def run(self, *args: str) -> subprocess.CompletedProcess:
+        """The CLI in this process (faster); for commands the fault hook does not kill."""
+        res = CliRunner().invoke(cli, [*self.args(), *args])
+        if res.exception and not isinstance(res.exception, SystemExit):
+            raise res.exception
+        return subprocess.CompletedProcess(args, res.exit_code, res.stdout, res.stderr)
+
+    def killed(self, *args: str, fault: str) -> subprocess.CompletedProcess:
+        """The CLI in a forked child with ``STORAGECTL_FAULT=fault`` (no interpreter
+        start-up); returncode is -9 when the hook fired, stderr is kept otherwise."""
+        err = self.root / f"killed-{os.getpid()}.err"
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            code = 70
+            try:
+                os.environ["STORAGECTL_FAULT"] = fault
+                res = CliRunner().invoke(cli, [*self.args(), *args])
+                err.write_text(f"{res.stderr}{res.exception!r}")
+                code = res.exit_code
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        text = err.read_text() if err.exists() else ""
+        err.unlink(missing_ok=True)
+        return subprocess.CompletedProcess(args, code, "", text)
+
+    def xml(self, uuid: str) -> str:
+        dom = self.libvirtd.connect().lookupByUUIDString(uuid)
+        return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+
+    def record(self, uuid: str) -> dict:
+        return yaml.safe_load((self.instances / uuid / "storage.yaml").read_text())
+
+
+@pytest.fixture
+def node(libvirtd: Libvirtd, libvirt_workdir: Path) -> Node:
+    n = Node(libvirt_workdir, libvirtd)
+    (n.instances / "_base").mkdir(parents=True)
+    n.conf.write_text(f"[DEFAULT]\nstate_path = {n.root}\ninstances_path = {n.instances}\n")
+    return n
+
+
+def make_instance(node: Node, *, flat: bool = False, data_mib: int = 4) -> str:
+    """A persisted, shut-off instance: root (qcow2 on raw base, or flat) + raw disk.local."""
+    uuid = str(uuidlib.uuid4())
+    d = node.instances / uuid
+    d.mkdir()
+    if flat:
+        sh("qemu-img", "create", "-q", "-f", "raw", str(d / "disk"), str(32 * MiB))
+        sh("qemu-io", "-f", "raw", "-c", f"write -P 7 1M {data_mib}M", str(d / "disk"))
+        fmt = "raw"
+    else:
+        base = node.instances / "_base" / hashlib.sha1(uuid.encode()).hexdigest()
+        sh("qemu-img", "create", "-q", "-f", "raw", str(base), str(32 * MiB))
+        sh("qemu-io", "-f", "raw", "-c", f"write -P 5 0 {data_mib}M", str(base))
+        sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw", str(d / "disk"))
+        sh("qemu-io", "-f", "qcow2", "-c", "write -P 9 2M 1M", str(d / "disk"))
+        fmt = "qcow2"
+    sh("qemu-img", "create", "-q", "-f", "raw", str(d / "disk.local"), str(8 * MiB))
+    (d / "disk.info").write_text(json.dumps({str(d / "disk"): fmt, str(d / "disk.local"): "raw"}))
+    name = f"storagectl-mig-{uuid[:8]}"
+    xml = minimal_domain_xml(
+        name,
+        uuid,
+        [(str(d / "disk"), fmt, "vda"), (str(d / "disk.local"), "raw", "vdb")],
+        node.libvirtd.domain_type,
+    )
+    node.libvirtd.define(xml)
+    res = node.run("persist", uuid)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return uuid
+
+
+def migrate(node: Node, uuid: str, *args: str, **kw) -> subprocess.CompletedProcess:
+    return node.cli("migrate", uuid, *args, **kw)
+
+
+def leftovers(node: Node, uuid: str) -> list[str]:
+    """Files a migration may leave behind by mistake."""
+    d = node.instances / uuid
+    return sorted(
+        p.name
+        for p in d.iterdir()
+        if p.name.endswith((".migrating", ".rollback")) or p.name.startswith(".")
+    )
+
+
+def test_qcow2_to_flat_then_back_with_retained_sources(node: Node, tmp_path: Path) -> None:
+    uuid = make_instance(node)
+    d = node.instances / uuid
+    before_sha = guest_sha(d / "disk", "qcow2", tmp_path)
+    before_xml = node.xml(uuid)
+    res = migrate(node, uuid, "--to", "flat", "--yes")
+    assert res.returncode == 0, res.stderr
+    assert "copy disk: 100%" in res.stderr and "copy disk.local" not in res.stderr
+    # data: the guest sees the same bytes, now from a standalone raw file
+    assert sh("qemu-img", "info", "--output=json", str(d / "disk")).stdout.count('"raw"') == 1
+    assert guest_sha(d / "disk", "raw", tmp_path) == before_sha
+    # XML: only the root disk element changed, to driver type raw
+    after_xml = node.xml(uuid)
+    assert without_disk(after_xml, "vda") == without_disk(before_xml, "vda")
+    assert "nova:instance" in after_xml
+    vda = next(m.group(0) for m in DISK_RE.finditer(after_xml) if "dev='vda'" in m.group(0))
+    assert "type='raw'" in vda and f"file='{d / 'disk'}'" in vda
+    # record: backend flat, source retained; disk.info follows
+    rec = node.record(uuid)
+    assert rec["obtained"]["how"] == "migrated"
+    assert [(x["name"], x["backend"], x["format"]) for x in rec["disks"]] == [
+        ("disk", "flat", "raw"),
+        ("disk.local", "flat", "raw"),
+    ]
+    retained = rec["retained_sources"]
+    assert [(r["disk"], r["backend"], r["path"]) for r in retained] == [
+        ("disk", "qcow2", str(d / "disk.retained-qcow2"))
+    ]
+    assert guest_sha(d / "disk.retained-qcow2", "qcow2", tmp_path) == before_sha
+    assert json.loads((d / "disk.info").read_text())[str(d / "disk")] == "raw"
+    assert not (d / "storage.migration.json").exists() and leftovers(node, uuid) == []
+    # inspect trusts the new record and finds nothing wrong
+    res = node.cli("inspect", "-o", "json", uuid)
+    inst = json.loads(res.stdout)["instances"][0]
+    assert inst["source"] == "metadata" and inst["findings"] == [], inst
+    # back to qcow2: a second retained source
+    res = migrate(node, uuid, "--to", "qcow2", "--disks", "root", "--yes")
+    assert res.returncode == 0, res.stderr
+    info = sh("qemu-img", "info", "--output=json", str(d / "disk")).stdout
+    assert '"format": "qcow2"' in info and "backing" not in info
+    assert guest_sha(d / "disk", "qcow2", tmp_path) == before_sha
+    assert without_disk(node.xml(uuid), "vda") == without_disk(before_xml, "vda")
+    assert [r["path"] for r in node.record(uuid)["retained_sources"]] == [
+        str(d / "disk.retained-qcow2"),
+        str(d / "disk.retained-flat"),
+    ]
+    # a third migration to flat is refused while the first retained qcow2 is there
+    res = migrate(node, uuid, "--to", "flat", "--yes")
+    assert res.returncode == 1 and "delete-retained" in res.stderr
+    assert "MigrationRefused" in res.stderr and "Traceback" not in res.stderr
+    res = node.cli("migrate", "--delete-retained", uuid)
+    assert res.returncode == 0, res.stderr
+    assert "disk.retained-qcow2" in res.stdout and "disk.retained-flat" in res.stdout
+    assert node.record(uuid)["retained_sources"] == []
+    # qcow2 -> flat, deleting the source this time
+    res = migrate(node, uuid, "--to", "flat", "--yes", "--delete-source")
+    assert res.returncode == 0, res.stderr
+    assert guest_sha(d / "disk", "raw", tmp_path) == before_sha
+    assert node.record(uuid)["retained_sources"] == []
+    assert sorted(p.name for p in d.iterdir()) == [
+        "disk",
+        "disk.info",
+        "disk.local",
+        "storage.yaml",
+    ]
+
+
+def domain_disk(node: Node, uuid: str, target: str) -> tuple[str, str]:
+    """(source file, driver type) of one disk in the persistent XML."""
+    vda = next(
+        m.group(0) for m in DISK_RE.finditer(node.xml(uuid)) if f"dev='{target}'" in m.group(0)
+    )
+    return (
+        re.search(r"<source file='([^']+)'", vda).group(1),
+        re.search(r"<driver [^>]*type='([^']+)'", vda).group(1),
+    )
+
+
+def snapshot(node: Node, uuid: str) -> dict:
+    d = node.instances / uuid
+    return {
+        "xml": node.xml(uuid),
+        "record": (d / "storage.yaml").read_bytes(),
+        "disk.info": (d / "disk.info").read_bytes(),
+        "files": sorted(os.listdir(d)),
+    }
+
+
+@pytest.mark.parametrize("how", ["resume", "rollback"])
+@pytest.mark.parametrize("fault", [f"{s}:{p}" for s in STEPS for p in ("before", "after")])
+def test_kill_at_every_boundary_then_resume_or_rollback(
+    node: Node, tmp_path: Path, fault: str, how: str
+) -> None:
+    uuid = make_instance(node, data_mib=2)
+    d = node.instances / uuid
+    before_sha = guest_sha(d / "disk", "qcow2", tmp_path)
+    before = snapshot(node, uuid)
+    res = node.killed("migrate", uuid, "--to", "flat", "--yes", fault=fault)
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    # at the boundary: the domain points at a complete disk with the same data
+    path, fmt = domain_disk(node, uuid, "vda")
+    assert guest_sha(path, fmt, tmp_path) == before_sha, (path, fmt)
+    assert (d / "storage.migration.json").exists()
+    if fault == "copy:after":  # a new migration is refused while the journal is there
+        res = node.run("migrate", uuid, "--to", "flat", "--yes")
+        assert res.returncode == 1 and "--resume or --rollback" in res.stderr
+        status = node.run("migrate", "--status")
+        assert uuid in status.stdout and "copy (after)" in status.stdout
+    res = node.run("migrate", f"--{how}", uuid)
+    assert res.returncode == 0, res.stderr
+    assert not (d / "storage.migration.json").exists()
+    assert leftovers(node, uuid) == []
+    path, fmt = domain_disk(node, uuid, "vda")
+    assert guest_sha(path, fmt, tmp_path) == before_sha
+    after = snapshot(node, uuid)
+    if how == "rollback":
+        assert after == before
+    else:
+        assert (path, fmt) == (str(d / "disk"), "raw")
+        assert without_disk(after["xml"], "vda") == without_disk(before["xml"], "vda")
+        assert node.record(uuid)["disks"][0]["backend"] == "flat"
+        assert after["files"] == sorted([*before["files"], "disk.retained-qcow2"])
+
+
+def refused(res: subprocess.CompletedProcess, *words: str) -> None:
+    assert res.returncode == 1, (res.returncode, res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr
+    for word in words:
+        assert word in res.stderr, (word, res.stderr)
+
+
+def test_refusals_change_nothing(node: Node, tmp_path: Path) -> None:
+    uuid = make_instance(node, data_mib=1)
+    d = node.instances / uuid
+    before = snapshot(node, uuid)
+    refused(node.run("migrate", "no-such-instance", "--to", "flat", "--yes"), "InstanceNotFound")
+    # target name taken (a stray file where the copy would go)
+    (d / "disk.migrating").write_bytes(b"x")
+    refused(node.run("migrate", uuid, "--to", "flat", "--yes"), "disk.migrating already exists")
+    (d / "disk.migrating").unlink()
+    # VG missing (file -> lvm)
+    refused(
+        node.run(
+            "migrate", uuid, "--to", "lvm", "--volume-group", "storagectl-no-such-vg", "--yes"
+        ),
+        "volume group storagectl-no-such-vg not found",
+    )
+    # the record no longer matches the domain (vdb is opened as qcow2 now)
+    dom = node.libvirtd.connect().lookupByUUIDString(uuid)
+    drifted = before["xml"].replace("type='raw'", "type='qcow2'", 1)
+    node.libvirtd.connect().defineXML(drifted)
+    refused(node.run("migrate", uuid, "--to", "flat", "--yes"), "audit", "disk.local")
+    node.libvirtd.connect().defineXML(before["xml"])
+    # not a terminal and no --yes; --dry-run prints the plan
+    res = node.run("migrate", uuid, "--to", "flat")
+    assert res.returncode == 2 and "--yes" in res.stderr
+    res = node.run("migrate", uuid, "--to", "flat", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert f"{d / 'disk'} -> flat {d / 'disk'}" in res.stdout and "needs" in res.stdout
+    assert "skipped disk.local: already flat" in res.stdout
+    # running
+    dom.create()
+    try:
+        refused(node.run("migrate", uuid, "--to", "flat", "--yes"), "is running", "shut it off")
+    finally:
+        dom.destroy()
+    assert snapshot(node, uuid) == before
+    # no record
+    (d / "storage.yaml").rename(tmp_path / "storage.yaml")
+    refused(node.run("migrate", uuid, "--to", "flat", "--yes"), "storagectl persist")
+    (tmp_path / "storage.yaml").rename(d / "storage.yaml")
+    assert snapshot(node, uuid) == before
+
+
+def _hold(lock_path: str, uuid: str, ready, release) -> None:  # noqa: ANN001
+    from storagectl.layouts.locks import instance_lock
+
+    with instance_lock(lock_path, uuid):
+        ready.set()
+        release.wait(30)
+
+
+def test_refused_while_another_process_holds_the_instance_lock(node: Node) -> None:
+    import multiprocessing
+
+    uuid = make_instance(node, data_mib=1)
+    before = snapshot(node, uuid)
+    ctx = multiprocessing.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold, args=(str(node.root / "locks"), uuid, ready, release))
+    holder.start()
+    try:
+        assert ready.wait(10)
+        refused(migrate(node, uuid, "--to", "flat", "--yes"), "holds its lock")
+    finally:
+        release.set()
+        holder.join(10)
+    assert snapshot(node, uuid) == before
+
+
+@pytest.fixture
+def small_fs(node: Node):
+    """The instances directory on a 40 MiB tmpfs (its own file system, so it fills)."""
+    sh("mount", "-t", "tmpfs", "-o", "size=40m,mode=0755", "tmpfs", str(node.instances))
+    (node.instances / "_base").mkdir()
+    yield node.instances
+    sh("umount", "-l", str(node.instances))
+
+
+def test_not_enough_space_is_refused(node: Node, small_fs: Path) -> None:
+    uuid = make_instance(node, data_mib=12)
+    filler = small_fs / "filler"
+    sh("dd", "if=/dev/zero", f"of={filler}", "bs=1M", "count=20")
+    before = snapshot(node, uuid)
+    refused(migrate(node, uuid, "--to", "flat", "--yes"), "not enough space")
+    assert snapshot(node, uuid) == before
+
+
+def test_disk_full_during_the_copy_removes_the_target(
+    node: Node, small_fs: Path, tmp_path: Path
+) -> None:
+    uuid = make_instance(node, data_mib=12)
+    d = node.instances / uuid
+    before, before_sha = snapshot(node, uuid), guest_sha(d / "disk", "qcow2", tmp_path)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "storagectl",
+            *node.args(),
+            "migrate",
+            uuid,
+            "--to",
+            "flat",
+            "--yes",
+            "--bwlimit",
+            "2",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not (d / "disk.migrating").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    # fill the file system while qemu-img copies (dd stops at ENOSPC)
+    subprocess.run(
+        ["dd", "if=/dev/zero", f"of={small_fs / 'filler'}", "bs=1M"], capture_output=True
+    )
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (out, err)
+    assert "No space left on device" in err and "rolled back" in err
+    (small_fs / "filler").unlink()
+    assert snapshot(node, uuid) == before
+    assert guest_sha(d / "disk", "qcow2", tmp_path) == before_sha
