@@ -126,7 +126,10 @@ class Runner:
         shown = " ".join(mask_argv(argv_t))
         if self.is_real and shutil.which(argv_t[0]) is None and not os.path.isabs(argv_t[0]):
             raise errors.CommandNotFound(command=argv_t[0])
-        merged_env = {**self.env, **(env or {})} or None
+        # processutils hands env_variables to Popen as the WHOLE environment: extra
+        # variables are added to ours, never substituted for it (PATH must survive).
+        extra = {**self.env, **(env or {})}
+        merged_env = {**os.environ, **extra} if extra else None
         started = time.monotonic()
         started_procs: list[Any] = []
         finished: list[Any] = []

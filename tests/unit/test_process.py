@@ -136,3 +136,9 @@ def test_stream_with_a_fake_executor_replays_stdout():
     seen = []
     Runner(fake).stream("qemu-img", "convert", "-p", on_line=seen.append)
     assert [s.strip() for s in seen] == ["(0.00/100%)", "(100.00/100%)"]
+
+
+def test_extra_env_is_added_to_the_environment_not_substituted():
+    out = Runner(env={"STORAGECTL_X": "1"}).run("sh", "-c", 'echo "$STORAGECTL_X:$PATH"').stdout
+    x, path = out.strip().split(":", 1)
+    assert x == "1" and "/bin" in path
