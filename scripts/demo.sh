@@ -13,6 +13,10 @@ cleanup() {
   [ "${KEEP:-0}" = 1 ] && { echo "kept $DEMO"; return; }
   $PY -m tests.env.ceph stop "$DEMO/ceph" >/dev/null 2>&1 || true
   $PY -m tests.env.lvm destroy "$DEMO/lvm" >/dev/null 2>&1 || true
+  for u in $(cat "$DEMO/defined" 2>/dev/null); do
+    virsh -q -c qemu:///system undefine "$u" >/dev/null 2>&1 || true
+  done
+  $PY -m tests.env.libvirtd stop >/dev/null 2>&1 || true
   rm -rf "$DEMO"
 }
 trap cleanup EXIT
@@ -76,3 +80,18 @@ for i in json.load(sys.stdin)["instances"]:
 step "audit: the cron job (exit 2: a critical finding), with a Prometheus textfile"
 show $SC "${G[@]}" audit --prometheus "$DEMO/storagectl.prom"
 grep -v '^#' "$DEMO/storagectl.prom" | grep -v ' 0$'
+
+step "migrate: move a shut-off qcow2 instance to a flat raw file, on a real libvirtd"
+$PY -m tests.env.libvirtd start || { echo "libvirtd did not start"; exit 1; }
+$SC sandbox create "$DEMO/node2" --instances 2 --seed 7 \
+  --define qemu:///system --domain-type qemu >/dev/null || { echo "sandbox failed"; exit 1; }
+M=(-c qemu:///system --nova-conf "$DEMO/node2/etc/nova/nova.conf" --lock-path "$DEMO/locks")
+$PY -c 'import json,sys; print("\n".join(i["uuid"] for i in json.load(open(sys.argv[1]))["instances"]))' \
+  "$DEMO/node2/sandbox.json" > "$DEMO/defined"
+MOVE=$($PY -c 'import json,sys; print([i["uuid"] for i in json.load(open(sys.argv[1]))["instances"] if i["kind"]=="qcow2"][0])' "$DEMO/node2/sandbox.json")
+show $SC "${M[@]}" persist $(cat "$DEMO/defined")
+show $SC "${M[@]}" migrate "$MOVE" --to flat --dry-run
+show $SC "${M[@]}" migrate "$MOVE" --to flat --yes
+show $SC "${M[@]}" inspect "$MOVE"
+show $SC "${M[@]}" audit
+show $SC "${M[@]}" migrate --delete-retained "$MOVE"
