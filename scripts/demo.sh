@@ -38,8 +38,10 @@ export LVM_SYSTEM_DIR=$(echo "$LVM_JSON" | $PY -c 'import json,sys; print(json.l
 echo "volume group: $VG (LVM_SYSTEM_DIR=$LVM_SYSTEM_DIR)"
 
 step "A sandbox legacy compute node: qcow2-on-base, flat, LVM and RBD instances"
-show $SC sandbox create "$DEMO/node" --instances 8 --with lvm,rbd --volume-group "$VG" \
-  --rbd-pool vms --ceph-conf "$CEPH_CONF" --rbd-user admin --flavors m1.tiny,m1.swap
+# Small disks: the demo VG is 1 GiB of a sparse loop file.
+$SC sandbox create "$DEMO/node" --instances 8 --with lvm,rbd --volume-group "$VG" \
+  --rbd-pool vms --ceph-conf "$CEPH_CONF" --rbd-user admin --flavors m1.tiny,m1.swap \
+  --root-size 64M || { echo "sandbox creation failed"; exit 1; }
 G=(-c "test://$DEMO/node/node.xml" --nova-conf "$DEMO/node/etc/nova/nova.conf"
    --lock-path "$DEMO/locks")
 
@@ -72,10 +74,13 @@ show $SC "${G[@]}" show "$FIRST"
 
 step "flip the host to images_type=lvm, use_cow_images=False: records keep every layout"
 sed -i 's/^use_cow_images.*/use_cow_images = False/; s/^images_type.*/images_type = lvm/' "$DEMO/node/etc/nova/nova.conf"
-$SC "${G[@]}" inspect -o json | $PY -c '
-import json,sys
-for i in json.load(sys.stdin)["instances"]:
-    print(i["uuid"], i["source"], " ".join(f"{d[\"name\"]}={d[\"backend\"]}/{d[\"format\"]}" for d in i["disks"]))'
+$SC "${G[@]}" inspect -o json > "$DEMO/after-flip.json"
+$PY - "$DEMO/after-flip.json" <<'PYEOF'
+import json, sys
+for i in json.load(open(sys.argv[1]))["instances"]:
+    disks = " ".join(f"{d['name']}={d['backend']}/{d['format']}" for d in i["disks"])
+    print(i["uuid"], i["source"], disks)
+PYEOF
 
 step "audit: the cron job (exit 2: a critical finding), with a Prometheus textfile"
 show $SC "${G[@]}" audit --prometheus "$DEMO/storagectl.prom"
