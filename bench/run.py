@@ -45,6 +45,15 @@ print(json.dumps(out))
 """
 
 
+FLOOR = r"""
+import sys, libvirt
+libvirt.registerErrorHandler(lambda *a: None, None)
+conn = libvirt.openReadOnly(sys.argv[1])
+for dom in conn.listAllDomains(0):
+    dom.XMLDesc(0)
+"""
+
+
 def timed(argv: list[str], repeat: int, ok: tuple[int, ...] = (0,)) -> tuple[float, list[float]]:
     runs = []
     for _ in range(repeat):
@@ -58,8 +67,12 @@ def timed(argv: list[str], repeat: int, ok: tuple[int, ...] = (0,)) -> tuple[flo
 
 def build(root: Path, n: int) -> tuple[str, str, float, int]:
     start = time.perf_counter()
-    subprocess.run([*STORAGECTL, "sandbox", "create", str(root), "--instances", str(n)],
-                   check=True, capture_output=True, text=True)
+    subprocess.run(
+        [*STORAGECTL, "sandbox", "create", str(root), "--instances", str(n)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     took = time.perf_counter() - start
     uri = f"test://{root}/node.xml"
     conf = str(root / "etc/nova/nova.conf")
@@ -74,15 +87,19 @@ def bench_node(sizes: list[int]) -> list[str]:
         "The naive loop is what operators script today: walk the domains with libvirt and "
         "run `qemu-img info` per file disk. Both read the same sandbox in the same run.",
         "",
-        "| instances | disks | sandbox build | storagectl inspect (median of 5) | naive loop "
-        "(median) | speed-up |",
-        "|---:|---:|---:|---:|---:|---:|",
+        '"libvirt floor" is a process that only opens the test-driver node file and reads '
+        "every domain's XML: the test driver parses the whole node file on open, a cost a "
+        "real `qemu:///system` does not have, paid by both contenders.",
+        "",
+        "| instances | disks | sandbox build | libvirt floor | storagectl inspect (median of 5) "
+        "| naive loop (median) | speed-up | speed-up above the floor |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     audit_lines = [
         "## audit: whole process",
         "",
         "`persist --all` once, then `audit -o json` (median of 5), on the same sandbox. "
-        "\"before persist\" audits the same node with no records (every instance inferred, "
+        '"before persist" audits the same node with no records (every instance inferred, '
         "one `metadata-missing` each).",
         "",
         "| instances | audit before persist | persist --all (once) | audit (median) | runs |",
@@ -95,18 +112,23 @@ def bench_node(sizes: list[int]) -> list[str]:
             args = ["-c", uri, "--nova-conf", conf, "--lock-path", f"{tmp}/locks"]
             ours, ours_runs = timed([*STORAGECTL, *args, "inspect", "-o", "json"], 5)
             naive, _ = timed([PY, "-c", NAIVE, uri], 3 if n <= 1000 else 1)
+            floor, _ = timed([PY, "-c", FLOOR, uri], 3)
+            above = (naive - floor) / max(ours - floor, 1e-3)
             inspect_lines.append(
-                f"| {n} | {disks} | {build_s:.1f} s | {ours:.3f} s "
+                f"| {n} | {disks} | {build_s:.1f} s | {floor:.3f} s | {ours:.3f} s "
                 f"(runs: {', '.join(f'{r:.3f}' for r in ours_runs)}) | {naive:.2f} s | "
-                f"{naive / ours:.0f}x |")
+                f"{naive / ours:.0f}x | {above:.0f}x |"
+            )
             print(inspect_lines[-1], flush=True)
             before, _ = timed([*STORAGECTL, *args, "audit", "-o", "json"], 1, ok=(0, 1, 2))
             persist_s, _ = timed([*STORAGECTL, *args, "persist", "--all", "-o", "json"], 1)
-            audit_s, audit_runs = timed([*STORAGECTL, *args, "audit", "-o", "json"], 5,
-                                        ok=(0, 1, 2))
+            audit_s, audit_runs = timed(
+                [*STORAGECTL, *args, "audit", "-o", "json"], 5, ok=(0, 1, 2)
+            )
             audit_lines.append(
                 f"| {n} | {before:.3f} s | {persist_s:.2f} s | {audit_s:.3f} s | "
-                f"{', '.join(f'{r:.3f}' for r in audit_runs)} |")
+                f"{', '.join(f'{r:.3f}' for r in audit_runs)} |"
+            )
             print(audit_lines[-1], flush=True)
     return inspect_lines + [""] + audit_lines
 

@@ -75,8 +75,9 @@ class NovaConfig:
         return os.path.join(self.instances_path, uuid)
 
 
-def load_nova_config(paths: Sequence[str | os.PathLike[str]] = (), *, explicit: bool = True
-                     ) -> NovaConfig:
+def load_nova_config(
+    paths: Sequence[str | os.PathLike[str]] = (), *, explicit: bool = True
+) -> NovaConfig:
     """Read nova.conf files (later override earlier) into a :class:`NovaConfig`.
 
     ``explicit=False`` means the paths are only the built-in default: a missing file then
@@ -106,8 +107,10 @@ def load_nova_config(paths: Sequence[str | os.PathLike[str]] = (), *, explicit: 
     def value(section: str, option: str, depth: int = 0) -> str:
         text = raw_value(section, option)
         if depth > 10:
-            raise errors.ConfigError(path=", ".join(used) or "nova.conf",
-                                     reason=f"recursive substitution in {section}/{option}")
+            raise errors.ConfigError(
+                path=", ".join(used) or "nova.conf",
+                reason=f"recursive substitution in {section}/{option}",
+            )
 
         def sub(match: re.Match[str]) -> str:
             name = match.group(1) or match.group(2)
@@ -126,8 +129,10 @@ def load_nova_config(paths: Sequence[str | os.PathLike[str]] = (), *, explicit: 
             return True
         if text in _FALSE:
             return False
-        raise errors.ConfigError(path=", ".join(used) or "nova.conf",
-                                 reason=f"[{section}] {option} = {text!r} is not a boolean")
+        raise errors.ConfigError(
+            path=", ".join(used) or "nova.conf",
+            reason=f"[{section}] {option} = {text!r} is not a boolean",
+        )
 
     images_type = value("libvirt", "images_type").lower()
     if images_type not in _IMAGES_TYPES:
@@ -139,9 +144,11 @@ def load_nova_config(paths: Sequence[str | os.PathLike[str]] = (), *, explicit: 
     # Older Nova spelled the cache directory [DEFAULT] image_cache_subdirectory_name.
     cache_dir = value("image_cache", "subdirectory_name")
     new_spelling = parser.has_section("image_cache") and parser.has_option(
-        "image_cache", "subdirectory_name")
+        "image_cache", "subdirectory_name"
+    )
     old_spelling = parser.has_section("DEFAULT") and parser.has_option(
-        "DEFAULT", "image_cache_subdirectory_name")
+        "DEFAULT", "image_cache_subdirectory_name"
+    )
     if old_spelling and not new_spelling:
         cache_dir = parser.get("DEFAULT", "image_cache_subdirectory_name").strip()
 
@@ -167,4 +174,3 @@ def default_paths() -> list[str]:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
-

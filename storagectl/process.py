@@ -179,7 +179,6 @@ class Runner:
         LOG.debug("ran: %s -> exit %s (%.3fs)", shown, code, elapsed)
         return CommandResult(argv_t, stdout, stderr, code, elapsed)
 
-
     def stream(
         self,
         *argv: str,
@@ -208,13 +207,19 @@ class Runner:
         started = time.monotonic()
         env = {**os.environ, **self.env} if self.env else None
         try:
-            proc = subprocess.Popen(argv_t, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    stdin=subprocess.DEVNULL, env=env)
+            proc = subprocess.Popen(
+                argv_t,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+                env=env,
+            )
         except OSError as exc:
             raise errors.CommandNotFound(command=argv_t[0]) from exc
         stderr_chunks: list[bytes] = []
-        drain = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()),
-                                 daemon=True)
+        drain = threading.Thread(
+            target=lambda: stderr_chunks.append(proc.stderr.read()), daemon=True
+        )
         drain.start()
         timer = threading.Timer(limit, proc.kill)
         timer.start()
@@ -241,9 +246,13 @@ class Runner:
             raise errors.CommandTimeout(command=shown, timeout=limit)
         LOG.debug("ran: %s -> exit %s (%.3fs)", shown, code, elapsed)
         if code not in tuple(ok_codes):
-            raise errors.CommandFailed(command=shown, argv=mask_argv(argv_t), exit_code_=code,
-                                       stderr=_last_line(stderr_text) or "(no output)",
-                                       full_stderr=stderr_text)
+            raise errors.CommandFailed(
+                command=shown,
+                argv=mask_argv(argv_t),
+                exit_code_=code,
+                stderr=_last_line(stderr_text) or "(no output)",
+                full_stderr=stderr_text,
+            )
         return CommandResult(argv_t, "", stderr_text, code, elapsed)
 
 

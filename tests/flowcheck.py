@@ -9,14 +9,29 @@ from click.testing import CliRunner
 from storagectl.cli import cli
 from storagectl.sandbox import Sandbox
 
-BACKEND = {("file", "qcow2"): "qcow2", ("file", "raw"): "flat", ("lvm", "raw"): "lvm",
-           ("rbd", "raw"): "rbd"}
+BACKEND = {
+    ("file", "qcow2"): "qcow2",
+    ("file", "raw"): "flat",
+    ("lvm", "raw"): "lvm",
+    ("rbd", "raw"): "rbd",
+}
 
 
 def run(sandbox: Sandbox, *args: str) -> tuple[int, str, str]:
-    res = CliRunner().invoke(cli, ["-c", sandbox.uri, "--nova-conf", str(sandbox.nova_conf),
-                                   "--lock-path", str(sandbox.root / "locks"),
-                                   "--log-file", str(sandbox.root / "log"), *args])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "-c",
+            sandbox.uri,
+            "--nova-conf",
+            str(sandbox.nova_conf),
+            "--lock-path",
+            str(sandbox.root / "locks"),
+            "--log-file",
+            str(sandbox.root / "log"),
+            *args,
+        ],
+    )
     if res.exception and not isinstance(res.exception, SystemExit):
         raise res.exception
     return res.exit_code, res.stdout, res.stderr

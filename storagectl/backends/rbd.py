@@ -413,8 +413,14 @@ def parse_ls_long(rows: list[dict[str, Any]], pool: str) -> list[RBDImage]:
         if "snapshot" in r:
             snaps.setdefault(str(r["image"]), []).append(str(r["snapshot"]))
     return [
-        RBDImage(pool=pool, name=str(r["image"]), size=int(r["size"]), parent=None, features=(),
-                 snapshots=tuple(snaps.get(str(r["image"]), ())))
+        RBDImage(
+            pool=pool,
+            name=str(r["image"]),
+            size=int(r["size"]),
+            parent=None,
+            features=(),
+            snapshots=tuple(snaps.get(str(r["image"]), ())),
+        )
         for r in rows
         if "snapshot" not in r
     ]

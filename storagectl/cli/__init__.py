@@ -55,8 +55,11 @@ class RootGroup(click.Group):
 
     @staticmethod
     def _available() -> list[str]:
-        return [n for n, target in COMMANDS.items()
-                if importlib.util.find_spec(target.split(":")[0]) is not None]
+        return [
+            n
+            for n, target in COMMANDS.items()
+            if importlib.util.find_spec(target.split(":")[0]) is not None
+        ]
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
@@ -88,25 +91,61 @@ def _render(message: str) -> None:
 
 @click.group(cls=RootGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="storagectl")
-@click.option("-c", "--connect", "connect", multiple=True, metavar="URI",
-              envvar="STORAGECTL_CONNECT", show_envvar=True,
-              help="libvirt URI of a hypervisor; repeat for several. "
-                   "[default: $LIBVIRT_DEFAULT_URI or qemu:///system]")
-@click.option("--nova-conf", "nova_conf", multiple=True, metavar="PATH",
-              envvar="STORAGECTL_NOVA_CONF", show_envvar=True,
-              help="nova.conf to read; repeat for several, later ones override earlier "
-                   "(as oslo.config). [default: /etc/nova/nova.conf]")
-@click.option("--lock-path", default=DEFAULT_LOCK_PATH, show_default=True, metavar="DIR",
-              envvar="STORAGECTL_LOCK_PATH", show_envvar=True,
-              help="Directory for per-instance lock files.")
-@click.option("-v", "--verbose", count=True, envvar="STORAGECTL_VERBOSE", show_envvar=True,
-              help="More output on stderr (-v info, -vv debug).")
-@click.option("--log-file", metavar="FILE", envvar="STORAGECTL_LOG_FILE", show_envvar=True,
-              help=f"Debug log, with every command run and tracebacks. [default: "
-                   f"{DEFAULT_LOG_FILE} when writable]")
+@click.option(
+    "-c",
+    "--connect",
+    "connect",
+    multiple=True,
+    metavar="URI",
+    envvar="STORAGECTL_CONNECT",
+    show_envvar=True,
+    help="libvirt URI of a hypervisor; repeat for several. "
+    "[default: $LIBVIRT_DEFAULT_URI or qemu:///system]",
+)
+@click.option(
+    "--nova-conf",
+    "nova_conf",
+    multiple=True,
+    metavar="PATH",
+    envvar="STORAGECTL_NOVA_CONF",
+    show_envvar=True,
+    help="nova.conf to read; repeat for several, later ones override earlier "
+    "(as oslo.config). [default: /etc/nova/nova.conf]",
+)
+@click.option(
+    "--lock-path",
+    default=DEFAULT_LOCK_PATH,
+    show_default=True,
+    metavar="DIR",
+    envvar="STORAGECTL_LOCK_PATH",
+    show_envvar=True,
+    help="Directory for per-instance lock files.",
+)
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    envvar="STORAGECTL_VERBOSE",
+    show_envvar=True,
+    help="More output on stderr (-v info, -vv debug).",
+)
+@click.option(
+    "--log-file",
+    metavar="FILE",
+    envvar="STORAGECTL_LOG_FILE",
+    show_envvar=True,
+    help=f"Debug log, with every command run and tracebacks. [default: "
+    f"{DEFAULT_LOG_FILE} when writable]",
+)
 @click.pass_context
-def cli(ctx: click.Context, connect: tuple[str, ...], nova_conf: tuple[str, ...],
-        lock_path: str, verbose: int, log_file: str | None) -> None:
+def cli(
+    ctx: click.Context,
+    connect: tuple[str, ...],
+    nova_conf: tuple[str, ...],
+    lock_path: str,
+    verbose: int,
+    log_file: str | None,
+) -> None:
     """Inspect, record, audit and migrate the storage layout of libvirt/Nova compute hosts.
 
     Nova never recorded how an instance's disks are stored; it guesses from the host's
@@ -114,8 +153,13 @@ def cli(ctx: click.Context, connect: tuple[str, ...], nova_conf: tuple[str, ...]
     from the domain XML and host metadata, records it (storage.yaml), and from then on
     trusts only the record.
     """
-    app = Application(connect=connect, nova_conf=nova_conf, lock_path=lock_path,
-                      verbose=verbose, log_file=log_file)
+    app = Application(
+        connect=connect,
+        nova_conf=nova_conf,
+        lock_path=lock_path,
+        verbose=verbose,
+        log_file=log_file,
+    )
     ctx.obj = app
     app.setup_logging()
     LOG.debug("storagectl %s: %s", __version__, " ".join(sys.argv))

@@ -70,7 +70,10 @@ class Application:
     def print_data(self, data: Any, fmt: str) -> None:
         """Machine-readable output: stable keys, no colour, no wrapping."""
         if fmt == "json":
-            click.echo(json.dumps(data, indent=2, sort_keys=False))
+            # Indented for a person at a terminal; compact (and C-encoded, ~10x faster on
+            # thousands of disks) when piped to a program.
+            indent = 2 if self.interactive else None
+            click.echo(json.dumps(data, indent=indent, sort_keys=False))
         else:
             click.echo(yaml.safe_dump(data, sort_keys=False, default_flow_style=False), nl=False)
 

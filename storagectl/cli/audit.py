@@ -13,12 +13,21 @@ from storagectl.layouts.prometheus import write_textfile
 
 
 @click.command("audit")
-@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True)
-@click.option("-q", "--quiet", is_flag=True,
-              help="Print nothing when there is nothing at warning or above (for cron).")
-@click.option("--prometheus", "prom", metavar="FILE",
-              help="Also write a node_exporter textfile-collector file (atomically).")
+@click.option(
+    "-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="Print nothing when there is nothing at warning or above (for cron).",
+)
+@click.option(
+    "--prometheus",
+    "prom",
+    metavar="FILE",
+    help="Also write a node_exporter textfile-collector file (atomically).",
+)
 @click.pass_obj
 def audit_cmd(app: Application, fmt: str, quiet: bool, prom: str | None) -> None:
     """Check every instance, record, volume and image-cache entry on the host.
@@ -51,9 +60,11 @@ def _print(app: Application, report: AuditReport, fmt: str, quiet: bool) -> None
         findings_table(app.console, shown)
     s = report.summary()
     sev = s["findings_by_severity"]
-    click.echo(f"audit: {s['instances']} instances ({s['instances_by_source']['metadata']} "
-               f"recorded), {sev['critical']} critical, {sev['warning']} warning, "
-               f"{sev['info']} info in {s['duration_seconds']:.2f}s -> status {report.status}")
+    click.echo(
+        f"audit: {s['instances']} instances ({s['instances_by_source']['metadata']} "
+        f"recorded), {sev['critical']} critical, {sev['warning']} warning, "
+        f"{sev['info']} info in {s['duration_seconds']:.2f}s -> status {report.status}"
+    )
     for line in report.errors:
         app.info(f"--> AuditIncomplete: {line}")
 

@@ -16,15 +16,25 @@ _STYLE = {"written": "green", "unchanged": None, "refused": "bold red", "would-w
 @click.command("persist")
 @click.argument("instances", nargs=-1, metavar="[INSTANCE]...")
 @click.option("--all", "all_", is_flag=True, help="Every instance of every --connect host.")
-@click.option("--force", is_flag=True,
-              help="Replace a different (or unreadable) record; the old file is kept as "
-                   "storage.yaml.<timestamp>.bak.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace a different (or unreadable) record; the old file is kept as "
+    "storage.yaml.<timestamp>.bak.",
+)
 @click.option("--dry-run", is_flag=True, help="Print each record it would write; write nothing.")
-@click.option("-o", "--output", "fmt", type=click.Choice(["table", "json", "yaml"]),
-              default="table", show_default=True)
+@click.option(
+    "-o",
+    "--output",
+    "fmt",
+    type=click.Choice(["table", "json", "yaml"]),
+    default="table",
+    show_default=True,
+)
 @click.pass_obj
-def persist_cmd(app: Application, instances: tuple[str, ...], all_: bool, force: bool,
-                dry_run: bool, fmt: str) -> None:
+def persist_cmd(
+    app: Application, instances: tuple[str, ...], all_: bool, force: bool, dry_run: bool, fmt: str
+) -> None:
     """Infer each INSTANCE's layout (as inspect does) and record it in storage.yaml.
 
     Refuses an instance with a critical finding (resolve it first) and one whose
@@ -35,8 +45,15 @@ def persist_cmd(app: Application, instances: tuple[str, ...], all_: bool, force:
     if bool(instances) == all_:
         raise errors.UsageError(reason="name the INSTANCEs to persist, or give --all (not both)")
     result = inspect_hosts(app.uris, app.nova, app.runner, instances, use_records=False)
-    outcomes = persist(result, app.nova, app.runner, lock_path=app.lock_path, force=force,
-                       dry_run=dry_run, remote_hosts=result.remote_hosts)
+    outcomes = persist(
+        result,
+        app.nova,
+        app.runner,
+        lock_path=app.lock_path,
+        force=force,
+        dry_run=dry_run,
+        remote_hosts=result.remote_hosts,
+    )
     if fmt != "table":
         data = []
         for o in outcomes:
@@ -50,11 +67,22 @@ def persist_cmd(app: Application, instances: tuple[str, ...], all_: bool, force:
             if o.status == WOULD_WRITE and o.record is not None:
                 click.echo(f"# {o.path}")
                 click.echo(o.record.to_yaml())
-        emit_table(app.console, ("INSTANCE", "NAME", "STATUS", "DETAIL"), [
-            ((o.uuid, o.name, o.status, o.reason or o.backup and f"backup {o.backup}"
-              or o.path or "-"), _STYLE.get(o.status))
-            for o in outcomes
-        ])
+        emit_table(
+            app.console,
+            ("INSTANCE", "NAME", "STATUS", "DETAIL"),
+            [
+                (
+                    (
+                        o.uuid,
+                        o.name,
+                        o.status,
+                        o.reason or o.backup and f"backup {o.backup}" or o.path or "-",
+                    ),
+                    _STYLE.get(o.status),
+                )
+                for o in outcomes
+            ],
+        )
         for o in outcomes:
             if o.diff:
                 click.echo(f"\n--- {o.uuid}: recorded vs inferred now")

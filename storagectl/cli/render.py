@@ -16,8 +16,21 @@ from rich.table import Table
 from storagectl.layouts.model import Finding, InstanceLayout
 
 _SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
-LAYOUT_COLUMNS = ("INSTANCE", "HOST", "STATE", "SRC", "DISK", "ROLE", "TARGET", "BACKEND",
-                  "FORMAT", "LOCATION", "VSIZE", "ALLOC", "BACKING")
+LAYOUT_COLUMNS = (
+    "INSTANCE",
+    "HOST",
+    "STATE",
+    "SRC",
+    "DISK",
+    "ROLE",
+    "TARGET",
+    "BACKEND",
+    "FORMAT",
+    "LOCATION",
+    "VSIZE",
+    "ALLOC",
+    "BACKING",
+)
 FINDING_COLUMNS = ("SEVERITY", "CODE", "INSTANCE", "DISK", "MESSAGE")
 
 
@@ -33,8 +46,9 @@ def human_size(n: int | None) -> str:
     return str(n)
 
 
-def emit_table(console: Console, headers: Sequence[str],
-               rows: Sequence[tuple[Sequence[str], str | None]]) -> None:
+def emit_table(
+    console: Console, headers: Sequence[str], rows: Sequence[tuple[Sequence[str], str | None]]
+) -> None:
     """rows: (cells, rich style or None). A row of no cells is a section break."""
     if not console.is_terminal:
         data = [list(headers)] + [list(cells) for cells, _ in rows if cells]
@@ -61,11 +75,23 @@ def layouts_table(console: Console, instances: Iterable[InstanceLayout]) -> None
         style = _SEVERITY_STYLE.get(inst.worst.value) if inst.worst else None
         head = [inst.uuid, inst.host, inst.state, inst.source]
         for disk in inst.disks:
-            rows.append(([
-                *head, disk.name, disk.role.value, disk.target or "-", disk.backend.value,
-                disk.format or "-", disk.location, human_size(disk.virtual_size),
-                human_size(disk.allocated_size), disk.backing.path if disk.backing else "-",
-            ], style))
+            rows.append(
+                (
+                    [
+                        *head,
+                        disk.name,
+                        disk.role.value,
+                        disk.target or "-",
+                        disk.backend.value,
+                        disk.format or "-",
+                        disk.location,
+                        human_size(disk.virtual_size),
+                        human_size(disk.allocated_size),
+                        disk.backing.path if disk.backing else "-",
+                    ],
+                    style,
+                )
+            )
             head = [""] * 4
         if not inst.disks:
             rows.append(([*head, *(["-"] * 9)], style))
@@ -79,8 +105,14 @@ def layouts_table(console: Console, instances: Iterable[InstanceLayout]) -> None
 
 def findings_table(console: Console, findings: Iterable[Finding]) -> None:
     ordered = sorted(findings, key=lambda f: (-f.severity.rank, f.instance or "", f.disk or ""))
-    emit_table(console, FINDING_COLUMNS, [
-        ((f.severity.value, f.code, f.instance or "-", f.disk or "-", f.message),
-         _SEVERITY_STYLE.get(f.severity.value))
-        for f in ordered
-    ])
+    emit_table(
+        console,
+        FINDING_COLUMNS,
+        [
+            (
+                (f.severity.value, f.code, f.instance or "-", f.disk or "-", f.message),
+                _SEVERITY_STYLE.get(f.severity.value),
+            )
+            for f in ordered
+        ],
+    )

@@ -12,14 +12,17 @@ from storagectl.layouts.record import read_record, record_path
 
 
 class RecordNotFound(errors.StorageCtlError):
-    template = ("instance %(instance)s has no storage record %(path)s "
-                "(run: storagectl persist %(instance)s)")
+    template = (
+        "instance %(instance)s has no storage record %(path)s "
+        "(run: storagectl persist %(instance)s)"
+    )
 
 
 @click.command("show")
 @click.argument("instance")
-@click.option("-o", "--output", "fmt", type=click.Choice(["yaml", "json"]), default="yaml",
-              show_default=True)
+@click.option(
+    "-o", "--output", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True
+)
 @click.pass_obj
 def show_cmd(app: Application, instance: str, fmt: str) -> None:
     """Print INSTANCE's storage record (by uuid, or by domain name via --connect)."""

@@ -59,8 +59,7 @@ RESIZE_SNAPSHOT = "nova-resize"
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3  # Nagios exit statuses
 
 
-def _finding(code: AuditCode, instance: str | None, disk: str | None, message: str
-             ) -> Finding:
+def _finding(code: AuditCode, instance: str | None, disk: str | None, message: str) -> Finding:
     return Finding(AUDIT_SEVERITY[code], code.value, instance, disk, message)
 
 
@@ -90,10 +89,15 @@ class AuditReport:
         sources = {"metadata": 0, "inferred": 0}
         for inst in self.instances:
             sources[inst.source] = sources.get(inst.source, 0) + 1
-        return {"status": self.status, "instances": len(self.instances),
-                "instances_by_source": sources, "findings_by_severity": by_sev,
-                "findings_by_code": dict(sorted(by_code.items())), "errors": self.errors,
-                "duration_seconds": round(self.duration, 3)}
+        return {
+            "status": self.status,
+            "instances": len(self.instances),
+            "instances_by_source": sources,
+            "findings_by_severity": by_sev,
+            "findings_by_code": dict(sorted(by_code.items())),
+            "errors": self.errors,
+            "duration_seconds": round(self.duration, 3),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {"findings": [f.to_dict() for f in self.findings], "summary": self.summary()}
@@ -116,16 +120,22 @@ def run_audit(uris: Sequence[str], nova: NovaConfig, runner: Runner) -> AuditRep
     return report
 
 
-def _record_checks(inst: InstanceLayout, result: InspectionResult, runner: Runner
-                   ) -> list[Finding]:
+def _record_checks(inst: InstanceLayout, result: InspectionResult, runner: Runner) -> list[Finding]:
     if inst.host in result.remote_hosts:
         return []
     if inst.source != "metadata":
-        return [_finding(AuditCode.METADATA_MISSING, inst.uuid, None,
-                         f"instance {inst.name} has no storage record yet "
-                         f"(storagectl persist {inst.uuid})")]
-    out = [_finding(AuditCode.METADATA_DRIFT, inst.uuid, d.disk, d.message)
-           for d in result.drift.get(inst.uuid, [])]
+        return [
+            _finding(
+                AuditCode.METADATA_MISSING,
+                inst.uuid,
+                None,
+                f"instance {inst.name} has no storage record yet (storagectl persist {inst.uuid})",
+            )
+        ]
+    out = [
+        _finding(AuditCode.METADATA_DRIFT, inst.uuid, d.disk, d.message)
+        for d in result.drift.get(inst.uuid, [])
+    ]
     for disk in inst.disks:
         if disk.backend in (Backend.LVM, Backend.RBD):
             out += _mirror_drift(inst.uuid, disk, runner)
@@ -143,9 +153,14 @@ def _mirror_drift(uuid: str, disk: DiskLayout, runner: Runner) -> list[Finding]:
     wrong = sorted(k for k in want if have.get(k) != want[k])
     if not wrong:
         return []
-    return [_finding(AuditCode.METADATA_DRIFT, uuid, disk.name,
-                     f"{disk.location}: storagectl tags/meta {', '.join(wrong)} do not match "
-                     "the record")]
+    return [
+        _finding(
+            AuditCode.METADATA_DRIFT,
+            uuid,
+            disk.name,
+            f"{disk.location}: storagectl tags/meta {', '.join(wrong)} do not match the record",
+        )
+    ]
 
 
 def _retained(result: InspectionResult) -> set[str]:
@@ -158,8 +173,9 @@ def _retained(result: InspectionResult) -> set[str]:
     return kept
 
 
-def _orphans(result: InspectionResult, nova: NovaConfig, storage: StorageView,
-             errors_out: list[str]) -> list[Finding]:
+def _orphans(
+    result: InspectionResult, nova: NovaConfig, storage: StorageView, errors_out: list[str]
+) -> list[Finding]:
     defined = {i.uuid for i in result.instances}
     kept = _retained(result)
     out: list[Finding] = []
@@ -175,10 +191,20 @@ def _orphans(result: InspectionResult, nova: NovaConfig, storage: StorageView,
         for lv in sorted(listing.volumes):
             parsed = naming.parse_lv_name(lv)
             if parsed and parsed[0] not in defined and lv not in kept:
-                out.append(_finding(AuditCode.ORPHAN_VOLUME, parsed[0], parsed[1],
-                                    f"LV {vg}/{lv} belongs to no defined domain"))
-    pools = {(d.pool, d.ceph_conf or nova.images_rbd_ceph_conf, d.rbd_user)
-             for i in result.instances for d in i.disks if d.pool and d.backend is Backend.RBD}
+                out.append(
+                    _finding(
+                        AuditCode.ORPHAN_VOLUME,
+                        parsed[0],
+                        parsed[1],
+                        f"LV {vg}/{lv} belongs to no defined domain",
+                    )
+                )
+    pools = {
+        (d.pool, d.ceph_conf or nova.images_rbd_ceph_conf, d.rbd_user)
+        for i in result.instances
+        for d in i.disks
+        if d.pool and d.backend is Backend.RBD
+    }
     if nova.images_type == "rbd" or pools:
         pools.add((nova.images_rbd_pool, nova.images_rbd_ceph_conf, nova.rbd_user))
     for pool, conf, user in sorted(pools, key=str):
@@ -191,12 +217,23 @@ def _orphans(result: InspectionResult, nova: NovaConfig, storage: StorageView,
             if not parsed:
                 continue
             if parsed[0] not in defined and image not in kept:
-                out.append(_finding(AuditCode.ORPHAN_VOLUME, parsed[0], parsed[1],
-                                    f"RBD image {pool}/{image} belongs to no defined domain"))
+                out.append(
+                    _finding(
+                        AuditCode.ORPHAN_VOLUME,
+                        parsed[0],
+                        parsed[1],
+                        f"RBD image {pool}/{image} belongs to no defined domain",
+                    )
+                )
             elif RESIZE_SNAPSHOT in vol.snapshots:
-                out.append(_finding(AuditCode.ORPHAN_VOLUME, parsed[0], parsed[1],
-                                    f"RBD image {pool}/{image} still has a leftover "
-                                    f"{RESIZE_SNAPSHOT} snapshot"))
+                out.append(
+                    _finding(
+                        AuditCode.ORPHAN_VOLUME,
+                        parsed[0],
+                        parsed[1],
+                        f"RBD image {pool}/{image} still has a leftover {RESIZE_SNAPSHOT} snapshot",
+                    )
+                )
     return out
 
 
@@ -219,14 +256,28 @@ def _orphan_dirs(nova: NovaConfig, defined: set[str], kept: set[str]) -> list[Fi
         if entry.path in kept:
             continue
         if suffix == "" and os.path.exists(os.path.join(entry.path, RECORD_NAME)):
-            out.append(_finding(AuditCode.ORPHAN_METADATA, uuid, None,
-                                f"record {os.path.join(entry.path, RECORD_NAME)} belongs to no "
-                                "defined domain"))
+            out.append(
+                _finding(
+                    AuditCode.ORPHAN_METADATA,
+                    uuid,
+                    None,
+                    f"record {os.path.join(entry.path, RECORD_NAME)} belongs to no defined domain",
+                )
+            )
             continue
-        what = {"": "instance directory", "_resize": "resize leftover",
-                "_del": "deletion leftover"}[suffix]
-        out.append(_finding(AuditCode.ORPHAN_VOLUME, uuid, None,
-                            f"{what} {entry.path} belongs to no defined domain"))
+        what = {
+            "": "instance directory",
+            "_resize": "resize leftover",
+            "_del": "deletion leftover",
+        }[suffix]
+        out.append(
+            _finding(
+                AuditCode.ORPHAN_VOLUME,
+                uuid,
+                None,
+                f"{what} {entry.path} belongs to no defined domain",
+            )
+        )
     return out
 
 
@@ -236,19 +287,32 @@ def _image_cache(result: InspectionResult, nova: NovaConfig) -> list[Finding]:
         entries = sorted(os.scandir(cache), key=lambda e: e.name)
     except OSError:
         return []
-    used = {os.path.realpath(d.backing.path) for i in result.instances for d in i.disks
-            if d.backing}
+    used = {
+        os.path.realpath(d.backing.path) for i in result.instances for d in i.disks if d.backing
+    }
     out: list[Finding] = []
     for entry in entries:
         if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
             continue
         problem = _unsafe_base(entry.path)
         if problem:
-            out.append(_finding(AuditCode.BASE_IMAGE_UNSAFE, None, entry.name,
-                                f"image cache entry {entry.path}: {problem}"))
+            out.append(
+                _finding(
+                    AuditCode.BASE_IMAGE_UNSAFE,
+                    None,
+                    entry.name,
+                    f"image cache entry {entry.path}: {problem}",
+                )
+            )
         if os.path.realpath(entry.path) not in used:
-            out.append(_finding(AuditCode.BASE_IMAGE_UNUSED, None, entry.name,
-                                f"image cache entry {entry.path} is used by no disk"))
+            out.append(
+                _finding(
+                    AuditCode.BASE_IMAGE_UNUSED,
+                    None,
+                    entry.name,
+                    f"image cache entry {entry.path} is used by no disk",
+                )
+            )
     return out
 
 

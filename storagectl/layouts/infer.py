@@ -27,16 +27,27 @@ from storagectl.layouts.model import Backend, Code, DiskLayout, InstanceLayout, 
 from storagectl.layouts.storage import StorageView
 from storagectl.layouts.verify import Checker, check_disk_info, inside, verify_disk
 
-_FORMAT_BACKEND = {"qcow2": Backend.QCOW2, "raw": Backend.FLAT, "ploop": Backend.PLOOP,
-                   "parallels": Backend.PLOOP}
+_FORMAT_BACKEND = {
+    "qcow2": Backend.QCOW2,
+    "raw": Backend.FLAT,
+    "ploop": Backend.PLOOP,
+    "parallels": Backend.PLOOP,
+}
 
 
-def infer_instance(dom: ScannedDomain, host: str, nova: NovaConfig, storage: StorageView,
-                   *, local: bool = True) -> InstanceLayout:
+def infer_instance(
+    dom: ScannedDomain, host: str, nova: NovaConfig, storage: StorageView, *, local: bool = True
+) -> InstanceLayout:
     """Classify every disk of the domain, then verify each against reality."""
     chk = Checker(dom.info.uuid, nova, storage, local)
-    layout = InstanceLayout(uuid=dom.info.uuid, name=dom.info.name, host=host,
-                            state=dom.state, source="inferred", findings=chk.findings)
+    layout = InstanceLayout(
+        uuid=dom.info.uuid,
+        name=dom.info.name,
+        host=host,
+        state=dom.state,
+        source="inferred",
+        findings=chk.findings,
+    )
     hints: dict[str, str | None] = {}
     for disk, ddisk in classify_domain(dom.info, chk):
         layout.disks.append(disk)
@@ -46,14 +57,16 @@ def infer_instance(dom: ScannedDomain, host: str, nova: NovaConfig, storage: Sto
     if local:
         check_disk_info(layout.disks, chk)
     else:
-        chk.add(Code.NOT_INSPECTED, None,
-                f"host {host} is remote: disk contents and disk.info were not inspected; "
-                "run storagectl on the compute host itself for the safety checks")
+        chk.add(
+            Code.NOT_INSPECTED,
+            None,
+            f"host {host} is remote: disk contents and disk.info were not inspected; "
+            "run storagectl on the compute host itself for the safety checks",
+        )
     return layout
 
 
-def classify_domain(info: DomainInfo, chk: Checker
-                    ) -> list[tuple[DiskLayout, DomainDisk | None]]:
+def classify_domain(info: DomainInfo, chk: Checker) -> list[tuple[DiskLayout, DomainDisk | None]]:
     """Every storage-bearing element of the domain as a DiskLayout (names made unique)."""
     out: list[tuple[DiskLayout, DomainDisk | None]] = []
     used: set[str] = set()
@@ -82,8 +95,14 @@ def _classify(d: DomainDisk, chk: Checker) -> DiskLayout | None:
     if d.source is None:
         if d.device in ("cdrom", "floppy"):
             return None  # an empty removable drive is not storage
-        disk = DiskLayout(name=d.target or "?", role=Role.UNKNOWN, target=d.target,
-                          backend=Backend.UNKNOWN, format=d.driver_type, device=d.device)
+        disk = DiskLayout(
+            name=d.target or "?",
+            role=Role.UNKNOWN,
+            target=d.target,
+            backend=Backend.UNKNOWN,
+            format=d.driver_type,
+            device=d.device,
+        )
         chk.add(Code.UNKNOWN_LAYOUT, disk.name, f"disk {d.target} has no source in the XML")
         return disk
     if d.type in ("file", "dir"):
@@ -97,9 +116,15 @@ def _classify(d: DomainDisk, chk: Checker) -> DiskLayout | None:
 
 def _volume(d: DomainDisk, source: str) -> DiskLayout:
     name = os.path.basename(source.rstrip("/")) or d.target or "volume"
-    return DiskLayout(name=name, role=Role.VOLUME, target=d.target, backend=Backend.VOLUME,
-                      format=d.driver_type, path=source if source.startswith("/") else None,
-                      device=d.device)
+    return DiskLayout(
+        name=name,
+        role=Role.VOLUME,
+        target=d.target,
+        backend=Backend.VOLUME,
+        format=d.driver_type,
+        path=source if source.startswith("/") else None,
+        device=d.device,
+    )
 
 
 def _looks_like_volume(path: str, chk: Checker) -> bool:
@@ -117,17 +142,31 @@ def _file_disk(d: DomainDisk, chk: Checker) -> DiskLayout:
     fmt = d.driver_type
     backend = _FORMAT_BACKEND.get(fmt or "", Backend.UNKNOWN) if in_dir else Backend.UNKNOWN
     role = naming.role_of(name) if in_dir else Role.UNKNOWN
-    disk = DiskLayout(name=name, role=role, target=d.target, backend=backend, format=fmt,
-                      path=path, device=d.device)
+    disk = DiskLayout(
+        name=name,
+        role=role,
+        target=d.target,
+        backend=backend,
+        format=fmt,
+        path=path,
+        device=d.device,
+    )
     if not in_dir:
-        chk.add(Code.DISK_OUTSIDE_INSTANCE_DIR, name,
-                f"disk {path} ({d.target}) is outside the instance directory {chk.inst_dir} "
-                "and the image cache")
-        chk.add(Code.UNKNOWN_LAYOUT, name,
-                f"disk {path} is not named as Nova names instance storage")
+        chk.add(
+            Code.DISK_OUTSIDE_INSTANCE_DIR,
+            name,
+            f"disk {path} ({d.target}) is outside the instance directory {chk.inst_dir} "
+            "and the image cache",
+        )
+        chk.add(
+            Code.UNKNOWN_LAYOUT, name, f"disk {path} is not named as Nova names instance storage"
+        )
     elif backend is Backend.UNKNOWN:
-        chk.add(Code.UNKNOWN_LAYOUT, name,
-                f"disk {path} uses format {fmt!r}, which no storagectl backend handles")
+        chk.add(
+            Code.UNKNOWN_LAYOUT,
+            name,
+            f"disk {path} uses format {fmt!r}, which no storagectl backend handles",
+        )
     elif role is Role.UNKNOWN:
         chk.add(Code.UNKNOWN_LAYOUT, name, f"file {name} is not one of Nova's disk names")
     return disk
@@ -143,11 +182,22 @@ def _block_disk(d: DomainDisk, chk: Checker) -> DiskLayout:
         if parsed and parsed[0] == chk.uuid:
             name = parsed[1]
             if d.driver_type != "raw":
-                chk.add(Code.UNKNOWN_LAYOUT, name, f"LV {vg}/{lv} is opened as "
-                        f"{d.driver_type!r}; Nova's LVM backend uses raw")
-            return DiskLayout(name=name, role=naming.role_of(name), target=d.target,
-                              backend=Backend.LVM, format=d.driver_type, path=src,
-                              volume_group=vg, volume=lv, device=d.device)
+                chk.add(
+                    Code.UNKNOWN_LAYOUT,
+                    name,
+                    f"LV {vg}/{lv} is opened as {d.driver_type!r}; Nova's LVM backend uses raw",
+                )
+            return DiskLayout(
+                name=name,
+                role=naming.role_of(name),
+                target=d.target,
+                backend=Backend.LVM,
+                format=d.driver_type,
+                path=src,
+                volume_group=vg,
+                volume=lv,
+                device=d.device,
+            )
     return _volume(d, src)
 
 
@@ -157,18 +207,36 @@ def _rbd_disk(d: DomainDisk, chk: Checker) -> DiskLayout:
     if not parsed or parsed[0] != chk.uuid:
         return _volume(d, d.source or "")
     name = parsed[1]
-    return DiskLayout(name=name, role=naming.role_of(name), target=d.target,
-                      backend=Backend.RBD, format=d.driver_type, pool=pool, image=image,
-                      device=d.device, ceph_conf=chk.nova.images_rbd_ceph_conf,
-                      rbd_user=chk.nova.rbd_user or d.auth_username)
+    return DiskLayout(
+        name=name,
+        role=naming.role_of(name),
+        target=d.target,
+        backend=Backend.RBD,
+        format=d.driver_type,
+        pool=pool,
+        image=image,
+        device=d.device,
+        ceph_conf=chk.nova.images_rbd_ceph_conf,
+        rbd_user=chk.nova.rbd_user or d.auth_username,
+    )
 
 
 def _boot_file(path: str, role: Role, chk: Checker) -> DiskLayout:
     path = os.path.normpath(path)
-    disk = DiskLayout(name=os.path.basename(path), role=role, target=None,
-                      backend=Backend.FLAT, format="raw", path=path, device="kernel")
+    disk = DiskLayout(
+        name=os.path.basename(path),
+        role=role,
+        target=None,
+        backend=Backend.FLAT,
+        format="raw",
+        path=path,
+        device="kernel",
+    )
     if os.path.dirname(path) != chk.inst_dir:
         disk.backend = Backend.UNKNOWN
-        chk.add(Code.DISK_OUTSIDE_INSTANCE_DIR, disk.name,
-                f"{role.value} {path} is outside the instance directory {chk.inst_dir}")
+        chk.add(
+            Code.DISK_OUTSIDE_INSTANCE_DIR,
+            disk.name,
+            f"{role.value} {path} is outside the instance directory {chk.inst_dir}",
+        )
     return disk

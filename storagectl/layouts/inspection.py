@@ -52,9 +52,14 @@ def _selected(scan: HostScan, selectors: set[str]) -> list:
     return [d for d in scan.domains if d.info.uuid in selectors or d.info.name in selectors]
 
 
-def inspect_hosts(uris: Sequence[str], nova: NovaConfig, runner: Runner,
-                  selectors: Sequence[str] = (), *, use_records: bool = True
-                  ) -> InspectionResult:
+def inspect_hosts(
+    uris: Sequence[str],
+    nova: NovaConfig,
+    runner: Runner,
+    selectors: Sequence[str] = (),
+    *,
+    use_records: bool = True,
+) -> InspectionResult:
     """Scan ``uris`` and give every selected instance's layout: from its record when it
     has a valid one (``use_records``), else inferred."""
     wanted = {s.lower() if len(s) == 36 else s for s in selectors}
@@ -73,14 +78,22 @@ def inspect_hosts(uris: Sequence[str], nova: NovaConfig, runner: Runner,
         for dom in sorted(_selected(scan, wanted), key=lambda d: (d.info.name, d.info.uuid)):
             seen.update((dom.info.uuid, dom.info.name))
             result.instances.append(
-                _layout(dom, host, nova, storage, result, local=scan.local,
-                        use_records=use_records))
+                _layout(dom, host, nova, storage, result, local=scan.local, use_records=use_records)
+            )
     result.not_found = [s for s in selectors if (s.lower() if len(s) == 36 else s) not in seen]
     return result
 
 
-def _layout(dom: ScannedDomain, host: str, nova: NovaConfig, storage: StorageView,
-            result: InspectionResult, *, local: bool, use_records: bool) -> InstanceLayout:
+def _layout(
+    dom: ScannedDomain,
+    host: str,
+    nova: NovaConfig,
+    storage: StorageView,
+    result: InspectionResult,
+    *,
+    local: bool,
+    use_records: bool,
+) -> InstanceLayout:
     invalid: Finding | None = None
     if local and use_records:
         try:

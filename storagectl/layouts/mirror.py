@@ -55,8 +55,12 @@ def read_mirror(disk: DiskLayout, runner: Runner) -> dict[str, str] | None:
 
 
 def _rbd(runner: Runner, disk: DiskLayout) -> RBD:
-    return RBD(runner, pool=disk.pool or "", ceph_conf=disk.ceph_conf or "/etc/ceph/ceph.conf",
-               user=disk.rbd_user)
+    return RBD(
+        runner,
+        pool=disk.pool or "",
+        ceph_conf=disk.ceph_conf or "/etc/ceph/ceph.conf",
+        user=disk.rbd_user,
+    )
 
 
 def _lvm_items(tags: tuple[str, ...]) -> dict[str, str]:
@@ -74,8 +78,9 @@ def _write_lvm(lvm: LVM, uuid: str, disk: DiskLayout) -> None:
     current = lvm.get_volume(vg, lv)
     have = {t for t in current.tags} if current else set()
     wanted_tags = {safe_tag(k, v) for k, v in want.items()}
-    stale = [t for t in have if t not in wanted_tags and (parse_tag(t) or ("",))[0]
-             .startswith(PREFIX)]
+    stale = [
+        t for t in have if t not in wanted_tags and (parse_tag(t) or ("",))[0].startswith(PREFIX)
+    ]
     if stale:
         lvm.remove_tags(vg, lv, stale)
     missing = sorted(wanted_tags - have)

@@ -44,9 +44,15 @@ class PersistOutcome:
     record: rec.Record | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"uuid": self.uuid, "name": self.name, "status": self.status,
-                "reason": self.reason, "path": self.path, "backup": self.backup,
-                "diff": self.diff or None}
+        return {
+            "uuid": self.uuid,
+            "name": self.name,
+            "status": self.status,
+            "reason": self.reason,
+            "path": self.path,
+            "backup": self.backup,
+            "diff": self.diff or None,
+        }
 
 
 def evidence_for(layout: InstanceLayout, nova: NovaConfig) -> list[str]:
@@ -66,28 +72,52 @@ def evidence_for(layout: InstanceLayout, nova: NovaConfig) -> list[str]:
     return used
 
 
-def persist(result: InspectionResult, nova: NovaConfig, runner: Runner, *, lock_path: str,
-            force: bool = False, dry_run: bool = False, remote_hosts: Sequence[str] = ()
-            ) -> list[PersistOutcome]:
+def persist(
+    result: InspectionResult,
+    nova: NovaConfig,
+    runner: Runner,
+    *,
+    lock_path: str,
+    force: bool = False,
+    dry_run: bool = False,
+    remote_hosts: Sequence[str] = (),
+) -> list[PersistOutcome]:
     return [
-        persist_one(layout, nova, runner, lock_path=lock_path, force=force, dry_run=dry_run,
-                    remote=layout.host in remote_hosts)
+        persist_one(
+            layout,
+            nova,
+            runner,
+            lock_path=lock_path,
+            force=force,
+            dry_run=dry_run,
+            remote=layout.host in remote_hosts,
+        )
         for layout in result.instances
     ]
 
 
-def persist_one(layout: InstanceLayout, nova: NovaConfig, runner: Runner, *, lock_path: str,
-                force: bool = False, dry_run: bool = False, remote: bool = False
-                ) -> PersistOutcome:
+def persist_one(
+    layout: InstanceLayout,
+    nova: NovaConfig,
+    runner: Runner,
+    *,
+    lock_path: str,
+    force: bool = False,
+    dry_run: bool = False,
+    remote: bool = False,
+) -> PersistOutcome:
     out = PersistOutcome(layout.uuid, layout.name, REFUSED)
     if remote:
-        out.reason = (f"host {layout.host} is remote: run storagectl persist on the compute "
-                      "host itself (records live in its instance directories)")
+        out.reason = (
+            f"host {layout.host} is remote: run storagectl persist on the compute "
+            "host itself (records live in its instance directories)"
+        )
         return out
     critical = [f for f in layout.findings if f.severity is Severity.CRITICAL]
     if critical:
         out.reason = "critical findings must be resolved first: " + "; ".join(
-            f"{f.code} ({f.disk or 'instance'})" for f in critical)
+            f"{f.code} ({f.disk or 'instance'})" for f in critical
+        )
         return out
     inst_dir = nova.instance_dir(layout.uuid)
     if not os.path.isdir(inst_dir):
@@ -111,8 +141,9 @@ def persist_one(layout: InstanceLayout, nova: NovaConfig, runner: Runner, *, loc
         return out
 
 
-def _write_locked(out: PersistOutcome, new: rec.Record, inst_dir: str, runner: Runner,
-                  force: bool) -> PersistOutcome:
+def _write_locked(
+    out: PersistOutcome, new: rec.Record, inst_dir: str, runner: Runner, force: bool
+) -> PersistOutcome:
     try:
         old = rec.read_record(inst_dir, expect_uuid=new.uuid)
     except errors.RecordInvalid as exc:

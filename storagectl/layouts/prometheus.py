@@ -46,26 +46,33 @@ def render(report: AuditReport, previous_last_success: float | None) -> str:
     for f in report.findings:
         counts[(f.severity.value, f.code)] = counts.get((f.severity.value, f.code), 0) + 1
     # Every known code is always exported (0 when absent) so alerts see it go back to 0.
-    known = {(sev.value, code.value) for code, sev in (*SEVERITY.items(),
-                                                      *AUDIT_SEVERITY.items())}
+    known = {(sev.value, code.value) for code, sev in (*SEVERITY.items(), *AUDIT_SEVERITY.items())}
     for sev, code in sorted(known | set(counts)):
-        lines.append(f'storagectl_findings{{severity="{_label(sev)}",code="{_label(code)}"}} '
-                     f"{counts.get((sev, code), 0)}")
-    lines += ["# HELP storagectl_instances Instances audited by where their layout came from.",
-              "# TYPE storagectl_instances gauge"]
+        lines.append(
+            f'storagectl_findings{{severity="{_label(sev)}",code="{_label(code)}"}} '
+            f"{counts.get((sev, code), 0)}"
+        )
+    lines += [
+        "# HELP storagectl_instances Instances audited by where their layout came from.",
+        "# TYPE storagectl_instances gauge",
+    ]
     sources = {"metadata": 0, "inferred": 0}
     for inst in report.instances:
         sources[inst.source] = sources.get(inst.source, 0) + 1
     for source, n in sorted(sources.items()):
         lines.append(f'storagectl_instances{{source="{_label(source)}"}} {n}')
-    lines += ["# HELP storagectl_audit_duration_seconds Wall time of the last audit.",
-              "# TYPE storagectl_audit_duration_seconds gauge",
-              f"storagectl_audit_duration_seconds {report.duration:.3f}"]
+    lines += [
+        "# HELP storagectl_audit_duration_seconds Wall time of the last audit.",
+        "# TYPE storagectl_audit_duration_seconds gauge",
+        f"storagectl_audit_duration_seconds {report.duration:.3f}",
+    ]
     if last is not None:
-        lines += ["# HELP storagectl_audit_last_success_timestamp_seconds When the last "
-                  "complete audit finished (Unix time).",
-                  "# TYPE storagectl_audit_last_success_timestamp_seconds gauge",
-                  f"storagectl_audit_last_success_timestamp_seconds {last:.0f}"]
+        lines += [
+            "# HELP storagectl_audit_last_success_timestamp_seconds When the last "
+            "complete audit finished (Unix time).",
+            "# TYPE storagectl_audit_last_success_timestamp_seconds gauge",
+            f"storagectl_audit_last_success_timestamp_seconds {last:.0f}",
+        ]
     return "\n".join(lines) + "\n"
 
 

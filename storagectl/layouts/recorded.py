@@ -28,9 +28,15 @@ class Drift:
     message: str
 
 
-def layout_from_record(record: Record, dom: ScannedDomain, host: str, nova: NovaConfig,
-                       storage: StorageView, *, local: bool = True
-                       ) -> tuple[InstanceLayout, list[Drift]]:
+def layout_from_record(
+    record: Record,
+    dom: ScannedDomain,
+    host: str,
+    nova: NovaConfig,
+    storage: StorageView,
+    *,
+    local: bool = True,
+) -> tuple[InstanceLayout, list[Drift]]:
     chk = Checker(record.uuid, nova, storage, local)
     layout = record.to_instance_layout(dom.state)
     layout.host = host
@@ -44,40 +50,77 @@ def layout_from_record(record: Record, dom: ScannedDomain, host: str, nova: Nova
         for disk, was in zip(layout.disks, record.disks, strict=True):
             hint = xml_disks.get(disk.name, (None, None))[1]
             verify_disk(disk, chk, backing_hint=hint.backing_format if hint else None)
-            if was.virtual_size and disk.virtual_size is not None and (
-                    disk.virtual_size < was.virtual_size):
-                drift.append(Drift(disk.name, "size", f"disk {disk.name} ({disk.location}) "
-                                   f"shrank from {was.virtual_size} bytes (recorded) to "
-                                   f"{disk.virtual_size}"))
+            if (
+                was.virtual_size
+                and disk.virtual_size is not None
+                and (disk.virtual_size < was.virtual_size)
+            ):
+                drift.append(
+                    Drift(
+                        disk.name,
+                        "size",
+                        f"disk {disk.name} ({disk.location}) "
+                        f"shrank from {was.virtual_size} bytes (recorded) to "
+                        f"{disk.virtual_size}",
+                    )
+                )
         check_disk_info(layout.disks, chk)
     _dedupe(layout)
     return layout, drift
 
 
-def compare(recorded: tuple[DiskLayout, ...] | list[DiskLayout],
-            actual: dict[str, DiskLayout]) -> list[Drift]:
+def compare(
+    recorded: tuple[DiskLayout, ...] | list[DiskLayout], actual: dict[str, DiskLayout]
+) -> list[Drift]:
     """How the disks libvirt uses now differ from the recorded ones."""
     out: list[Drift] = []
     rec = {d.name: d for d in recorded}
     for name, r in rec.items():
         a = actual.get(name)
         if a is None:
-            out.append(Drift(name, "removed", f"recorded disk {name} ({r.location}) is no "
-                                              "longer in the domain XML"))
+            out.append(
+                Drift(
+                    name,
+                    "removed",
+                    f"recorded disk {name} ({r.location}) is no longer in the domain XML",
+                )
+            )
             continue
         if a.backend is not r.backend:
-            out.append(Drift(name, "backend", f"disk {name} is recorded as {r.backend.value} "
-                             f"but the domain XML uses {a.backend.value} ({a.location})"))
+            out.append(
+                Drift(
+                    name,
+                    "backend",
+                    f"disk {name} is recorded as {r.backend.value} "
+                    f"but the domain XML uses {a.backend.value} ({a.location})",
+                )
+            )
         elif a.location != r.location:
-            out.append(Drift(name, "moved", f"disk {name} is recorded at {r.location} but "
-                             f"the domain XML uses {a.location}"))
+            out.append(
+                Drift(
+                    name,
+                    "moved",
+                    f"disk {name} is recorded at {r.location} but the domain XML uses {a.location}",
+                )
+            )
         if (a.format or "") != (r.format or ""):
-            out.append(Drift(name, "format", f"disk {name} is recorded as {r.format} but the "
-                             f"domain XML opens it as {a.format}"))
+            out.append(
+                Drift(
+                    name,
+                    "format",
+                    f"disk {name} is recorded as {r.format} but the "
+                    f"domain XML opens it as {a.format}",
+                )
+            )
     for name, a in actual.items():
         if name not in rec:
-            out.append(Drift(name, "added", f"disk {name} ({a.location}) is in the domain XML "
-                                            "but not in the record"))
+            out.append(
+                Drift(
+                    name,
+                    "added",
+                    f"disk {name} ({a.location}) is in the domain XML but not in the record",
+                )
+            )
     return out
 
 

@@ -71,9 +71,11 @@ def _verify_file(disk: DiskLayout, chk: Checker, backing_hint: str | None) -> No
     path = disk.path or ""
     real = os.path.realpath(path)
     if real != path and not (inside(real, chk.inst_dir_real) or inside(real, chk.cache_real)):
-        chk.add(Code.DISK_OUTSIDE_INSTANCE_DIR, disk.name,
-                f"disk {path} resolves to {real}, outside the instance directory and the "
-                "image cache")
+        chk.add(
+            Code.DISK_OUTSIDE_INSTANCE_DIR,
+            disk.name,
+            f"disk {path} resolves to {real}, outside the instance directory and the image cache",
+        )
     if disk.backend is Backend.PLOOP and os.path.isdir(real):
         real = os.path.join(real, "root.hds")  # ploop: a dir with root.hds + DiskDescriptor.xml
     try:
@@ -106,8 +108,11 @@ def _verify_lvm(disk: DiskLayout, chk: Checker) -> None:
     path = disk.path or f"/dev/{vg}/{lv}"
     if not os.path.exists(path):
         # Only an active LV has a device node to read the first bytes from.
-        chk.add(Code.NOT_INSPECTED, disk.name,
-                f"LV {vg}/{lv} is not active (no {path}): its contents were not inspected")
+        chk.add(
+            Code.NOT_INSPECTED,
+            disk.name,
+            f"LV {vg}/{lv} is not active (no {path}): its contents were not inspected",
+        )
     elif disk.format == "raw":
         _check_image(disk, path, chk, declared="raw")
         disk.virtual_size = vol.size
@@ -118,13 +123,15 @@ def _verify_rbd(disk: DiskLayout, chk: Checker) -> None:
     conf = disk.ceph_conf or chk.nova.images_rbd_ceph_conf
     listing = chk.storage.rbd(pool, conf, disk.rbd_user)
     if listing.error:
-        chk.add(Code.NOT_INSPECTED, disk.name,
-                f"cannot check RBD image {pool}/{image}: {listing.error}")
+        chk.add(
+            Code.NOT_INSPECTED, disk.name, f"cannot check RBD image {pool}/{image}: {listing.error}"
+        )
         return
     vol = listing.volumes.get(image)
     if vol is None:
-        chk.add(Code.DISK_MISSING, disk.name,
-                f"RBD image {pool}/{image} ({disk.target}) does not exist")
+        chk.add(
+            Code.DISK_MISSING, disk.name, f"RBD image {pool}/{image} ({disk.target}) does not exist"
+        )
         return
     disk.virtual_size = vol.size
 
@@ -139,8 +146,14 @@ def _verify_boot_file(disk: DiskLayout, chk: Checker) -> None:
     disk.allocated_size = st.st_blocks * 512
 
 
-def _check_image(disk: DiskLayout, real: str, chk: Checker, *, declared: str | None,
-                 backing_hint: str | None = None) -> None:
+def _check_image(
+    disk: DiskLayout,
+    real: str,
+    chk: Checker,
+    *,
+    declared: str | None,
+    backing_hint: str | None = None,
+) -> None:
     """Run the header inspector on one local image and turn what it says into findings."""
     try:
         report = inspect_file(real, declared or "raw")
@@ -152,13 +165,15 @@ def _check_image(disk: DiskLayout, real: str, chk: Checker, *, declared: str | N
     if embedded:
         hidden = report.embedded.backing_file if report.embedded else None
         extra = f" naming backing file {hidden!r}" if hidden else ""
-        chk.add(Code.RAW_DISK_HAS_IMAGE_HEADER, disk.name,
-                f"{disk.path} is used as raw but begins with a {embedded} header{extra}; "
-                "a host that probes it would expose that file to the guest")
+        chk.add(
+            Code.RAW_DISK_HAS_IMAGE_HEADER,
+            disk.name,
+            f"{disk.path} is used as raw but begins with a {embedded} header{extra}; "
+            "a host that probes it would expose that file to the guest",
+        )
     _failures_to_findings(disk.name, disk.path or real, report, chk)
     if report.backing_file and declared == "qcow2":
-        _check_backing(disk, real, report.backing_file, report.backing_format or backing_hint,
-                       chk)
+        _check_backing(disk, real, report.backing_file, report.backing_format or backing_hint, chk)
 
 
 def _failures_to_findings(name: str, path: str, report: InspectionReport, chk: Checker) -> None:
@@ -166,32 +181,46 @@ def _failures_to_findings(name: str, path: str, report: InspectionReport, chk: C
         if failure.check == BACKING_CHECK:
             continue  # a Nova overlay has a backing file by design: _check_backing judges it
         if failure.check == "qcow2-data-file":
-            chk.add(Code.QCOW2_DATA_FILE, name,
-                    f"{path} is a qcow2 with external data file {report.data_file!r}")
+            chk.add(
+                Code.QCOW2_DATA_FILE,
+                name,
+                f"{path} is a qcow2 with external data file {report.data_file!r}",
+            )
         elif failure.check == "format-mismatch":
-            chk.add(Code.FORMAT_MISMATCH, name,
-                    f"{path} is opened as {report.declared_format}, but its header is not "
-                    f"{report.declared_format} ({failure.message})")
+            chk.add(
+                Code.FORMAT_MISMATCH,
+                name,
+                f"{path} is opened as {report.declared_format}, but its header is not "
+                f"{report.declared_format} ({failure.message})",
+            )
         else:
-            chk.add(Code.UNSAFE_IMAGE_FORMAT, name,
-                    f"{path} fails safety check {failure.check}: {failure.message}")
+            chk.add(
+                Code.UNSAFE_IMAGE_FORMAT,
+                name,
+                f"{path} fails safety check {failure.check}: {failure.message}",
+            )
 
 
-def _check_backing(disk: DiskLayout, real: str, backing: str, backing_format: str | None,
-                   chk: Checker) -> None:
+def _check_backing(
+    disk: DiskLayout, real: str, backing: str, backing_format: str | None, chk: Checker
+) -> None:
     # The backing path is as written in the qcow2 header (host-written for Nova's
     # overlays). It is resolved lexically and never opened unless inside the cache.
     resolved = os.path.normpath(os.path.join(os.path.dirname(real), backing))
     disk.backing = Backing(path=resolved, format=backing_format)
     base_real = os.path.realpath(resolved)
     if not inside(base_real, chk.cache_real):
-        chk.add(Code.BACKING_FILE_OUTSIDE_CACHE, disk.name,
-                f"{disk.path} has backing file {backing!r}, outside the image cache "
-                f"{chk.nova.image_cache_path}; it was not followed")
+        chk.add(
+            Code.BACKING_FILE_OUTSIDE_CACHE,
+            disk.name,
+            f"{disk.path} has backing file {backing!r}, outside the image cache "
+            f"{chk.nova.image_cache_path}; it was not followed",
+        )
         return
     if not os.path.exists(base_real):
-        chk.add(Code.DISK_MISSING, disk.name,
-                f"backing file {resolved} of {disk.path} does not exist")
+        chk.add(
+            Code.DISK_MISSING, disk.name, f"backing file {resolved} of {disk.path} does not exist"
+        )
         return
     try:
         base = chk.storage.inspect_cached(base_real, backing_format or "raw")
@@ -199,20 +228,32 @@ def _check_backing(disk: DiskLayout, real: str, backing: str, backing_format: st
         chk.add(Code.UNKNOWN_LAYOUT, disk.name, str(exc))
         return
     if base.container_header_in_raw:
-        how = ("recorded as raw" if backing_format
-               else "with no backing format recorded, so qemu would probe it")
-        chk.add(Code.RAW_DISK_HAS_IMAGE_HEADER, disk.name,
-                f"base {resolved} of {disk.path} is {how}, but begins with a "
-                f"{base.container_header_in_raw} header")
+        how = (
+            "recorded as raw"
+            if backing_format
+            else "with no backing format recorded, so qemu would probe it"
+        )
+        chk.add(
+            Code.RAW_DISK_HAS_IMAGE_HEADER,
+            disk.name,
+            f"base {resolved} of {disk.path} is {how}, but begins with a "
+            f"{base.container_header_in_raw} header",
+        )
     _failures_to_findings(disk.name, resolved, base, chk)
     if base.backing_file:
-        chk.add(Code.NESTED_BACKING_CHAIN, disk.name,
-                f"base {resolved} of {disk.path} itself has backing file {base.backing_file!r}")
+        chk.add(
+            Code.NESTED_BACKING_CHAIN,
+            disk.name,
+            f"base {resolved} of {disk.path} itself has backing file {base.backing_file!r}",
+        )
         nested = os.path.realpath(os.path.join(os.path.dirname(base_real), base.backing_file))
         if not inside(nested, chk.cache_real):
-            chk.add(Code.BACKING_FILE_OUTSIDE_CACHE, disk.name,
-                    f"base {resolved} has backing file {base.backing_file!r} outside the "
-                    "image cache; it was not followed")
+            chk.add(
+                Code.BACKING_FILE_OUTSIDE_CACHE,
+                disk.name,
+                f"base {resolved} has backing file {base.backing_file!r} outside the "
+                "image cache; it was not followed",
+            )
 
 
 def read_disk_info(inst_dir: str) -> tuple[dict[str, str] | None, str | None]:
@@ -246,12 +287,22 @@ def check_disk_info(disks: list[DiskLayout], chk: Checker) -> None:
     if not info:
         return
     for disk in disks:
-        keys = [k for k in (disk.path, f"rbd:{disk.pool}/{disk.image}" if disk.pool else None,
-                            f"{disk.pool}/{disk.image}" if disk.pool else None) if k]
+        keys = [
+            k
+            for k in (
+                disk.path,
+                f"rbd:{disk.pool}/{disk.image}" if disk.pool else None,
+                f"{disk.pool}/{disk.image}" if disk.pool else None,
+            )
+            if k
+        ]
         recorded = next((info[k] for k in keys if k in info), None)
         if recorded is None or disk.format is None or disk.backend is Backend.VOLUME:
             continue
         if _DISK_INFO_ALIASES.get(recorded, recorded) != disk.format:
-            chk.add(Code.FORMAT_MISMATCH, disk.name,
-                    f"the domain XML opens {disk.location} as {disk.format}, but disk.info "
-                    f"says {recorded}")
+            chk.add(
+                Code.FORMAT_MISMATCH,
+                disk.name,
+                f"the domain XML opens {disk.location} as {disk.format}, but disk.info "
+                f"says {recorded}",
+            )

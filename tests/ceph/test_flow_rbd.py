@@ -19,12 +19,21 @@ MiB = 1 << 20
 
 @pytest.fixture(scope="module")
 def node(ceph_cluster, tmp_path_factory):
-    rbd = RBD(Runner(), pool=ceph_cluster.pool, ceph_conf=str(ceph_cluster.conf),
-              user=ceph_cluster.user)
-    sandbox = create_sandbox(SandboxSpec(
-        root=tmp_path_factory.mktemp("flow-rbd") / "node", instances=4, seed=31,
-        kinds=("rbd", "flat"), rbd_pool=ceph_cluster.pool, ceph_conf=str(ceph_cluster.conf),
-        rbd_user=ceph_cluster.user, virtual_size=64 * MiB))
+    rbd = RBD(
+        Runner(), pool=ceph_cluster.pool, ceph_conf=str(ceph_cluster.conf), user=ceph_cluster.user
+    )
+    sandbox = create_sandbox(
+        SandboxSpec(
+            root=tmp_path_factory.mktemp("flow-rbd") / "node",
+            instances=4,
+            seed=31,
+            kinds=("rbd", "flat"),
+            rbd_pool=ceph_cluster.pool,
+            ceph_conf=str(ceph_cluster.conf),
+            rbd_user=ceph_cluster.user,
+            virtual_size=64 * MiB,
+        )
+    )
     mine = {d.image for i in sandbox.instances for d in i.disks if d.backend == "rbd"}
     yield sandbox, rbd, ceph_cluster
     for image in rbd.list_images():
@@ -50,9 +59,22 @@ def test_ceph_unreachable_is_reported_not_guessed(node, tmp_path):
     broken = tmp_path / "nova.conf"
     broken.write_text(conf + f"\n[libvirt]\nimages_rbd_ceph_conf = {dead}\n")
     # (before persist: once recorded, the record's own ceph conf is used instead)
-    res = CliRunner().invoke(cli, ["-c", sandbox.uri, "--nova-conf", str(sandbox.nova_conf),
-                                   "--nova-conf", str(broken), "--log-file",
-                                   str(tmp_path / "log"), "inspect", "-o", "json"])
+    res = CliRunner().invoke(
+        cli,
+        [
+            "-c",
+            sandbox.uri,
+            "--nova-conf",
+            str(sandbox.nova_conf),
+            "--nova-conf",
+            str(broken),
+            "--log-file",
+            str(tmp_path / "log"),
+            "inspect",
+            "-o",
+            "json",
+        ],
+    )
     assert res.exit_code == 0
     findings = [f for i in json.loads(res.stdout)["instances"] for f in i["findings"]]
     assert findings and all(f["code"] == "content-not-inspected" for f in findings)

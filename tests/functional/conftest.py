@@ -20,8 +20,7 @@ from storagectl.cli import cli
 
 
 def qemu_img(*args: str) -> str:
-    return subprocess.run(["qemu-img", *args], check=True, capture_output=True,
-                          text=True).stdout
+    return subprocess.run(["qemu-img", *args], check=True, capture_output=True, text=True).stdout
 
 
 class MiniNode:
@@ -55,12 +54,15 @@ class MiniNode:
             elif dtype == "block":
                 source = f"<source dev={quoteattr(d['src'])}/>"
             else:
-                source = (f"<source protocol='rbd' name={quoteattr(d['src'])}>"
-                          "<host name='127.0.0.1' port='6789'/></source>")
+                source = (
+                    f"<source protocol='rbd' name={quoteattr(d['src'])}>"
+                    "<host name='127.0.0.1' port='6789'/></source>"
+                )
             parts.append(
                 f"<disk type='{dtype}' device='{d.get('device', 'disk')}'>"
                 f"<driver name='qemu' type='{d['fmt']}'/>{source}"
-                f"<target dev='{target}' bus='virtio'/></disk>")
+                f"<target dev='{target}' bus='virtio'/></disk>"
+            )
         os_el = "<os><type>hvm</type>"
         if kernel:
             os_el += f"<kernel>{kernel}</kernel>"
@@ -68,7 +70,8 @@ class MiniNode:
         self.domains.append(
             f"<domain type='test'><name>instance-{len(self.domains) + 1:08x}</name>"
             f"<uuid>{uuid}</uuid><memory>65536</memory>{os_el}"
-            f"<devices>{''.join(parts)}</devices></domain>")
+            f"<devices>{''.join(parts)}</devices></domain>"
+        )
         return uuid
 
     @property
@@ -79,8 +82,18 @@ class MiniNode:
 
     def run(self, *args: str) -> tuple[int, str, str]:
         runner = CliRunner()
-        res = runner.invoke(cli, ["-c", self.uri, "--nova-conf", str(self.conf),
-                                  "--log-file", str(self.root / "storagectl.log"), *args])
+        res = runner.invoke(
+            cli,
+            [
+                "-c",
+                self.uri,
+                "--nova-conf",
+                str(self.conf),
+                "--log-file",
+                str(self.root / "storagectl.log"),
+                *args,
+            ],
+        )
         if res.exception and not isinstance(res.exception, SystemExit):
             raise res.exception
         return res.exit_code, res.stdout, res.stderr

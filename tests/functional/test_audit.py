@@ -120,9 +120,10 @@ def test_unsafe_and_unused_cache_entries(mini_node, tmp_path):
     base = mini_node.base
     # CVE-2022-47951: a VMDK descriptor whose extent names a host file
     (base / ("d" * 40)).write_text(
-        '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n'
+        "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n"
         'createType="monolithicFlat"\n\n# Extent description\n'
-        'RW 2048 FLAT "/etc/hostname" 0\n\nddb.virtualHWVersion = "4"\n')
+        'RW 2048 FLAT "/etc/hostname" 0\n\nddb.virtualHWVersion = "4"\n'
+    )
     qemu_img("create", "-f", "qcow2", "-b", "/etc/passwd", "-F", "raw", str(base / ("e" * 40)))
     qemu_img("create", "-f", "qed", str(base / ("f" * 40)), str(MiB))
     qemu_img("create", "-f", "raw", str(base / ("0" * 40)), str(MiB))
@@ -144,8 +145,8 @@ def test_unreachable_host_is_status_3_and_keeps_last_success(mini_node, tmp_path
     time.sleep(1.1)
     bad = f"test://{mini_node.root}/nope.xml"
     code, out, err = mini_node.run(
-        "--lock-path", str(mini_node.root / "locks"), "-c", bad, "audit",
-        "--prometheus", str(prom))
+        "--lock-path", str(mini_node.root / "locks"), "-c", bad, "audit", "--prometheus", str(prom)
+    )
     assert code == 3 and bad in err
     text = prom.read_text()
     assert "storagectl_audit_up 0" in text and "storagectl_audit_status 3" in text
@@ -193,4 +194,5 @@ def test_audit_writes_nothing_but_its_report(mini_node, tmp_path):
         if path.is_file():
             assert path.read_bytes() == twin.read_bytes(), twin
     assert sorted(p.name for p in mini_node.instances.rglob("*")) == sorted(
-        p.name for p in snapshot.rglob("*"))
+        p.name for p in snapshot.rglob("*")
+    )

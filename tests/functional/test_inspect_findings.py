@@ -42,16 +42,38 @@ def test_clean_qcow2_on_base_and_flat_disk(mini_node):
     assert inst["source"] == "inferred" and inst["state"] == "running"
     root, eph = inst["disks"]
     assert (root["name"], root["role"], root["backend"], root["format"], root["target"]) == (
-        "disk", "root", "qcow2", "qcow2", "vda")
+        "disk",
+        "root",
+        "qcow2",
+        "qcow2",
+        "vda",
+    )
     assert root["backing"] == {"path": str(base), "format": "raw"}
     assert root["virtual_size"] == 16 * MiB
     info = json.loads(qemu_img("info", "-f", "qcow2", "--output=json", str(d / "disk")))
     assert root["allocated_size"] == info["actual-size"]
     assert (eph["role"], eph["backend"], eph["format"], eph["virtual_size"]) == (
-        "ephemeral", "flat", "raw", 4 * MiB)
+        "ephemeral",
+        "flat",
+        "raw",
+        4 * MiB,
+    )
     assert eph["backing"] is None
-    assert set(root) == {"name", "role", "target", "backend", "format", "path", "volume_group",
-                         "volume", "pool", "image", "virtual_size", "allocated_size", "backing"}
+    assert set(root) == {
+        "name",
+        "role",
+        "target",
+        "backend",
+        "format",
+        "path",
+        "volume_group",
+        "volume",
+        "pool",
+        "image",
+        "virtual_size",
+        "allocated_size",
+        "backing",
+    }
 
 
 def test_raw_disk_with_qcow2_header_naming_host_file(mini_node, tmp_path):
@@ -61,7 +83,7 @@ def test_raw_disk_with_qcow2_header_naming_host_file(mini_node, tmp_path):
     evil = tmp_path / "evil.qcow2"
     qemu_img("create", "-f", "qcow2", "-b", "/etc/passwd", "-F", "raw", str(evil), "1G")
     qemu_img("create", "-f", "raw", str(d / "disk"), str(16 * MiB))
-    header = evil.read_bytes()[:64 * 1024]
+    header = evil.read_bytes()[: 64 * 1024]
     with open(d / "disk", "r+b") as fh:  # what a guest does with dd to /dev/vda
         fh.write(header)
     mini_node.add(u, [{"fmt": "raw", "src": d / "disk"}])
@@ -203,11 +225,18 @@ def test_volumes_are_reported_not_inspected(mini_node, tmp_path):
     mnt.mkdir(parents=True)
     vol = mnt / "volume-11111111-2222-3333-4444-555555555555"
     vol.write_bytes(b"QFI\xfb" + b"\0" * 508)  # would be "unsafe" if it were ours to check
-    mini_node.add(u, [
-        {"fmt": "raw", "src": vol},
-        {"type": "block", "fmt": "raw", "src": "/dev/disk/by-path/ip-10.0.0.1:3260-iscsi-lun-1"},
-        {"type": "network", "fmt": "raw", "src": "volumes/volume-77"},
-    ])
+    mini_node.add(
+        u,
+        [
+            {"fmt": "raw", "src": vol},
+            {
+                "type": "block",
+                "fmt": "raw",
+                "src": "/dev/disk/by-path/ip-10.0.0.1:3260-iscsi-lun-1",
+            },
+            {"type": "network", "fmt": "raw", "src": "volumes/volume-77"},
+        ],
+    )
     inst = mini_node.instance(u)
     assert [d["backend"] for d in inst["disks"]] == ["volume"] * 3
     assert [d["role"] for d in inst["disks"]] == ["volume"] * 3
@@ -218,12 +247,17 @@ def test_empty_cdrom_is_ignored_and_config_drive_is_a_disk(mini_node):
     u = mini_node.new_uuid()
     d = mini_node.dir(u)
     qemu_img("create", "-f", "raw", str(d / "disk.config"), str(MiB))
-    mini_node.add(u, [{"fmt": "raw", "device": "cdrom", "src": None, "target": "hda"},
-                      {"fmt": "raw", "device": "cdrom", "src": d / "disk.config",
-                       "target": "hdb"}])
+    mini_node.add(
+        u,
+        [
+            {"fmt": "raw", "device": "cdrom", "src": None, "target": "hda"},
+            {"fmt": "raw", "device": "cdrom", "src": d / "disk.config", "target": "hdb"},
+        ],
+    )
     inst = mini_node.instance(u)
     assert [(x["name"], x["role"], x["backend"]) for x in inst["disks"]] == [
-        ("disk.config", "config", "flat")]
+        ("disk.config", "config", "flat")
+    ]
 
 
 def test_disk_info_that_is_not_json(mini_node):

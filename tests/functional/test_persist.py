@@ -6,6 +6,7 @@ import json
 import multiprocessing
 import os
 import stat
+from pathlib import Path
 
 import yaml
 
@@ -72,20 +73,27 @@ def test_persist_writes_record_and_inspect_then_trusts_it(mini_node):
 def test_record_survives_a_change_of_host_config(mini_node):
     """Persist under qcow2 + use_cow_images; flip nova.conf to lvm without CoW; the
     persisted instances keep their original backend and format."""
-    mini_node.conf.write_text(mini_node.conf.read_text() +
-                              "use_cow_images = True\n[libvirt]\nimages_type = qcow2\n")
+    mini_node.conf.write_text(
+        mini_node.conf.read_text() + "use_cow_images = True\n[libvirt]\nimages_type = qcow2\n"
+    )
     a, b = legacy_instance(mini_node), legacy_instance(mini_node, flat=True)
     code, res, _ = persist_json(mini_node, "--all")
     assert code == 0 and {res[a]["status"], res[b]["status"]} == {"written"}
     mini_node.conf.write_text(
-        mini_node.conf.read_text().replace("use_cow_images = True", "use_cow_images = False")
-        .replace("images_type = qcow2", "images_type = lvm\nimages_volume_group = nova-vg"))
+        mini_node.conf.read_text()
+        .replace("use_cow_images = True", "use_cow_images = False")
+        .replace("images_type = qcow2", "images_type = lvm\nimages_volume_group = nova-vg")
+    )
     data = {i["uuid"]: i for i in mini_node.inspect()["instances"]}
     assert data[a]["source"] == data[b]["source"] == "metadata"
     assert [(d["backend"], d["format"]) for d in data[a]["disks"]] == [
-        ("qcow2", "qcow2"), ("flat", "raw")]
+        ("qcow2", "qcow2"),
+        ("flat", "raw"),
+    ]
     assert [(d["backend"], d["format"]) for d in data[b]["disks"]] == [
-        ("flat", "raw"), ("flat", "raw")]
+        ("flat", "raw"),
+        ("flat", "raw"),
+    ]
     assert data[a]["findings"] == data[b]["findings"] == []
 
 
@@ -126,7 +134,7 @@ def test_unchanged_then_different_then_force(mini_node):
     assert path.read_bytes() == edited  # nothing changed
     code, res, _ = persist_json(mini_node, "--force", u)
     assert code == 0 and res[u]["status"] == "written"
-    assert res[u]["backup"] and open(res[u]["backup"], "rb").read() == edited
+    assert res[u]["backup"] and Path(res[u]["backup"]).read_bytes() == edited
     assert b"target: vdb" in path.read_bytes()
 
 

@@ -12,8 +12,9 @@ from tests.flowcheck import assert_inspect_matches_manifest, run, run_json
 
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory):
-    return create_sandbox(SandboxSpec(root=tmp_path_factory.mktemp("flow") / "node",
-                                      instances=8, seed=3))
+    return create_sandbox(
+        SandboxSpec(root=tmp_path_factory.mktemp("flow") / "node", instances=8, seed=3)
+    )
 
 
 def test_inspect_matches_the_manifest_exactly(sandbox):

@@ -18,10 +18,18 @@ def node(lvm_vg, tmp_path_factory):
     # The CLI's own Runner inherits the environment: lvm2 reads the test lvm.conf.
     mp.setenv("LVM_SYSTEM_DIR", str(lvm_vg.system_dir))
     lvm = LVM(lvm_vg.runner())
-    sandbox = create_sandbox(SandboxSpec(
-        root=tmp_path_factory.mktemp("flow-lvm") / "node", instances=4, seed=21,
-        kinds=("lvm", "qcow2"), volume_group=lvm_vg.vg, virtual_size=64 * MiB,
-        flavors=("m1.tiny", "m1.swap")), lvm_vg.runner())
+    sandbox = create_sandbox(
+        SandboxSpec(
+            root=tmp_path_factory.mktemp("flow-lvm") / "node",
+            instances=4,
+            seed=21,
+            kinds=("lvm", "qcow2"),
+            volume_group=lvm_vg.vg,
+            virtual_size=64 * MiB,
+            flavors=("m1.tiny", "m1.swap"),
+        ),
+        lvm_vg.runner(),
+    )
     yield sandbox, lvm, lvm_vg.vg
     for lv in lvm.list_volumes(lvm_vg.vg):
         lvm.remove(lvm_vg.vg, lv.name)
@@ -61,14 +69,16 @@ def test_persist_tags_lvs_then_audit_catches_tampering_and_orphans(node):
     orphan = naming.lv_name("99999999-8888-7777-6666-555555555555", "disk")
     lvm.create(vg, orphan, 8 * MiB)
     victim = next(d for i in sandbox.instances for d in i.disks if d.backend == "lvm")
-    lvm.remove_tags(vg, victim.lv, [t for t in lvm.get_volume(vg, victim.lv).tags
-                                    if t.startswith("storagectl.disk=")])
+    lvm.remove_tags(
+        vg,
+        victim.lv,
+        [t for t in lvm.get_volume(vg, victim.lv).tags if t.startswith("storagectl.disk=")],
+    )
     code, data = run_json(sandbox, "audit")
     assert code == 2
     found = {(f["code"], f["disk"]) for f in data["findings"]}
     assert ("orphan-volume", "disk") in found
-    assert any(f["code"] == "orphan-volume" and orphan in f["message"]
-               for f in data["findings"])
+    assert any(f["code"] == "orphan-volume" and orphan in f["message"] for f in data["findings"])
     assert ("metadata-drift", victim.name) in found
     lvm.remove(vg, orphan)
     # persist leaves the unchanged record alone but repairs its mirror

@@ -18,8 +18,13 @@ def invoke(*args, env=None, tmp_path=None):
 def test_help_names_every_env_fallback_and_command():
     res = invoke("--help")
     assert res.exit_code == 0
-    for var in ("STORAGECTL_CONNECT", "STORAGECTL_NOVA_CONF", "STORAGECTL_LOCK_PATH",
-                "STORAGECTL_VERBOSE", "STORAGECTL_LOG_FILE"):
+    for var in (
+        "STORAGECTL_CONNECT",
+        "STORAGECTL_NOVA_CONF",
+        "STORAGECTL_LOCK_PATH",
+        "STORAGECTL_VERBOSE",
+        "STORAGECTL_LOG_FILE",
+    ):
         assert var in res.stdout
     for command in ("inspect", "persist", "show", "audit", "sandbox"):
         assert f"  {command} " in res.stdout
@@ -36,13 +41,21 @@ def test_env_fallbacks_reach_the_application(tmp_path, monkeypatch):
         seen.update(uris=app.uris, nova=app.nova_conf, lock=app.lock_path)
 
     try:
-        res = invoke("probe-settings", tmp_path=tmp_path, env={
-            "STORAGECTL_CONNECT": "test:///default qemu+ssh://cn2/system",
-            "STORAGECTL_NOVA_CONF": "/a.conf /b.conf",
-            "STORAGECTL_LOCK_PATH": str(tmp_path / "locks")})
+        res = invoke(
+            "probe-settings",
+            tmp_path=tmp_path,
+            env={
+                "STORAGECTL_CONNECT": "test:///default qemu+ssh://cn2/system",
+                "STORAGECTL_NOVA_CONF": "/a.conf /b.conf",
+                "STORAGECTL_LOCK_PATH": str(tmp_path / "locks"),
+            },
+        )
         assert res.exit_code == 0, res.output
-        assert seen == {"uris": ["test:///default", "qemu+ssh://cn2/system"],
-                        "nova": ("/a.conf", "/b.conf"), "lock": str(tmp_path / "locks")}
+        assert seen == {
+            "uris": ["test:///default", "qemu+ssh://cn2/system"],
+            "nova": ("/a.conf", "/b.conf"),
+            "lock": str(tmp_path / "locks"),
+        }
     finally:
         cli.commands.pop("probe-settings")
 
@@ -60,6 +73,7 @@ def failing_command():
         @cli.command("boom")
         def boom():
             raise exc
+
     yield add
     cli.commands.pop("boom", None)
 
