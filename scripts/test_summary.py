@@ -1,6 +1,6 @@
 """Print per-tier test counts from the junit XML files, and fail on any skip.
 
-    python scripts/test_summary.py build/junit unit functional ...
+python scripts/test_summary.py build/junit unit functional ...
 """
 
 from __future__ import annotations
