@@ -179,7 +179,11 @@ def test_ping_closed_port_fails_fast(ceph_cluster: CephCluster, tmp_path: Path) 
         rbd.ping()
     elapsed = time.monotonic() - started
     assert elapsed < 6, f"ping took {elapsed:.1f}s"
-    assert "couldn't connect to the cluster" in str(exc.value)
+    message = str(exc.value)
+    assert str(dead) in message
+    # Which client timer fires first depends on load: mon hunting ("couldn't connect to
+    # the cluster") or authentication ("authenticate timed out"); both mean unreachable.
+    assert "couldn't connect to the cluster" in message or "timed out" in message
     assert str(dead) in str(exc.value)
 
 
