@@ -81,6 +81,18 @@ class Application:
         # click.echo, not rich: messages naming long paths must never be wrapped.
         click.echo(message, err=True)
 
+    def report_scan_problems(self, result: Any) -> int:
+        """Name every host that could not be scanned and every INSTANCE not found on
+        stderr; 1 if there was any, else 0 (inspect's and persist's exit status)."""
+        status = 0
+        for host in result.failed_hosts:
+            self.info(f"--> HostUnreachable: {host.uri}: {host.error}")
+            status = 1
+        for missing in result.not_found:
+            self.info(f"--> InstanceNotFound: no instance {missing} on {', '.join(self.uris)}")
+            status = 1
+        return status
+
     def abort(self, message: str, code: int = 1) -> NoReturn:
         click.secho(f"--> {message}", fg="red", err=True)
         raise click.exceptions.Exit(code)

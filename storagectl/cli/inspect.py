@@ -34,11 +34,5 @@ def inspect_cmd(app: Application, instances: tuple[str, ...], fmt: str) -> None:
         layouts_table(app.console, result.instances)
     else:
         app.print_data(result.to_dict(), fmt)
-    status = 0
-    for host in result.failed_hosts:
-        app.info(f"--> HostUnreachable: {host.uri}: {host.error}")
-        status = 1
-    for missing in result.not_found:
-        app.info(f"--> InstanceNotFound: no instance {missing} on {', '.join(app.uris)}")
-        status = 1
+    status = app.report_scan_problems(result)
     raise click.exceptions.Exit(status)

@@ -87,13 +87,7 @@ def persist_cmd(
             if o.diff:
                 click.echo(f"\n--- {o.uuid}: recorded vs inferred now")
                 click.echo(o.diff, nl=False)
-    status = 0
-    for host in result.failed_hosts:
-        app.info(f"--> HostUnreachable: {host.uri}: {host.error}")
-        status = 1
-    for missing in result.not_found:
-        app.info(f"--> InstanceNotFound: no instance {missing} on {', '.join(app.uris)}")
-        status = 1
+    status = app.report_scan_problems(result)
     if any(o.status == REFUSED for o in outcomes):
         status = 1
     raise click.exceptions.Exit(status)
