@@ -10,16 +10,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass, field
-from typing import Any, NoReturn
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-import yaml
-from rich.console import Console
 
 from storagectl import errors
 from storagectl.config import DEFAULT_NOVA_CONF, NovaConfig, load_nova_config
 from storagectl.process import Runner
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 LOG = logging.getLogger("storagectl")
 DEFAULT_URI = "qemu:///system"
@@ -34,9 +36,9 @@ class Application:
     lock_path: str = DEFAULT_LOCK_PATH
     verbose: int = 0
     log_file: str | None = None
-    console: Console = field(default_factory=Console)
-    err: Console = field(default_factory=lambda: Console(stderr=True))
     _runner: Runner | None = None
+    _console: Console | None = None
+    _err: Console | None = None
     _nova: NovaConfig | None = None
 
     # -- settings ---------------------------------------------------------------
@@ -63,9 +65,33 @@ class Application:
         return self._nova
 
     # -- output -----------------------------------------------------------------
+    # rich is imported only when something is drawn with it: `inspect -o json` from cron
+    # or a script never pays for it (~60 ms of a whole run).
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console()
+        return self._console
+
+    @property
+    def err(self) -> Console:
+        if self._err is None:
+            from rich.console import Console
+
+            self._err = Console(stderr=True)
+        return self._err
+
     @property
     def interactive(self) -> bool:
-        return self.console.is_terminal
+        """Whether stdout is a terminal (what rich would decide, without importing rich)."""
+        if self._console is not None:
+            return self._console.is_terminal
+        try:
+            return sys.stdout.isatty()
+        except (AttributeError, ValueError):  # replaced or closed stdout
+            return False
 
     def print_data(self, data: Any, fmt: str) -> None:
         """Machine-readable output: stable keys, no colour, no wrapping."""
@@ -75,6 +101,8 @@ class Application:
             indent = 2 if self.interactive else None
             click.echo(json.dumps(data, indent=indent, sort_keys=False))
         else:
+            import yaml
+
             click.echo(yaml.safe_dump(data, sort_keys=False, default_flow_style=False), nl=False)
 
     def info(self, message: str) -> None:

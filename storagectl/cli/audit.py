@@ -6,7 +6,6 @@ import click
 
 from storagectl import errors
 from storagectl.cli.app import Application
-from storagectl.cli.render import findings_table
 from storagectl.layouts.audit import OK, UNKNOWN, AuditReport, run_audit
 from storagectl.layouts.locks import host_lock
 from storagectl.layouts.prometheus import write_textfile
@@ -57,6 +56,8 @@ def _print(app: Application, report: AuditReport, fmt: str, quiet: bool) -> None
         return
     shown = [f for f in report.findings if not quiet or f.severity.rank > 0]
     if shown:
+        from storagectl.cli.render import findings_table  # rich: only when drawn
+
         findings_table(app.console, shown)
     s = report.summary()
     sev = s["findings_by_severity"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from storagectl.cli.app import Application
-from storagectl.cli.render import layouts_table
 from storagectl.layouts.inspection import inspect_hosts
 
 
@@ -31,6 +30,8 @@ def inspect_cmd(app: Application, instances: tuple[str, ...], fmt: str) -> None:
     """
     result = inspect_hosts(app.uris, app.nova, app.runner, instances)
     if fmt == "table":
+        from storagectl.cli.render import layouts_table  # rich: only when drawn
+
         layouts_table(app.console, result.instances)
     else:
         app.print_data(result.to_dict(), fmt)

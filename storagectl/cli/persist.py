@@ -6,7 +6,6 @@ import click
 
 from storagectl import errors
 from storagectl.cli.app import Application
-from storagectl.cli.render import emit_table
 from storagectl.layouts.inspection import inspect_hosts
 from storagectl.layouts.persist import REFUSED, WOULD_WRITE, persist
 
@@ -67,6 +66,8 @@ def persist_cmd(
             if o.status == WOULD_WRITE and o.record is not None:
                 click.echo(f"# {o.path}")
                 click.echo(o.record.to_yaml())
+        from storagectl.cli.render import emit_table  # rich: only when drawn
+
         emit_table(
             app.console,
             ("INSTANCE", "NAME", "STATUS", "DETAIL"),

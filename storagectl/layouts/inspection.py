@@ -46,12 +46,6 @@ class InspectionResult:
         }
 
 
-def _selected(scan: HostScan, selectors: set[str]) -> list:
-    if not selectors:
-        return list(scan.domains)
-    return [d for d in scan.domains if d.info.uuid in selectors or d.info.name in selectors]
-
-
 def inspect_hosts(
     uris: Sequence[str],
     nova: NovaConfig,
@@ -61,25 +55,40 @@ def inspect_hosts(
     use_records: bool = True,
 ) -> InspectionResult:
     """Scan ``uris`` and give every selected instance's layout: from its record when it
-    has a valid one (``use_records``), else inferred."""
+    has a valid one (``use_records``), else inferred.
+
+    Each domain is inspected as soon as its XML arrives, while the next ones are still
+    being fetched; the result is sorted by host (in ``uris`` order), name and uuid.
+    """
+    uris = list(uris)
     wanted = {s.lower() if len(s) == 36 else s for s in selectors}
-    scans = scan_hosts(list(uris))
     storage = StorageView(runner)
-    result = InspectionResult(hosts=[s.report for s in scans], instances=[])
+    result = InspectionResult(hosts=[], instances=[])
+    order = {uri: i for i, uri in reversed(list(enumerate(uris)))}
     seen: set[str] = set()
+    keyed: list[tuple[tuple[int, str, str], InstanceLayout]] = []
+
+    def on_domain(scan: HostScan, dom: ScannedDomain) -> None:
+        if wanted and dom.info.uuid not in wanted and dom.info.name not in wanted:
+            return
+        seen.update((dom.info.uuid, dom.info.name))
+        host = scan.report.hostname or scan.report.uri
+        layout = _layout(
+            dom, host, nova, storage, result, local=scan.local, use_records=use_records
+        )
+        keyed.append(((order[scan.report.uri], dom.info.name, dom.info.uuid), layout))
+
+    scans = scan_hosts(uris, on_domain=on_domain)
+    result.hosts = [s.report for s in scans]
     for scan in scans:
         if scan.broken:
             names = ", ".join(f"{n} ({why})" for n, why in scan.broken)
             LOG.warning("unreadable domain XML on %s: %s", scan.report.uri, names)
             scan.report.error = f"{len(scan.broken)} domain(s) with unreadable XML: {names}"
-        host = scan.report.hostname or scan.report.uri
         if not scan.local:
-            result.remote_hosts.append(host)
-        for dom in sorted(_selected(scan, wanted), key=lambda d: (d.info.name, d.info.uuid)):
-            seen.update((dom.info.uuid, dom.info.name))
-            result.instances.append(
-                _layout(dom, host, nova, storage, result, local=scan.local, use_records=use_records)
-            )
+            result.remote_hosts.append(scan.report.hostname or scan.report.uri)
+    keyed.sort(key=lambda pair: pair[0])
+    result.instances = [layout for _, layout in keyed]
     result.not_found = [s for s in selectors if (s.lower() if len(s) == 36 else s) not in seen]
     return result
 

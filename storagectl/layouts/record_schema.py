@@ -128,6 +128,24 @@ _T = "tag:yaml.org,2002:"
 _SCALAR_TAGS = {f"{_T}{t}": f"construct_yaml_{t}" for t in ("int", "float", "bool", "null")}
 _SCALAR_TAGS[f"{_T}timestamp"] = "construct_yaml_timestamp"  # refused later, by type
 _EMPTY = object()  # no mapping key pending / no document
+_STR = f"{_T}str"
+_OTHER_EVENTS = (yaml.StreamStartEvent, yaml.DocumentStartEvent, yaml.DocumentEndEvent)
+# Implicit tag resolution (PyYAML runs a list of regexes per plain scalar) is a pure
+# function of (value, implicit); records repeat the same keys and values thousands of
+# times in an audit. Bounded: cleared when full.
+_RESOLVED: dict[tuple[str, tuple[bool, bool]], str] = {}
+_RESOLVED_MAX = 4096
+
+
+def _resolve(loader: Any, value: str, implicit: tuple[bool, bool]) -> str:
+    key = (value, implicit)
+    tag = _RESOLVED.get(key)
+    if tag is None:
+        tag = loader.resolve(yaml.ScalarNode, value, implicit)
+        if len(_RESOLVED) >= _RESOLVED_MAX:
+            _RESOLVED.clear()
+        _RESOLVED[key] = tag
+    return tag
 
 
 def _load_yaml(raw: bytes) -> Any:
@@ -165,20 +183,32 @@ def _load_yaml(raw: bytes) -> Any:
 
     try:
         for count, event in enumerate(iter(loader.get_event, None)):
-            line = event.start_mark.line + 1
             if count > MAX_EVENTS:
+                line = event.start_mark.line + 1
                 raise _Invalid(None, f"more than {MAX_EVENTS} YAML nodes (line {line})")
-            if isinstance(event, yaml.StreamEndEvent):
-                break
-            if isinstance(event, yaml.DocumentStartEvent) and root is not _EMPTY:
-                raise _Invalid(None, f"more than one YAML document (line {line})")
-            if isinstance(event, yaml.AliasEvent):
-                raise _Invalid(None, f"YAML aliases are not allowed (line {line})")
-            if isinstance(event, yaml.CollectionEndEvent):
+            kind = type(event)
+            if kind is yaml.ScalarEvent:  # ~85% of a record's events: checked first
+                tag = event.tag
+                if tag in (None, "!"):
+                    tag = _resolve(loader, event.value, event.implicit)
+                if tag == _STR:
+                    add(event.value, event.start_mark.line + 1)
+                    continue
+                line = event.start_mark.line + 1
+                if tag in _SCALAR_TAGS:
+                    node = yaml.ScalarNode(tag, event.value)
+                    add(getattr(loader, _SCALAR_TAGS[tag])(node), line)
+                elif tag == f"{_T}merge":
+                    raise _Invalid(None, f"YAML merge keys are not allowed (line {line})")
+                else:
+                    raise _Invalid(None, f"YAML tag {tag!r} is not allowed (line {line})")
+                continue
+            line = event.start_mark.line + 1
+            if kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent:
                 stack.pop()
                 keys.pop()
-            elif isinstance(event, yaml.CollectionStartEvent):
-                is_map = isinstance(event, yaml.MappingStartEvent)
+            elif kind is yaml.MappingStartEvent or kind is yaml.SequenceStartEvent:
+                is_map = kind is yaml.MappingStartEvent
                 if event.tag not in (None, "!", f"{_T}{'map' if is_map else 'seq'}"):
                     raise _Invalid(None, f"YAML tag {event.tag!r} is not allowed (line {line})")
                 container: Any = {} if is_map else []
@@ -187,19 +217,14 @@ def _load_yaml(raw: bytes) -> Any:
                 keys.append(_EMPTY)
                 if len(stack) > MAX_NESTING:
                     raise _Invalid(None, f"nested more than {MAX_NESTING} levels (line {line})")
-            elif isinstance(event, yaml.ScalarEvent):
-                tag = event.tag
-                if tag in (None, "!"):
-                    tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
-                if tag == f"{_T}str":
-                    add(event.value, line)
-                elif tag in _SCALAR_TAGS:
-                    node = yaml.ScalarNode(tag, event.value)
-                    add(getattr(loader, _SCALAR_TAGS[tag])(node), line)
-                elif tag == f"{_T}merge":
-                    raise _Invalid(None, f"YAML merge keys are not allowed (line {line})")
-                else:
-                    raise _Invalid(None, f"YAML tag {tag!r} is not allowed (line {line})")
+            elif kind is yaml.StreamEndEvent:
+                break
+            elif kind is yaml.DocumentStartEvent and root is not _EMPTY:
+                raise _Invalid(None, f"more than one YAML document (line {line})")
+            elif kind is yaml.AliasEvent:
+                raise _Invalid(None, f"YAML aliases are not allowed (line {line})")
+            elif kind not in _OTHER_EVENTS:
+                raise _Invalid(None, f"unexpected YAML event {kind.__name__} (line {line})")
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         what = " ".join(p for p in (exc.context, exc.problem) if p)
@@ -219,11 +244,14 @@ def _kind(value: Any) -> str:
     return _KINDS.get(type(value), type(value).__name__)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _str(value: Any, field: str) -> str:
     """Non-empty text without control characters."""
     if not isinstance(value, str):
         raise _Invalid(field, f"expected a string, got {_kind(value)}")
-    if not value or any(ord(c) < 32 or ord(c) == 127 for c in value):
+    if not value or _CONTROL.search(value):
         raise _Invalid(field, f"{value!r} is empty or contains control characters")
     return value
 
@@ -233,8 +261,10 @@ def _opt(check: Check) -> Check:
 
 
 def _like(regex: str, what: str) -> Check:
+    pattern = re.compile(regex)
+
     def check(value: Any, field: str) -> str:
-        if not re.fullmatch(regex, _str(value, field)):
+        if not pattern.fullmatch(_str(value, field)):
             raise _Invalid(field, f"{value!r} is not {what}")
         return value
 

@@ -9,6 +9,8 @@ as such, so each problem costs one command and is reported on every disk it affe
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,12 +37,40 @@ class _Listing:
     missing: bool = False  # the VG / pool itself does not exist
 
 
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
+
+
 class StorageView:
     def __init__(self, runner: Runner) -> None:
         self._runner = runner
         self._vgs: dict[str, _Listing] = {}
         self._pools: dict[tuple[str, str, str | None], _Listing] = {}
         self._bases: dict[tuple[str, str], Any] = {}
+        self._real_dirs: dict[str, str] = {}
+
+    def resolve(self, path: str) -> tuple[str, os.stat_result | None]:
+        """``os.path.realpath(path)`` and the ``lstat`` of ``path`` (None if it is missing).
+
+        realpath lstat()s every component of every path; with thousands of disks under a
+        handful of directories that is most of a scan. The real path of a directory is
+        therefore remembered for the run, and a path whose last component is not a
+        symlink resolves to its directory's real path plus that name. Anything unusual
+        (a symlink, ``..``, a relative path, a missing file) takes os.path.realpath.
+        """
+        parent, name = os.path.split(path)
+        if not os.path.isabs(path) or os.path.normpath(path) != path or name in ("", ".", ".."):
+            return os.path.realpath(path), _lstat(path)
+        st = _lstat(path)
+        if st is None or stat.S_ISLNK(st.st_mode):
+            return os.path.realpath(path), st
+        real_parent = self._real_dirs.get(parent)
+        if real_parent is None:
+            real_parent = self._real_dirs[parent] = self.resolve(parent)[0]
+        return os.path.join(real_parent, name), st
 
     def inspect_cached(self, path: str, declared: str) -> Any:
         """Header report of an image-cache entry, inspected once per run: hundreds of
