@@ -173,7 +173,8 @@ def _summary(console: Console, sandbox: Sandbox) -> None:
         )
     console.print("point storagectl at it with:", highlight=False)
     console.print(
-        f"  storagectl -c {sandbox.uri} --nova-conf {sandbox.nova_conf} inspect",
+        f"  storagectl -c {sandbox.define_uri or sandbox.uri} --nova-conf {sandbox.nova_conf} "
+        "inspect",
         highlight=False,
         soft_wrap=True,
     )

@@ -15,7 +15,6 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -449,8 +448,8 @@ def _disk(d: dict[str, Any], f: str, uuid: str) -> DiskLayout:
         where, want = f"{f}.location.image", naming.rbd_image_name(uuid, name)
         mine = disk.image == want
     else:
-        path = Path(disk.path or "")
-        mine = backend not in _FILE_BACKENDS or (path.name, path.parent.name) == (name, uuid)
+        parent, base = os.path.split(disk.path or "")
+        mine = backend not in _FILE_BACKENDS or (base, os.path.basename(parent)) == (name, uuid)
     if not mine:
         raise _Invalid(where, f"not this disk of this instance (expected {want})")
     return disk
