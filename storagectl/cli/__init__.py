@@ -12,7 +12,6 @@ Errors: a :class:`storagectl.errors.StorageCtlError` is shown as one line,
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import os
 import sys
@@ -45,21 +44,13 @@ class RootGroup(click.Group):
     """Loads command modules lazily and renders storagectl errors once, at the top."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *self._available()})
+        return sorted({*super().list_commands(ctx), *COMMANDS})
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name in self._available():
+        if name in COMMANDS:
             module, attr = COMMANDS[name].split(":")
             return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, name)
-
-    @staticmethod
-    def _available() -> list[str]:
-        return [
-            n
-            for n, target in COMMANDS.items()
-            if importlib.util.find_spec(target.split(":")[0]) is not None
-        ]
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:

@@ -7,11 +7,9 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from storagectl.backends.rbd import RBD
 from storagectl.cli import cli
 from storagectl.layouts import naming
-from storagectl.process import Runner
-from storagectl.sandbox import SandboxSpec, create_sandbox
+from tests.env.ceph import rbd_sandbox
 from tests.flowcheck import assert_inspect_matches_manifest, run, run_json
 
 MiB = 1 << 20
@@ -19,28 +17,11 @@ MiB = 1 << 20
 
 @pytest.fixture(scope="module")
 def node(ceph_cluster, tmp_path_factory):
-    rbd = RBD(
-        Runner(), pool=ceph_cluster.pool, ceph_conf=str(ceph_cluster.conf), user=ceph_cluster.user
-    )
-    sandbox = create_sandbox(
-        SandboxSpec(
-            root=tmp_path_factory.mktemp("flow-rbd") / "node",
-            instances=4,
-            seed=31,
-            kinds=("rbd", "flat"),
-            rbd_pool=ceph_cluster.pool,
-            ceph_conf=str(ceph_cluster.conf),
-            rbd_user=ceph_cluster.user,
-            virtual_size=64 * MiB,
-        )
-    )
-    mine = {d.image for i in sandbox.instances for d in i.disks if d.backend == "rbd"}
-    yield sandbox, rbd, ceph_cluster
-    for image in rbd.list_images():
-        if image in mine or image.startswith("99999999-"):
-            for snap in rbd.list_snapshots(image):
-                ceph_cluster.rbd("snap", "rm", f"{ceph_cluster.pool}/{image}@{snap}")
-            rbd.remove(image)
+    root = tmp_path_factory.mktemp("flow-rbd") / "node"
+    with rbd_sandbox(
+        ceph_cluster, root, instances=4, seed=31, kinds=("rbd", "flat"), also_remove=("99999999-",)
+    ) as (sandbox, rbd):
+        yield sandbox, rbd, ceph_cluster
 
 
 def test_rbd_instances_are_discovered_from_the_cluster(node):

@@ -12,39 +12,19 @@ import libvirt
 import pytest
 
 from storagectl.backends.rbd import RBD
-from storagectl.process import Runner
-from storagectl.sandbox import Sandbox, SandboxSpec, create_sandbox
-from tests.env.ceph import CephCluster
+from storagectl.sandbox import Sandbox
+from tests.env.ceph import CephCluster, rbd_sandbox
 
 MiB = 1 << 20
 
 
-@pytest.fixture(scope="module")
-def rbd_sandbox(
+@pytest.fixture(scope="module", name="rbd_sandbox")
+def rbd_sandbox_fixture(
     ceph_cluster: CephCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Sandbox, RBD]]:
-    runner = Runner()
-    rbd = RBD(runner, pool=ceph_cluster.pool, ceph_conf=str(ceph_cluster.conf),
-              user=ceph_cluster.user)  # fmt: skip
-    spec = SandboxSpec(
-        root=tmp_path_factory.mktemp("sandbox-rbd") / "node",
-        instances=6,
-        seed=11,
-        kinds=("qcow2", "rbd"),
-        rbd_pool=ceph_cluster.pool,
-        ceph_conf=str(ceph_cluster.conf),
-        rbd_user=ceph_cluster.user,
-        virtual_size=64 * MiB,
-    )
-    sandbox = create_sandbox(spec, runner)
-    try:
-        yield sandbox, rbd
-    finally:
-        # The cluster is shared by the whole session: take our images away again.
-        for inst in sandbox.instances:
-            for disk in inst.disks:
-                if disk.backend == "rbd" and rbd.exists(disk.image):
-                    rbd.remove(disk.image)
+    root = tmp_path_factory.mktemp("sandbox-rbd") / "node"
+    with rbd_sandbox(ceph_cluster, root, instances=6, seed=11, kinds=("qcow2", "rbd")) as made:
+        yield made
 
 
 def _rbd_disks(sandbox: Sandbox):

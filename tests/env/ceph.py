@@ -382,6 +382,51 @@ def reap_orphans() -> list[int]:
 # -- pytest --------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def rbd_sandbox(
+    cluster: CephCluster,
+    root: Path,
+    *,
+    instances: int,
+    seed: int,
+    kinds: tuple[str, ...],
+    virtual_size: int = 64 << 20,
+    also_remove: tuple[str, ...] = (),
+) -> Iterator[tuple[object, object]]:
+    """A sandbox node whose RBD instances live in ``cluster``'s pool: (Sandbox, RBD).
+
+    The cluster is shared by the whole session, so on the way out every image of the
+    sandbox (and any image whose name starts with one of ``also_remove``: images a test
+    made by hand) is removed, snapshots first.
+    """
+    from storagectl.backends.rbd import RBD
+    from storagectl.process import Runner
+    from storagectl.sandbox import SandboxSpec, create_sandbox
+
+    runner = Runner()
+    rbd = RBD(runner, pool=cluster.pool, ceph_conf=str(cluster.conf), user=cluster.user)
+    spec = SandboxSpec(
+        root=root,
+        instances=instances,
+        seed=seed,
+        kinds=kinds,
+        rbd_pool=cluster.pool,
+        ceph_conf=str(cluster.conf),
+        rbd_user=cluster.user,
+        virtual_size=virtual_size,
+    )
+    sandbox = create_sandbox(spec, runner)
+    mine = {d.image for i in sandbox.instances for d in i.disks if d.backend == "rbd"}
+    try:
+        yield sandbox, rbd
+    finally:
+        for image in rbd.list_images():
+            if image in mine or image.startswith(also_remove or ("\0",)):
+                for snap in rbd.list_snapshots(image):
+                    cluster.rbd("snap", "rm", f"{cluster.pool}/{image}@{snap}")
+                rbd.remove(image)
+
+
 @pytest.fixture(scope="session")
 def ceph_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephCluster]:
     """A running cluster for the whole session (started on first use)."""
