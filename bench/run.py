@@ -152,7 +152,8 @@ def bench_node(sizes: list[int], define: str | None = None) -> list[str]:
             if define and foreign_domains(define):
                 raise SystemExit(
                     f"{define} already has {foreign_domains(define)} domains: the benchmark "
-                    "needs a libvirtd with none (undefine them, or set BENCH_LIBVIRTD_SIZES= to skip that part)"
+                    "needs a libvirtd with none (undefine them, or set BENCH_LIBVIRTD_SIZES= "
+                    "to skip that part)"
                 )
             uri, conf, build_s, disks = build(root, n, define)
             try:

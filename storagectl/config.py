@@ -31,6 +31,7 @@ _DEFAULTS: dict[tuple[str, str], str] = {
     ("libvirt", "images_rbd_pool"): "rbd",
     ("libvirt", "images_rbd_ceph_conf"): "",
     ("libvirt", "rbd_user"): "",
+    ("libvirt", "rbd_secret_uuid"): "",
     ("libvirt", "sparse_logical_volumes"): "false",
     ("image_cache", "subdirectory_name"): "_base",
 }
@@ -57,6 +58,9 @@ class NovaConfig:
     rbd_user: str | None
     sparse_logical_volumes: bool
     image_cache_subdirectory: str
+    #: The libvirt secret holding ``rbd_user``'s key: Nova puts it in every rbd disk's
+    #: ``<auth>``; migrate does too when nothing more specific names one.
+    rbd_secret_uuid: str | None = None
 
     @property
     def image_cache_path(self) -> str:
@@ -165,6 +169,7 @@ def load_nova_config(
         rbd_user=value("libvirt", "rbd_user") or None,
         sparse_logical_volumes=boolean("libvirt", "sparse_logical_volumes"),
         image_cache_subdirectory=cache_dir,
+        rbd_secret_uuid=value("libvirt", "rbd_secret_uuid") or None,
     )
 
 

@@ -84,8 +84,8 @@ class PlainProgress:
 @click.option(
     "--secret-uuid",
     metavar="UUID",
-    help="libvirt secret of the Ceph user, when no rbd disk of the domain has one "
-    "(nova.conf [libvirt] rbd_secret_uuid).",
+    help="libvirt secret of the Ceph user for an RBD target. Without it: the <auth> of "
+    "an rbd disk of the domain, else nova.conf [libvirt] rbd_secret_uuid.",
 )
 @click.option("--dry-run", is_flag=True, help="Print the plan (and preflight it); change nothing.")
 @click.option(

@@ -7,8 +7,11 @@ Every copy writes into a target that the create step made, so the command is alw
 
 ``-n`` keeps the target qemu-img did not create (an LV, an RBD image, or the file with the
 format and size we chose); ``--target-is-zero`` (only for targets that read as zeros:
-new files and RBD images) lets qemu-img skip zero areas, so a sparse 20 GiB disk holding
-1 GiB of data costs 1 GiB of I/O. Progress lines go to a :class:`Progress` sink.
+new files, RBD images and thin LVs, see :meth:`Storage.target_is_zero`) lets qemu-img
+skip zero areas, so a sparse 20 GiB disk holding 1 GiB of data costs 1 GiB of I/O - and,
+for Nova's sparse LVs, 1 GiB of the thin pool: written zeros would provision all of it
+and can run the pool out of space. A thick LV gets every zero written: its extents hold
+whatever was there before. Progress lines go to a :class:`Progress` sink.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from storagectl.layouts.model import Code, Severity
 from storagectl.migrate import switch
 from storagectl.migrate.copy import NullProgress, Progress, copy_all
 from storagectl.migrate.journal import STEPS, Journal, journal_path, read_journal
-from storagectl.migrate.plan import MigrationRefused, Options, Plan, make_plan
+from storagectl.migrate.plan import Location, MigrationRefused, Options, Plan, make_plan
 from storagectl.migrate.preflight import preflight
 from storagectl.migrate.retained import delete_retained
 from storagectl.migrate.targets import Storage
@@ -320,7 +320,7 @@ class Engine:
         if not j.plan.options.delete_source:
             return
         for m in j.plan.moves:
-            self.storage.remove(m.retained)
+            _remove_source(m.retained, self.storage)
         new = switch.migrated_record(
             self._original_record(j), j.plan, now=rec.utc_now(), keep_sources=False
         )
@@ -381,6 +381,11 @@ class _Locked:
 
     def __exit__(self, *exc: object) -> None:
         self._cm.__exit__(*exc)
+
+
+def _remove_source(loc: Location, storage: Storage) -> None:
+    """Remove a source after the switch (``--delete-source``); idempotent."""
+    storage.remove(loc)
 
 
 def _read_text(path: str) -> str | None:

@@ -146,7 +146,7 @@ class Options:
     pool: str | None = None
     ceph_conf: str | None = None
     rbd_user: str | None = None
-    secret_uuid: str | None = None  # libvirt secret for RBD auth when no rbd disk has one
+    secret_uuid: str | None = None  # libvirt secret for new rbd disks; wins over all else
     delete_source: bool = False
     parallel: int = 1
     bwlimit: int | None = None  # MiB/s, per disk
@@ -173,6 +173,10 @@ class Plan:
     options: Options
     moves: list[DiskMove] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # "disk: why"
+    # nova.conf [libvirt] rbd_secret_uuid when planned: the last resort for new rbd disks'
+    # <auth> (after --secret-uuid and an rbd disk of the domain), journaled so that a
+    # resume switches with the secret the migration started with.
+    nova_secret_uuid: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -183,6 +187,7 @@ class Plan:
             "options": self.options.to_dict(),
             "moves": [m.to_dict() for m in self.moves],
             "skipped": list(self.skipped),
+            "nova_secret_uuid": self.nova_secret_uuid,
         }
 
     @classmethod
@@ -195,6 +200,7 @@ class Plan:
             options=Options.from_dict(data["options"]),
             moves=[DiskMove.from_dict(m) for m in data["moves"]],
             skipped=list(data.get("skipped") or ()),
+            nova_secret_uuid=data.get("nova_secret_uuid"),
         )
 
 
@@ -214,7 +220,9 @@ def make_plan(record: Record, options: Options, nova: NovaConfig, *, uri: str) -
     if bad:
         raise errors.UsageError(reason=f"--disks: cannot move {', '.join(sorted(bad))} disks")
     inst_dir = nova.instance_dir(record.uuid)
-    plan = Plan(record.uuid, record.name, uri, inst_dir, options)
+    plan = Plan(
+        record.uuid, record.name, uri, inst_dir, options, nova_secret_uuid=nova.rbd_secret_uuid
+    )
     for disk in record.disks:
         why = _skip_reason(disk, to, roles)
         if why:

@@ -109,11 +109,18 @@ def domain_xml(
     *,
     rbd: tuple[str | None, str | None, list] | None = None,
 ) -> str:
-    """``original`` with each disk named in ``where`` pointing at that location."""
+    """``original`` with each disk named in ``where`` pointing at that location.
+
+    ``rbd`` is ``(username, secret uuid, monitors)`` for rbd disks (:func:`rbd_access`);
+    without it the credentials are resolved the same way and the monitors are those of
+    an rbd disk of ``original`` (none: libvirt then uses the ceph conf's).
+    """
     xml = original
-    user, secret, hosts = rbd or rbd_auth(original)
-    if secret is None and plan.options.secret_uuid:
-        secret = plan.options.secret_uuid
+    if rbd is None:
+        user, secret = rbd_credentials(original, plan)
+        hosts = rbd_auth(original)[2]
+    else:
+        user, secret, hosts = rbd
     for move in plan.moves:
         loc = where.get(move.name)
         if loc is None or move.target_dev is None:
@@ -128,16 +135,40 @@ def domain_xml(
     return xml
 
 
+def rbd_credentials(original: str, plan: Plan) -> tuple[str | None, str | None]:
+    """``(username, secret uuid)`` for the ``<auth>`` of new rbd disks, first found of:
+
+    1. ``--secret-uuid`` (with nova.conf's ``rbd_user``, the user the copy ran as);
+    2. the ``<auth>`` of an rbd disk the domain already has (its user and secret);
+    3. nova.conf ``[libvirt] rbd_secret_uuid`` with ``rbd_user``, as Nova writes it.
+
+    ``(None, None)``: no secret anywhere, the disk gets no ``<auth>`` (a cluster
+    without cephx).
+    """
+    dest = next((m.dest for m in plan.moves if m.dest.kind is Backend.RBD), None)
+    conf_user = dest.user if dest is not None else None
+    user, secret, _hosts = rbd_auth(original)
+    if plan.options.secret_uuid:
+        return conf_user or user, plan.options.secret_uuid
+    if secret:
+        return user or conf_user, secret
+    if plan.nova_secret_uuid:
+        return conf_user, plan.nova_secret_uuid
+    return user or conf_user, None
+
+
 def rbd_access(
     original: str, plan: Plan, storage: Storage
 ) -> tuple[str | None, str | None, list[tuple[str, str | None]]]:
-    """User, secret and monitors for new rbd disks: those of an rbd disk the domain already
-    has, else ``--secret-uuid`` and the monitors of ``ceph mon dump`` (as Nova does)."""
-    user, secret, hosts = rbd_auth(original)
+    """User, secret (:func:`rbd_credentials`) and monitors for new rbd disks: the monitors
+    of an rbd disk the domain already has, else those of ``ceph mon dump`` (as Nova
+    does)."""
+    user, secret = rbd_credentials(original, plan)
+    hosts = rbd_auth(original)[2]
     dest = next((m.dest for m in plan.moves if m.dest.kind is Backend.RBD), None)
     if dest is not None and not hosts:
         hosts = storage.mon_hosts(dest)
-    return user, secret or plan.options.secret_uuid, hosts
+    return user, secret, hosts
 
 
 class Domains:
@@ -243,7 +274,16 @@ def undo(plan: Plan, original_xml: str, domains: Domains, storage: Storage) -> N
             continue
         final = m.dest.path or ""
         kept = m.retained_path
-        if kept and os.path.lexists(kept):
+        if kept and os.path.isdir(kept) and not os.path.islink(kept):
+            # A ploop source is a directory: it cannot be hard-linked, so the copy's name
+            # goes first and R is renamed back. The domain points at R meanwhile; if we
+            # die between the rename and the last define, it points at a missing R, and
+            # running undo again (R gone: the domain -> S) repairs that.
+            if os.path.lexists(final) and not os.path.isdir(final):
+                os.unlink(final)
+            if not os.path.lexists(final):
+                os.rename(kept, final)
+        elif kept and os.path.lexists(kept):
             # The source comes back under its name in one rename, while R still holds it.
             if not (os.path.lexists(final) and os.path.samefile(final, kept)):
                 back = final + ".rollback"
@@ -357,6 +397,8 @@ def _info_keys(loc: Location) -> list[str]:
 
 def _keep_owner(source: str, copy: str) -> None:
     # Nova's files belong to nova / libvirt-qemu; the copy must too.
+    if os.path.isdir(source):  # ploop: the image in it carries the owner and mode
+        source = os.path.join(source, "root.hds")
     st = os.stat(source)
     os.chown(copy, st.st_uid, st.st_gid)
     os.chmod(copy, st.st_mode & 0o7777)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
@@ -73,6 +74,14 @@ class Storage:
             LVM(self.runner).remove(loc.volume_group or "", loc.volume or "")
         elif loc.kind is Backend.RBD:
             self.rbd(loc).remove(loc.image or "")
+        elif (
+            loc.kind is Backend.PLOOP
+            and os.path.isdir(loc.path or "")
+            and not os.path.islink(loc.path or "")
+        ):
+            # Nova's ploop disk is a directory (root.hds, DiskDescriptor.xml, ploop's lock
+            # and snapshot files); Nova removes it whole too.
+            shutil.rmtree(loc.path or "")
         else:
             os.unlink(loc.path or "")
         LOG.info("removed %s", loc.describe())
@@ -81,9 +90,27 @@ class Storage:
     def target_is_zero(self, loc: Location) -> bool:
         """Whether a freshly created target reads as zeros (qemu-img may skip zeros).
 
-        Files and RBD images do; a thick LV holds whatever the disk held before.
+        Files and RBD images do. A thick LV holds whatever its extents held before. A
+        thin LV (Nova's ``sparse_logical_volumes``) reads unprovisioned blocks as zeros,
+        and newly provisioned ones too when its pool zeroes them (``z``, the 8th
+        ``lv_attr`` character; lvm2's default ``allocation/thin_pool_zero = 1``). Runs
+        ``lvs ... -S lv_name="NAME" VG`` (see :meth:`LVM.get_volume`)::
+
+            {"lv_name":"U_disk", "lv_attr":"Vwi-a-tz--", "segtype":"thin", ...}
+
+        Skipping zeros is what keeps a sparse disk sparse: writing them would provision
+        the whole thin pool, which can run out of space (and then writes are lost).
         """
-        return loc.kind is not Backend.LVM
+        if loc.kind is not Backend.LVM:
+            return True
+        try:
+            lv = LVM(self.runner).get_volume(loc.volume_group or "", loc.volume or "")
+        except errors.StorageCtlError as exc:
+            # Writing the zeros is always correct, only slower (and the verify step
+            # would catch a thin pool that ran out of space).
+            LOG.warning("cannot tell whether %s reads as zeros: %s", loc.describe(), exc)
+            return False
+        return lv is not None and lv.attr[:1] == "V" and lv.attr[7:8] == "z"
 
     # -- space --------------------------------------------------------------------
 
@@ -138,6 +165,10 @@ class Storage:
         """
         # libvirt and the record say "ploop"; qemu-img calls the format "parallels".
         fmt = "parallels" if loc.format == "ploop" else loc.format
+        if loc.kind is Backend.PLOOP and os.path.isdir(loc.path or ""):
+            # Nova's ploop disk is a directory: the image is its root.hds (the other file,
+            # DiskDescriptor.xml, is ploop's own bookkeeping; qemu-img does not read it).
+            loc = Location(loc.backend, fmt, path=os.path.join(loc.path or "", "root.hds"))
         if loc.kind is Backend.RBD:
             uri = self.rbd(loc).qemu_uri(loc.image or "")
             t = str(self.ceph_timeout)

@@ -9,119 +9,54 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import time
-import uuid as uuidlib
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from tests.env.ceph import CephCluster, daemon_pids_for_conf, free_port, start_cluster
-from tests.env.libvirtd import Libvirtd, minimal_domain_xml
-from tests.libvirtd.test_migrate_files import (
-    DISK_RE,
+from tests.env.libvirtd import Libvirtd
+from tests.migrate_support import (
     ROOT,
+    SECRET,
     STEPS,
     Node,
-    guest_sha,
+    disk_element,
+    guest_view,
+    images,
+    new_node,
     sh,
+    snapshot,
     without_disk,
 )
-
-MiB = 1 << 20
-SECRET = "5b0f6c1e-1111-4c2d-8e3f-4a5b6c7d8e9f"
+from tests.migrate_support import make_instance as _make_instance
 
 
 @pytest.fixture
 def node(libvirtd: Libvirtd, libvirt_workdir: Path, ceph_cluster: CephCluster) -> Node:
-    n = Node(libvirt_workdir, libvirtd)
-    (n.instances / "_base").mkdir(parents=True)
-    n.conf.write_text(
-        f"[DEFAULT]\nstate_path = {n.root}\ninstances_path = {n.instances}\n"
-        f"[libvirt]\nimages_rbd_pool = {ceph_cluster.pool}\n"
-        f"images_rbd_ceph_conf = {ceph_cluster.conf}\nrbd_user = {ceph_cluster.user}\n"
-    )
-    n.ceph = ceph_cluster  # type: ignore[attr-defined]
-    return n
-
-
-def rbd_sha(cluster: CephCluster, image: str, scratch: Path) -> str:
-    return guest_sha(cluster.qemu_uri(image), "raw", scratch)
-
-
-def images(cluster: CephCluster, uuid: str) -> list[str]:
-    return sorted(
-        i
-        for i in json.loads(cluster.rbd("ls", "--pool", cluster.pool, "--format", "json"))
-        if i.startswith(uuid)
-    )
+    return new_node(libvirtd, libvirt_workdir, ceph_cluster)
 
 
 def make_instance(node: Node, *, on_rbd: bool) -> str:
     """A persisted, shut-off instance: root flat (or on RBD) with 3 MiB of data."""
-    cluster: CephCluster = node.ceph  # type: ignore[attr-defined]
-    uuid = str(uuidlib.uuid4())
-    d = node.instances / uuid
-    d.mkdir()
-    raw = d / "disk"
-    sh("qemu-img", "create", "-q", "-f", "raw", str(raw), str(16 * MiB))
-    sh("qemu-io", "-f", "raw", "-c", "write -P 3 1M 3M", str(raw))
-    info = {str(raw): "raw"}
-    xml = minimal_domain_xml(
-        f"storagectl-rbd-{uuid[:8]}", uuid, [(str(raw), "raw", "vda")], node.libvirtd.domain_type
+    return _make_instance(
+        node, root="rbd" if on_rbd else "flat", size_mib=16, data_mib=3, local_mib=None
     )
-    if on_rbd:
-        image = f"{uuid}_disk"
-        cluster.rbd("import", "--no-progress", str(raw), f"{cluster.pool}/{image}")
-        raw.unlink()
-        info = {f"rbd:{cluster.pool}/{image}": "raw"}
-        root = ET.fromstring(xml)
-        disk = root.find("./devices/disk")
-        disk.set("type", "network")
-        disk.remove(disk.find("source"))
-        auth = ET.SubElement(disk, "auth", username=cluster.user)
-        ET.SubElement(auth, "secret", type="ceph", uuid=SECRET)
-        src = ET.SubElement(disk, "source", protocol="rbd", name=f"{cluster.pool}/{image}")
-        ET.SubElement(src, "host", name="127.0.0.1", port=str(cluster.port))
-        xml = ET.tostring(root, encoding="unicode")
-    (d / "disk.info").write_text(json.dumps(info))
-    node.libvirtd.define(xml)
-    res = node.run("persist", uuid)
-    assert res.returncode == 0, res.stdout + res.stderr
-    return uuid
 
 
 def vda(node: Node, uuid: str) -> str:
-    return next(m.group(0) for m in DISK_RE.finditer(node.xml(uuid)) if "dev='vda'" in m.group(0))
-
-
-def guest_view(node: Node, uuid: str, scratch: Path) -> str:
-    """sha256 of what vda shows the guest, wherever the persistent XML points it."""
-    el = vda(node, uuid)
-    fmt = re.search(r"<driver [^>]*type='([^']+)'", el).group(1)
-    if "protocol='rbd'" in el:
-        image = re.search(r"<source protocol='rbd' name='[^/']+/([^']+)'", el).group(1)
-        assert fmt == "raw"
-        return rbd_sha(node.ceph, image, scratch)  # type: ignore[attr-defined]
-    return guest_sha(re.search(r"<source file='([^']+)'", el).group(1), fmt, scratch)
+    return disk_element(node, uuid, "vda")
 
 
 def state(node: Node, uuid: str) -> dict:
-    d = node.instances / uuid
-    return {
-        "xml": node.xml(uuid),
-        "record": (d / "storage.yaml").read_bytes(),
-        "files": sorted(os.listdir(d)),
-        "images": images(node.ceph, uuid),
-    }  # type: ignore
+    return snapshot(node, uuid)
 
 
 def test_flat_to_rbd_and_back(node: Node, tmp_path: Path) -> None:
-    cluster: CephCluster = node.ceph  # type: ignore[attr-defined]
+    cluster = node.cluster
     uuid = make_instance(node, on_rbd=False)
     d = node.instances / uuid
     before_sha, before_xml = guest_view(node, uuid, tmp_path), node.xml(uuid)
@@ -192,7 +127,7 @@ def test_kill_at_every_boundary(node: Node, tmp_path: Path, direction: str, faul
 
 
 def test_ceph_unreachable_is_refused(node: Node, tmp_path: Path) -> None:
-    cluster: CephCluster = node.ceph  # type: ignore[attr-defined]
+    cluster = node.cluster
     uuid = make_instance(node, on_rbd=False)
     before = state(node, uuid)
     dead = tmp_path / "dead.conf"
@@ -222,8 +157,8 @@ def test_ceph_dying_mid_copy(node: Node, tmp_path: Path, own_cluster: CephCluste
     """The OSD stops answering (SIGSTOP) during a rate-limited copy to RBD: the copy
     fails within --ceph-timeout; once Ceph answers again no image is left, and the source,
     the domain and the record are untouched."""
-    shared: CephCluster = node.ceph  # type: ignore[attr-defined]
-    cluster = node.ceph = own_cluster  # type: ignore[attr-defined]
+    shared = node.cluster
+    cluster = node.ceph = own_cluster
     node.conf.write_text(node.conf.read_text().replace(str(shared.conf), str(cluster.conf)))
     uuid = make_instance(node, on_rbd=False)
     d = node.instances / uuid

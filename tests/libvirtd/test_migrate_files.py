@@ -8,181 +8,45 @@ the test-only ``STORAGECTL_FAULT`` hook can SIGKILL it).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import re
 import signal
 import subprocess
 import sys
 import time
-import uuid as uuidlib
-from dataclasses import dataclass
 from pathlib import Path
 
-import libvirt
 import pytest
-import yaml
-from click.testing import CliRunner
 
-from storagectl.cli import cli
-from tests.env.libvirtd import Libvirtd, minimal_domain_xml
-
-MiB = 1 << 20
-ROOT = Path(__file__).resolve().parents[2]
-STEPS = ("plan", "preflight", "create", "copy", "verify", "switch", "cleanup")
-DISK_RE = re.compile(r"<disk[\s>].*?</disk>", re.DOTALL)
-
-
-def sh(*argv: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, check=True, capture_output=True, text=True, **kw)
-
-
-def guest_sha(path: str | Path, fmt: str, scratch: Path) -> str:
-    """sha256 of the guest-visible bytes (qemu-img convert -O raw, then hash)."""
-    out = scratch / f"sha-{uuidlib.uuid4().hex}.raw"
-    sh("qemu-img", "convert", "-f", fmt, "-O", "raw", str(path), str(out))
-    digest = hashlib.sha256(out.read_bytes()).hexdigest()
-    out.unlink()
-    return digest
-
-
-def without_disk(xml: str, target: str) -> str:
-    """The XML with the <disk> element of ``target`` cut out (everything else as is)."""
-    for m in DISK_RE.finditer(xml):
-        if f"<target dev='{target}'" in m.group(0):
-            return xml[: m.start()] + xml[m.end() :]
-    raise AssertionError(f"no disk {target}")
-
-
-@dataclass
-class Node:
-    root: Path
-    libvirtd: Libvirtd
-
-    @property
-    def instances(self) -> Path:
-        return self.root / "instances"
-
-    @property
-    def conf(self) -> Path:
-        return self.root / "nova.conf"
-
-    def args(self) -> list[str]:
-        return [
-            "-c",
-            self.libvirtd.uri,
-            "--nova-conf",
-            str(self.conf),
-            "--lock-path",
-            str(self.root / "locks"),
-            "--log-file",
-            str(self.root / "storagectl.log"),
-        ]
-
-    def cli(
-        self,
-        *args: str,
-        env: dict | None = None,
-        timeout: float = 120,
-        prefix: tuple[str, ...] = (),
-    ) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [*prefix, sys.executable, "-m", "storagectl", *self.args(), *args],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=timeout,
-            env={**os.environ, **(env or {})},
-            stdin=subprocess.DEVNULL,
-        )
-
-    def run(self, *args: str) -> subprocess.CompletedProcess:
-        """The CLI in this process (faster); for commands the fault hook does not kill."""
-        res = CliRunner().invoke(cli, [*self.args(), *args])
-        if res.exception and not isinstance(res.exception, SystemExit):
-            raise res.exception
-        return subprocess.CompletedProcess(args, res.exit_code, res.stdout, res.stderr)
-
-    def killed(self, *args: str, fault: str) -> subprocess.CompletedProcess:
-        """The CLI in a forked child with ``STORAGECTL_FAULT=fault`` (no interpreter
-        start-up); returncode is -9 when the hook fired, stderr is kept otherwise."""
-        err = self.root / f"killed-{os.getpid()}.err"
-        pid = os.fork()
-        if pid == 0:  # the child: never returns into pytest
-            code = 70
-            try:
-                os.environ["STORAGECTL_FAULT"] = fault
-                res = CliRunner().invoke(cli, [*self.args(), *args])
-                err.write_text(f"{res.stderr}{res.exception!r}")
-                code = res.exit_code
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-        text = err.read_text() if err.exists() else ""
-        err.unlink(missing_ok=True)
-        return subprocess.CompletedProcess(args, code, "", text)
-
-    def xml(self, uuid: str) -> str:
-        dom = self.libvirtd.connect().lookupByUUIDString(uuid)
-        return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-
-    def record(self, uuid: str) -> dict:
-        return yaml.safe_load((self.instances / uuid / "storage.yaml").read_text())
+from tests.env.libvirtd import Libvirtd
+from tests.migrate_support import (
+    DISK_RE,
+    ROOT,
+    STEPS,
+    Node,
+    domain_disk,
+    guest_sha,
+    leftovers,
+    new_node,
+    refused,
+    sh,
+    snapshot,
+    without_disk,
+)
+from tests.migrate_support import make_instance as _make_instance
 
 
 @pytest.fixture
 def node(libvirtd: Libvirtd, libvirt_workdir: Path) -> Node:
-    n = Node(libvirt_workdir, libvirtd)
-    (n.instances / "_base").mkdir(parents=True)
-    n.conf.write_text(f"[DEFAULT]\nstate_path = {n.root}\ninstances_path = {n.instances}\n")
-    return n
+    return new_node(libvirtd, libvirt_workdir)
 
 
 def make_instance(node: Node, *, flat: bool = False, data_mib: int = 4) -> str:
     """A persisted, shut-off instance: root (qcow2 on raw base, or flat) + raw disk.local."""
-    uuid = str(uuidlib.uuid4())
-    d = node.instances / uuid
-    d.mkdir()
-    if flat:
-        sh("qemu-img", "create", "-q", "-f", "raw", str(d / "disk"), str(32 * MiB))
-        sh("qemu-io", "-f", "raw", "-c", f"write -P 7 1M {data_mib}M", str(d / "disk"))
-        fmt = "raw"
-    else:
-        base = node.instances / "_base" / hashlib.sha1(uuid.encode()).hexdigest()
-        sh("qemu-img", "create", "-q", "-f", "raw", str(base), str(32 * MiB))
-        sh("qemu-io", "-f", "raw", "-c", f"write -P 5 0 {data_mib}M", str(base))
-        sh("qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw", str(d / "disk"))
-        sh("qemu-io", "-f", "qcow2", "-c", "write -P 9 2M 1M", str(d / "disk"))
-        fmt = "qcow2"
-    sh("qemu-img", "create", "-q", "-f", "raw", str(d / "disk.local"), str(8 * MiB))
-    (d / "disk.info").write_text(json.dumps({str(d / "disk"): fmt, str(d / "disk.local"): "raw"}))
-    name = f"storagectl-mig-{uuid[:8]}"
-    xml = minimal_domain_xml(
-        name,
-        uuid,
-        [(str(d / "disk"), fmt, "vda"), (str(d / "disk.local"), "raw", "vdb")],
-        node.libvirtd.domain_type,
-    )
-    node.libvirtd.define(xml)
-    res = node.run("persist", uuid)
-    assert res.returncode == 0, res.stdout + res.stderr
-    return uuid
+    return _make_instance(node, root="flat" if flat else "qcow2", data_mib=data_mib)
 
 
 def migrate(node: Node, uuid: str, *args: str, **kw) -> subprocess.CompletedProcess:
     return node.cli("migrate", uuid, *args, **kw)
-
-
-def leftovers(node: Node, uuid: str) -> list[str]:
-    """Files a migration may leave behind by mistake."""
-    d = node.instances / uuid
-    return sorted(
-        p.name
-        for p in d.iterdir()
-        if p.name.endswith((".migrating", ".rollback")) or p.name.startswith(".")
-    )
 
 
 def test_qcow2_to_flat_then_back_with_retained_sources(node: Node, tmp_path: Path) -> None:
@@ -252,27 +116,6 @@ def test_qcow2_to_flat_then_back_with_retained_sources(node: Node, tmp_path: Pat
     ]
 
 
-def domain_disk(node: Node, uuid: str, target: str) -> tuple[str, str]:
-    """(source file, driver type) of one disk in the persistent XML."""
-    vda = next(
-        m.group(0) for m in DISK_RE.finditer(node.xml(uuid)) if f"dev='{target}'" in m.group(0)
-    )
-    return (
-        re.search(r"<source file='([^']+)'", vda).group(1),
-        re.search(r"<driver [^>]*type='([^']+)'", vda).group(1),
-    )
-
-
-def snapshot(node: Node, uuid: str) -> dict:
-    d = node.instances / uuid
-    return {
-        "xml": node.xml(uuid),
-        "record": (d / "storage.yaml").read_bytes(),
-        "disk.info": (d / "disk.info").read_bytes(),
-        "files": sorted(os.listdir(d)),
-    }
-
-
 @pytest.mark.parametrize("how", ["resume", "rollback"])
 @pytest.mark.parametrize("fault", [f"{s}:{p}" for s in STEPS for p in ("before", "after")])
 def test_kill_at_every_boundary_then_resume_or_rollback(
@@ -307,13 +150,6 @@ def test_kill_at_every_boundary_then_resume_or_rollback(
         assert without_disk(after["xml"], "vda") == without_disk(before["xml"], "vda")
         assert node.record(uuid)["disks"][0]["backend"] == "flat"
         assert after["files"] == sorted([*before["files"], "disk.retained-qcow2"])
-
-
-def refused(res: subprocess.CompletedProcess, *words: str) -> None:
-    assert res.returncode == 1, (res.returncode, res.stdout, res.stderr)
-    assert "Traceback" not in res.stderr
-    for word in words:
-        assert word in res.stderr, (word, res.stderr)
 
 
 def test_refusals_change_nothing(node: Node, tmp_path: Path) -> None:
