@@ -21,7 +21,7 @@ cleanup() {
 }
 trap cleanup EXIT
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
-show() { printf '$ %s\n' "$*"; "$@"; echo "(exit status $?)"; }
+show() { printf '$ %s\n' "$*"; "$@"; local rc=$?; echo "(exit status $rc)"; return $rc; }
 
 rm -rf "$DEMO"; mkdir -p "$DEMO"
 
@@ -96,7 +96,17 @@ $PY -c 'import json,sys; print("\n".join(i["uuid"] for i in json.load(open(sys.a
 MOVE=$($PY -c 'import json,sys; print([i["uuid"] for i in json.load(open(sys.argv[1]))["instances"] if i["kind"]=="qcow2"][0])' "$DEMO/node2/sandbox.json")
 show $SC "${M[@]}" persist $(cat "$DEMO/defined")
 show $SC "${M[@]}" migrate "$MOVE" --to flat --dry-run
-show $SC "${M[@]}" migrate "$MOVE" --to flat --yes
+show $SC "${M[@]}" migrate "$MOVE" --to flat --yes || exit 1
 show $SC "${M[@]}" inspect "$MOVE"
 show $SC "${M[@]}" audit
-show $SC "${M[@]}" migrate --delete-retained "$MOVE"
+show $SC "${M[@]}" migrate --delete-retained "$MOVE" || exit 1
+
+step "migrate: move the flat instance into Ceph RBD (pool, user and libvirt secret from nova.conf)"
+sed -i "/^\[libvirt\]/a images_rbd_pool = vms\nimages_rbd_ceph_conf = $CEPH_CONF\nrbd_user = admin\nrbd_secret_uuid = 5f7c1a2e-3b4d-4e6f-8a9b-0c1d2e3f4a5b" \
+  "$DEMO/node2/etc/nova/nova.conf"
+TO_RBD=$($PY -c 'import json,sys; print([i["uuid"] for i in json.load(open(sys.argv[1]))["instances"] if i["kind"]=="flat"][0])' "$DEMO/node2/sandbox.json")
+show $SC "${M[@]}" migrate "$TO_RBD" --to rbd --dry-run
+show $SC "${M[@]}" migrate "$TO_RBD" --to rbd --yes || exit 1
+show $SC "${M[@]}" show "$TO_RBD"
+virsh -q -c qemu:///system dumpxml "$TO_RBD" | sed -n '/<disk/,/<\/disk>/p' | head -12
+show $SC "${M[@]}" audit

@@ -220,6 +220,7 @@ def test_convert_and_compare_command_lines() -> None:
             "lvm", "raw", path=f"/dev/vg/{UUID}_disk", volume_group="vg", volume=f"{UUID}_disk"
         )
     )
+    storage = Storage(Runner(CapturedLvs()), ceph_timeout=7)
     argv = convert_argv(lv, storage, bwlimit=None)
     assert "--target-is-zero" not in argv and argv[-1] == f"/dev/vg/{UUID}_disk"
     assert compare_argv(lv, storage) == [
@@ -229,6 +230,51 @@ def test_convert_and_compare_command_lines() -> None:
         f"driver=qcow2,file.driver=file,file.filename={INST}/disk",
         f"driver=raw,size={1 << 30},file.driver=host_device,file.filename=/dev/vg/{UUID}_disk",
     ]
+
+
+CAPTURED = Path(__file__).resolve().parents[1] / "fixtures" / "lvm" / "guest.json"
+CAPTURED_UUID = "9d6c3e7a-0f1b-4c2d-8e3f-4a5b6c7d8e9f"
+
+
+class CapturedLvs:
+    """Answers ``lvs ... -S lv_name="NAME" VG`` with what real lvm2 printed in the guest
+    (tests/fixtures/lvm/guest.json) for a thick LV (``NAME``) and a thin one
+    (``NAME.local``, in a zeroing pool); any VG or LV else: an empty report."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+        self.answers: dict[str, str] = {}
+        for rec in json.loads(CAPTURED.read_text()):
+            if rec["argv"][0] == "lvs" and "-S" in rec["argv"]:
+                name = rec["argv"][rec["argv"].index("-S") + 1].split('"')[1]
+                self.answers[name] = rec["stdout"]
+
+    def __call__(self, *argv: str, **kw):  # noqa: ANN003, ANN204
+        self.calls.append(argv)
+        assert argv[0] == "lvs", argv
+        name = argv[argv.index("-S") + 1].split('"')[1]
+        empty = '{"report": [{"lv": []}]}'
+        return (self.answers.get(name, empty) if argv[-1] == "stctl_capture" else empty), ""
+
+
+def test_only_thin_zeroing_lv_targets_skip_zeros() -> None:
+    """--target-is-zero into an LV only when lvm2 says it is thin and its pool zeroes:
+    a thick LV holds old data, so every zero must be written."""
+    fake = CapturedLvs()
+    storage = Storage(Runner(fake))
+    assert {"9d6c3e7a-0f1b-4c2d-8e3f-4a5b6c7d8e9f_disk"} <= set(fake.answers)
+
+    def lv(volume: str) -> DiskMove:
+        path = f"/dev/stctl_capture/{volume}"
+        return move(Location("lvm", "raw", path=path, volume_group="stctl_capture", volume=volume))
+
+    thick = lv(f"{CAPTURED_UUID}_disk")  # lv_attr -wi-a-----
+    thin = lv(f"{CAPTURED_UUID}_disk.local")  # lv_attr Vwi-a-tz--
+    gone = lv(f"{CAPTURED_UUID}_disk.nothere")
+    assert "--target-is-zero" not in convert_argv(thick, storage, bwlimit=None)
+    assert "--target-is-zero" in convert_argv(thin, storage, bwlimit=None)
+    assert "--target-is-zero" not in convert_argv(gone, storage, bwlimit=None)
+    assert [c[0] for c in fake.calls] == ["lvs", "lvs", "lvs"]
 
 
 class FakeQemuImg:
@@ -310,3 +356,48 @@ def test_parallel_copy_runs_every_disk_and_raises_the_failure() -> None:
     assert len(fake.calls) == 3  # the others were not abandoned mid-way
     finished = {e[1]: e[2] for e in progress.events if e[0] == "finish"}
     assert finished == {"disk": True, "disk.local": False, "disk.swap": True}
+
+
+def test_lvm_and_rbd_to_each_other_command_lines() -> None:
+    """lvm <-> rbd (not executed end to end: no host here has device-mapper and Ceph
+    together): raw both ways, zeros skipped only into the RBD image, the LV compared
+    through host_device with the guest-visible size (its extents may round it up)."""
+    storage = Storage(Runner(CapturedLvs()), ceph_timeout=7)
+    volume = f"{CAPTURED_UUID}_disk"  # a thick LV, as lvm2 reported it in the guest
+    lv = Location(
+        "lvm", "raw", path=f"/dev/stctl_capture/{volume}", volume_group="stctl_capture",
+        volume=volume,
+    )  # fmt: skip
+    rbd = Location(
+        "rbd", "raw", pool="vms", image=f"{UUID}_disk", user="nova", ceph_conf="/etc/ceph/c.conf"
+    )
+    rbd_file = (
+        f"rbd:vms/{UUID}_disk:id=nova:conf=/etc/ceph/c.conf:"
+        "client_mount_timeout=7:rados_mon_op_timeout=7:rados_osd_op_timeout=7"
+    )
+    lv_opts = f"driver=raw,size={1 << 30},file.driver=host_device,file.filename={lv.path}"
+    rbd_opts = (
+        f"driver=raw,file.driver=rbd,file.pool=vms,file.image={UUID}_disk,"
+        "file.user=nova,file.conf=/etc/ceph/c.conf"
+    )
+    head = ["qemu-img", "convert", "-p", "-f", "raw", "-O", "raw", "-n"]
+    to_rbd = move(rbd, source=lv)
+    assert convert_argv(to_rbd, storage, bwlimit=None) == [
+        *head, "--target-is-zero", lv.path, rbd_file,
+    ]  # fmt: skip
+    assert compare_argv(to_rbd, storage) == [
+        "qemu-img",
+        "compare",
+        "--image-opts",
+        lv_opts,
+        rbd_opts,
+    ]
+    to_lv = move(lv, source=rbd)
+    assert convert_argv(to_lv, storage, bwlimit=None) == [*head, rbd_file, lv.path]
+    assert compare_argv(to_lv, storage) == [
+        "qemu-img",
+        "compare",
+        "--image-opts",
+        rbd_opts,
+        lv_opts,
+    ]
