@@ -208,14 +208,17 @@ class LVM:
         the LV so that ``remove`` (and Nova's own cleanup, which removes every LV
         whose name starts with the instance UUID) takes it away too::
 
-            lvcreate --yes --type thin-pool -L 67108864b -n NAME_pool VG
+            lvcreate --yes --type thin-pool -L 67108864b --zero y -n NAME_pool VG
             lvcreate --yes --type thin --virtualsize 1073741824b \\
                 --thinpool NAME_pool -n NAME [--addtag TAG ...] VG
 
         Two commands because lvcreate making pool and thin LV at once puts the
         ``--addtag`` tags on the pool, not on the LV (seen with lvm2 2.03.16);
         this way the LV never exists without its tags. If the second command
-        fails, the empty pool is removed again.
+        fails, the empty pool is removed again. ``--zero y`` whatever the host's
+        ``allocation/thin_pool_zero``: a block the thin LV provisions then reads as
+        zeros where it was not written, which is what lets migrate's copy skip zeros
+        (``qemu-img convert --target-is-zero``) into it.
 
         As with Nova, writes beyond the pool's 64 MiB fail unless the host's
         dmeventd extends pools (``activation/thin_pool_autoextend_threshold``).
@@ -242,7 +245,7 @@ class LVM:
             _check_name("logical volume", pool)
             self._runner.run(
                 "lvcreate", "--yes", "--type", "thin-pool",
-                "-L", f"{SPARSE_PREALLOCATED}b", "-n", pool, vg,
+                "-L", f"{SPARSE_PREALLOCATED}b", "--zero", "y", "-n", pool, vg,
             )  # fmt: skip
             argv = ["lvcreate", "--yes", "--type", "thin", "--virtualsize", f"{size}b"]
             argv += ["--thinpool", pool, "-n", name]

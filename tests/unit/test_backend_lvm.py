@@ -201,7 +201,7 @@ def test_create_sparse_makes_a_thin_lv_in_its_own_64mib_pool():
     assert fake.calls == captured_argv("guest", "create_sparse")
     pool, thin = fake.calls[1:3]
     assert pool == (
-        "lvcreate", "--yes", "--type", "thin-pool", "-L", f"{SPARSE_PREALLOCATED}b",
+        "lvcreate", "--yes", "--type", "thin-pool", "-L", f"{SPARSE_PREALLOCATED}b", "--zero", "y",
         "-n", f"{name}_pool", VG,
     )  # fmt: skip
     # The tags go with the thin LV: given to the one-step form they land on the pool.
