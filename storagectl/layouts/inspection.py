@@ -16,7 +16,7 @@ from storagectl.config import NovaConfig
 from storagectl.layouts.hosts import HostScan, ScannedDomain, scan_hosts
 from storagectl.layouts.infer import infer_instance
 from storagectl.layouts.model import Code, Finding, HostReport, InstanceLayout
-from storagectl.layouts.record import read_record
+from storagectl.layouts.record import Record, read_record
 from storagectl.layouts.recorded import Drift, layout_from_record
 from storagectl.layouts.storage import StorageView
 from storagectl.process import Runner
@@ -55,42 +55,52 @@ def inspect_hosts(
     use_records: bool = True,
 ) -> InspectionResult:
     """Scan ``uris`` and give every selected instance's layout: from its record when it
-    has a valid one (``use_records``), else inferred.
-
-    Each domain is inspected as soon as its XML arrives, while the next ones are still
-    being fetched; the result is sorted by host (in ``uris`` order), name and uuid.
-    """
+    has a valid one (``use_records``), else inferred. Sorted by host (in ``uris``
+    order), then name and uuid."""
     uris = list(uris)
     wanted = {s.lower() if len(s) == 36 else s for s in selectors}
+    records: dict[str, Record | errors.StorageCtlError | None] = {}
+
+    def read_early(scan: HostScan, dom: ScannedDomain) -> None:
+        # While the next domains' XML is on its way: a record is one small file.
+        uuid = dom.info.uuid
+        if scan.local and use_records and (not wanted or {uuid, dom.info.name} & wanted):
+            records[uuid] = _read(nova, uuid)
+
+    scans = scan_hosts(uris, on_domain=read_early)
     storage = StorageView(runner)
-    result = InspectionResult(hosts=[], instances=[])
-    order = {uri: i for i, uri in reversed(list(enumerate(uris)))}
+    result = InspectionResult(hosts=[s.report for s in scans], instances=[])
     seen: set[str] = set()
-    keyed: list[tuple[tuple[int, str, str], InstanceLayout]] = []
-
-    def on_domain(scan: HostScan, dom: ScannedDomain) -> None:
-        if wanted and dom.info.uuid not in wanted and dom.info.name not in wanted:
-            return
-        seen.update((dom.info.uuid, dom.info.name))
-        host = scan.report.hostname or scan.report.uri
-        layout = _layout(
-            dom, host, nova, storage, result, local=scan.local, use_records=use_records
-        )
-        keyed.append(((order[scan.report.uri], dom.info.name, dom.info.uuid), layout))
-
-    scans = scan_hosts(uris, on_domain=on_domain)
-    result.hosts = [s.report for s in scans]
     for scan in scans:
         if scan.broken:
             names = ", ".join(f"{n} ({why})" for n, why in scan.broken)
             LOG.warning("unreadable domain XML on %s: %s", scan.report.uri, names)
             scan.report.error = f"{len(scan.broken)} domain(s) with unreadable XML: {names}"
+        host = scan.report.hostname or scan.report.uri
         if not scan.local:
-            result.remote_hosts.append(scan.report.hostname or scan.report.uri)
-    keyed.sort(key=lambda pair: pair[0])
-    result.instances = [layout for _, layout in keyed]
+            result.remote_hosts.append(host)
+        for dom in sorted(_selected(scan, wanted), key=lambda d: (d.info.name, d.info.uuid)):
+            seen.update((dom.info.uuid, dom.info.name))
+            result.instances.append(
+                _layout(
+                    dom,
+                    host,
+                    nova,
+                    storage,
+                    result,
+                    local=scan.local,
+                    use_records=use_records,
+                    record=records.get(dom.info.uuid, _UNREAD),
+                )
+            )
     result.not_found = [s for s in selectors if (s.lower() if len(s) == 36 else s) not in seen]
     return result
+
+
+def _selected(scan: HostScan, selectors: set[str]) -> list[ScannedDomain]:
+    if not selectors:
+        return list(scan.domains)
+    return [d for d in scan.domains if d.info.uuid in selectors or d.info.name in selectors]
 
 
 def _layout(
@@ -102,16 +112,17 @@ def _layout(
     *,
     local: bool,
     use_records: bool,
+    record: Record | errors.StorageCtlError | None | object = None,
 ) -> InstanceLayout:
     invalid: Finding | None = None
     if local and use_records:
-        try:
-            record = read_record(nova.instance_dir(dom.info.uuid), expect_uuid=dom.info.uuid)
-        except errors.StorageCtlError as exc:
+        if record is _UNREAD:
+            record = _read(nova, dom.info.uuid)
+        if isinstance(record, errors.StorageCtlError):
             # Never silently fall back: the layout shown is inferred, and says why.
+            invalid = Finding.of(Code.METADATA_INVALID, dom.info.uuid, None, str(record))
             record = None
-            invalid = Finding.of(Code.METADATA_INVALID, dom.info.uuid, None, str(exc))
-        if record is not None:
+        if isinstance(record, Record):
             layout, drift = layout_from_record(record, dom, host, nova, storage, local=local)
             result.drift[layout.uuid] = drift
             result.retained[layout.uuid] = record.retained_sources
@@ -120,3 +131,14 @@ def _layout(
     if invalid:
         layout.findings.insert(0, invalid)
     return layout
+
+
+_UNREAD = object()
+
+
+def _read(nova: NovaConfig, uuid: str) -> Record | errors.StorageCtlError | None:
+    """The instance's record, None if it has none, or why it cannot be read."""
+    try:
+        return read_record(nova.instance_dir(uuid), expect_uuid=uuid)
+    except errors.StorageCtlError as exc:
+        return exc

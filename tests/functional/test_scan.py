@@ -1,8 +1,7 @@
-"""The scan pipeline: one fetch thread per host, parsing and inspection in the caller.
-
-Against the libvirt test driver: states come from ONE bulk call, a failure in the
-consumer stops the producers (no thread left behind), several hosts keep their order,
-and the run-wide real-path cache resolves exactly like os.path.realpath.
+"""Scanning hosts, against the libvirt test driver: states come from ONE bulk call (with
+a per-domain fallback), a fetch thread feeds the parser and stops when the consumer
+fails, several hosts keep their order, and the run-wide real-path cache resolves
+exactly like os.path.realpath.
 """
 
 from __future__ import annotations
@@ -83,7 +82,7 @@ def test_without_bulk_stats_each_domain_is_asked(mini_node: MiniNode, monkeypatc
     }
 
 
-def test_consumer_failure_stops_the_fetch_threads(mini_node: MiniNode) -> None:
+def test_a_failing_consumer_stops_the_fetch_thread(mini_node: MiniNode) -> None:
     _node_with(mini_node, 5)
     seen: list[str] = []
 
@@ -93,10 +92,25 @@ def test_consumer_failure_stops_the_fetch_threads(mini_node: MiniNode) -> None:
 
     before = {t.ident for t in threading.enumerate()}
     with pytest.raises(RuntimeError, match="consumer broke"):
-        scan_hosts([mini_node.uri, mini_node.uri], on_domain=explode)
+        scan_hosts([mini_node.uri], on_domain=explode)
     assert len(seen) == 1
     leftover = [t for t in threading.enumerate() if t.ident not in before]
-    assert leftover == [], f"scan threads still alive: {leftover}"
+    assert leftover == [], f"fetch threads still alive: {leftover}"
+
+
+def test_records_are_read_while_the_xml_is_fetched(mini_node: MiniNode) -> None:
+    """on_domain sees every domain once, in the scanning thread, with its state."""
+    uuids = _node_with(mini_node, 3)
+    calls: list[tuple[str, str, str]] = []
+    [scan] = scan_hosts(
+        [mini_node.uri],
+        on_domain=lambda scan, dom: calls.append(
+            (threading.current_thread().name, dom.info.uuid, dom.state)
+        ),
+    )
+    main = threading.current_thread().name
+    assert sorted(calls) == sorted((main, u, "running") for u in uuids)
+    assert [d.info.uuid for d in scan.domains] == [c[1] for c in calls]
 
 
 def test_several_hosts_keep_their_order_and_an_unreachable_one_is_reported(
@@ -104,17 +118,12 @@ def test_several_hosts_keep_their_order_and_an_unreachable_one_is_reported(
 ) -> None:
     uuids = _node_with(mini_node, 4)
     bad = f"test://{mini_node.root}/missing-node.xml"
-    got: list[tuple[str, str]] = []
-    scans = scan_hosts(
-        [bad, mini_node.uri, mini_node.uri],
-        on_domain=lambda scan, dom: got.append((scan.report.uri, dom.info.uuid)),
-    )
+    scans = scan_hosts([bad, mini_node.uri, mini_node.uri])
     assert [s.report.uri for s in scans] == [bad, mini_node.uri, mini_node.uri]
     assert scans[0].report.error and not scans[0].domains
     for scan in scans[1:]:
         assert scan.report.error is None
         assert sorted(d.info.uuid for d in scan.domains) == sorted(uuids)
-    assert len(got) == 8  # every domain of both good hosts went through the consumer
 
 
 def test_resolve_matches_realpath(tmp_path: Path) -> None:
