@@ -42,6 +42,17 @@ MEMSTORE_BYTES = 1 << 30  # RAM-backed OSD capacity; 1 GiB is plenty for tests
 PG_NUM = 8
 START_TIMEOUT = 60.0  # seconds for the whole bootstrap before we give up
 CLIENT_TIMEOUT = 10  # seconds for each bootstrap client command to reach the mon
+#: Multiplies every timeout here: the virtme-ng guest (TCG, ~10x slower) sets it.
+TIME_FACTOR_ENV = "STORAGECTL_TEST_TIME_FACTOR"
+
+
+def time_factor() -> float:
+    try:
+        return max(1.0, float(os.environ.get(TIME_FACTOR_ENV, "1")))
+    except ValueError:
+        return 1.0
+
+
 OWNER_MARKER = "# storagectl-test-cluster owner_pid="
 # Everything start() creates under root; stop() removes exactly these.
 _STATE = (
@@ -117,7 +128,7 @@ class CephCluster:
             self._start_mon()
             self._start_osd()
             self._create_pool()
-            self._wait_for_rbd(started + START_TIMEOUT)
+            self._wait_for_rbd(started + START_TIMEOUT * time_factor())
         except Exception as exc:
             tail = self.log_tail()
             self.stop()
@@ -150,12 +161,19 @@ class CephCluster:
 
     def ceph(self, *args: str, timeout: float = 30, input: bytes | None = None) -> str:
         """Run the ``ceph`` CLI against this cluster and return stdout."""
-        cmd = ["ceph", *self.client_args(), "--connect-timeout", str(CLIENT_TIMEOUT), *args]
+        cmd = [
+            "ceph",
+            *self.client_args(),
+            "--connect-timeout",
+            str(int(CLIENT_TIMEOUT * time_factor())),
+            *args,
+        ]
         return _run(cmd, timeout=timeout, input=input)
 
     def rbd(self, *args: str, timeout: float = 60) -> str:
         """Run the ``rbd`` CLI against this cluster and return stdout."""
-        cmd = ["rbd", *self.client_args(), "--client_mount_timeout", str(CLIENT_TIMEOUT), *args]
+        cmd = ["rbd", *self.client_args(), "--client_mount_timeout",
+               str(int(CLIENT_TIMEOUT * time_factor())), *args]  # fmt: skip
         return _run(cmd, timeout=timeout)
 
     def qemu_uri(self, image: str) -> str:
@@ -287,7 +305,7 @@ def _run(cmd: list[str], timeout: float = 30, input: bytes | None = None) -> str
         proc = subprocess.run(
             cmd,
             capture_output=True,
-            timeout=timeout,
+            timeout=timeout * time_factor(),
             input=input,
             stdin=None if input else subprocess.DEVNULL,
         )

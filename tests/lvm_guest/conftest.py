@@ -29,11 +29,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.env.ceph import TIME_FACTOR_ENV
 from tests.env.libvirtd import Libvirtd, LibvirtdUnavailable, start_libvirtd, stop_libvirtd
 from tests.env.lvm import GUEST_DISK_ENV, LvmEnv
 from tests.migrate_support import Node, new_node
 
 HOST_DOMAINS = Path("/etc/libvirt/qemu")
+#: TCG runs everything about ten times slower: stretch the test fixtures' timeouts
+#: (tests/env/ceph.py reads it when the guest's Ceph cluster starts).
+GUEST_TIME_FACTOR = "10"
 UNUSED_EMULATORS = (Path("/usr/bin/qemu-system-i386"),)
 
 
@@ -62,6 +66,17 @@ def hide_host_libvirt_state() -> list[str]:
             subprocess.run(["mount", "--bind", "/dev/null", str(binary)], check=True)
             mounted.append(f"/dev/null on {binary}")
     return mounted
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _slow_guest_timeouts() -> Iterator[None]:
+    if not in_guest():
+        yield
+        return
+    mp = pytest.MonkeyPatch()
+    mp.setenv(TIME_FACTOR_ENV, GUEST_TIME_FACTOR)
+    yield
+    mp.undo()
 
 
 @pytest.fixture(scope="session")
