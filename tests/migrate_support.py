@@ -20,8 +20,10 @@ import os
 import re
 import subprocess
 import sys
+import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +96,21 @@ class Node:
             str(self.root / "storagectl.log"),
         ]
 
+    def argv(self, *args: str, prefix: tuple[str, ...] = ()) -> list[str]:
+        """The storagectl command line for ``args`` against this node."""
+        return [*prefix, sys.executable, "-m", "storagectl", *self.args(), *args]
+
+    def spawn(self, *args: str) -> subprocess.Popen:
+        """The CLI in the background (text pipes), for tests that break something while
+        it runs; the caller communicates with it."""
+        return subprocess.Popen(
+            self.argv(*args),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
     def cli(
         self,
         *args: str,
@@ -102,7 +119,7 @@ class Node:
         prefix: tuple[str, ...] = (),
     ) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [*prefix, sys.executable, "-m", "storagectl", *self.args(), *args],
+            self.argv(*args, prefix=prefix),
             capture_output=True,
             text=True,
             cwd=ROOT,
@@ -326,6 +343,17 @@ def guest_view(node: Node, uuid: str, scratch: Path, target: str = "vda") -> str
         if os.path.isdir(path):
             path = os.path.join(path, "root.hds")
     return guest_sha(path, fmt, scratch)
+
+
+def wait_while_running(
+    proc: subprocess.Popen, ready: Callable[[], bool], *, timeout: float = 30, poll: float = 0.05
+) -> None:
+    """Wait until ``ready()`` while ``proc`` still runs; fail (with its output) if it ended
+    first or ``timeout`` passed."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(poll)
 
 
 def leftovers(node: Node, uuid: str) -> list[str]:

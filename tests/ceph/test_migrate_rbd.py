@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +18,6 @@ import pytest
 from tests.env.ceph import CephCluster, daemon_pids_for_conf, free_port, start_cluster
 from tests.env.libvirtd import Libvirtd
 from tests.migrate_support import (
-    ROOT,
     SECRET,
     STEPS,
     Node,
@@ -30,6 +27,7 @@ from tests.migrate_support import (
     new_node,
     sh,
     snapshot,
+    wait_while_running,
     without_disk,
 )
 from tests.migrate_support import make_instance as _make_instance
@@ -170,32 +168,11 @@ def test_ceph_dying_mid_copy(node: Node, tmp_path: Path, own_cluster: CephCluste
         if "ceph-osd" in Path(f"/proc/{p}/cmdline").read_text()
     ]
     assert osds, "no ceph-osd process found for the test cluster"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "storagectl",
-            *node.args(),
-            "migrate",
-            uuid,
-            "--to",
-            "rbd",
-            "--yes",
-            "--bwlimit",
-            "2",
-            "--ceph-timeout",
-            "3",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = node.spawn(
+        "migrate", uuid, "--to", "rbd", "--yes", "--bwlimit", "2", "--ceph-timeout", "3"
     )
     try:
-        deadline = time.monotonic() + 30
-        while f"{uuid}_disk" not in images(cluster, uuid):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.05)
+        wait_while_running(proc, lambda: f"{uuid}_disk" in images(cluster, uuid))
         time.sleep(0.5)  # the copy is under way
         for pid in osds:
             os.kill(pid, signal.SIGSTOP)

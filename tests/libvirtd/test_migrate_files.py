@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,6 @@ import pytest
 from tests.env.libvirtd import Libvirtd
 from tests.migrate_support import (
     DISK_RE,
-    ROOT,
     STEPS,
     Node,
     domain_disk,
@@ -30,6 +27,7 @@ from tests.migrate_support import (
     refused,
     sh,
     snapshot,
+    wait_while_running,
     without_disk,
 )
 from tests.migrate_support import make_instance as _make_instance
@@ -245,29 +243,8 @@ def test_disk_full_during_the_copy_removes_the_target(
     uuid = make_instance(node, data_mib=12)
     d = node.instances / uuid
     before, before_sha = snapshot(node, uuid), guest_sha(d / "disk", "qcow2", tmp_path)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "storagectl",
-            *node.args(),
-            "migrate",
-            uuid,
-            "--to",
-            "flat",
-            "--yes",
-            "--bwlimit",
-            "2",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 30
-    while not (d / "disk.migrating").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.02)
+    proc = node.spawn("migrate", uuid, "--to", "flat", "--yes", "--bwlimit", "2")
+    wait_while_running(proc, (d / "disk.migrating").exists, poll=0.02)
     # fill the file system while qemu-img copies (dd stops at ENOSPC)
     subprocess.run(
         ["dd", "if=/dev/zero", f"of={small_fs / 'filler'}", "bs=1M"], capture_output=True
