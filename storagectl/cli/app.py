@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -27,6 +28,20 @@ LOG = logging.getLogger("storagectl")
 DEFAULT_URI = "qemu:///system"
 DEFAULT_LOCK_PATH = "/var/lib/storagectl/locks"
 DEFAULT_LOG_FILE = "/var/log/storagectl/storagectl.log"
+
+
+def output_option(*formats: str) -> Callable[[Callable], Callable]:
+    """``-o/--output FORMAT`` (into ``fmt``), the first of ``formats`` the default: one
+    spelling for every command."""
+    return click.option(
+        "-o",
+        "--output",
+        "fmt",
+        type=click.Choice(list(formats)),
+        default=formats[0],
+        show_default=True,
+        help="Output format.",
+    )
 
 
 @dataclass

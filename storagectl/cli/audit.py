@@ -5,16 +5,14 @@ from __future__ import annotations
 import click
 
 from storagectl import errors
-from storagectl.cli.app import Application
+from storagectl.cli.app import Application, output_option
 from storagectl.layouts.audit import OK, UNKNOWN, AuditReport, run_audit
 from storagectl.layouts.locks import host_lock
 from storagectl.layouts.prometheus import write_textfile
 
 
 @click.command("audit")
-@click.option(
-    "-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
-)
+@output_option("text", "json")
 @click.option(
     "-q",
     "--quiet",

@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import click
 
-from storagectl.cli.app import Application
+from storagectl.cli.app import Application, output_option
 from storagectl.layouts.inspection import inspect_hosts
 
 
 @click.command("inspect")
 @click.argument("instances", nargs=-1, metavar="[INSTANCE]...")
-@click.option(
-    "-o",
-    "--output",
-    "fmt",
-    type=click.Choice(["table", "json", "yaml"]),
-    default="table",
-    show_default=True,
-    help="Output format.",
-)
+@output_option("table", "json", "yaml")
 @click.pass_obj
 def inspect_cmd(app: Application, instances: tuple[str, ...], fmt: str) -> None:
     """Infer the storage layout of every instance (or the INSTANCEs, by uuid or name).

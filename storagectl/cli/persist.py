@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from storagectl import errors
-from storagectl.cli.app import Application
+from storagectl.cli.app import Application, output_option
 from storagectl.layouts.inspection import inspect_hosts
 from storagectl.layouts.persist import REFUSED, WOULD_WRITE, persist
 
@@ -22,14 +22,7 @@ _STYLE = {"written": "green", "unchanged": None, "refused": "bold red", "would-w
     "storage.yaml.<timestamp>.bak.",
 )
 @click.option("--dry-run", is_flag=True, help="Print each record it would write; write nothing.")
-@click.option(
-    "-o",
-    "--output",
-    "fmt",
-    type=click.Choice(["table", "json", "yaml"]),
-    default="table",
-    show_default=True,
-)
+@output_option("table", "json", "yaml")
 @click.pass_obj
 def persist_cmd(
     app: Application, instances: tuple[str, ...], all_: bool, force: bool, dry_run: bool, fmt: str

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from storagectl import errors
-from storagectl.cli.app import Application
+from storagectl.cli.app import Application, output_option
 from storagectl.layouts.hosts import scan_hosts
 from storagectl.layouts.naming import is_uuid
 from storagectl.layouts.record import read_record, record_path
@@ -20,9 +20,7 @@ class RecordNotFound(errors.StorageCtlError):
 
 @click.command("show")
 @click.argument("instance")
-@click.option(
-    "-o", "--output", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True
-)
+@output_option("yaml", "json")
 @click.pass_obj
 def show_cmd(app: Application, instance: str, fmt: str) -> None:
     """Print INSTANCE's storage record (by uuid, or by domain name via --connect)."""
