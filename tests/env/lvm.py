@@ -48,7 +48,7 @@ import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -283,32 +283,33 @@ def destroy(root: Path) -> None:
 # -- pytest fixtures -----------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def lvm_vg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LvmEnv]:
-    """Host tier: a metadata-only VG on a 1 GiB loop device, for the whole session."""
-    root = tmp_path_factory.mktemp("lvm")
+def _session_env(
+    tmp_path_factory: pytest.TempPathFactory,
+    dirname: str,
+    create: Callable[[Path], LvmEnv],
+    what: str,
+) -> Iterator[LvmEnv]:
+    root = tmp_path_factory.mktemp(dirname)
     try:
-        env = create_host_env(root)
+        env = create(root)
     except LvmEnvError as exc:
-        pytest.fail(f"cannot build the host LVM environment: {exc}", pytrace=False)
+        pytest.fail(f"cannot build the {what} LVM environment: {exc}", pytrace=False)
     try:
         yield env
     finally:
         destroy(root)
+
+
+@pytest.fixture(scope="session")
+def lvm_vg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LvmEnv]:
+    """Host tier: a metadata-only VG on a 1 GiB loop device, for the whole session."""
+    yield from _session_env(tmp_path_factory, "lvm", create_host_env, "host")
 
 
 @pytest.fixture(scope="session")
 def guest_vg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LvmEnv]:
     """Guest tier: a VG with real activation on the virtme-ng guest's disk."""
-    root = tmp_path_factory.mktemp("lvm_guest")
-    try:
-        env = create_guest_env(root)
-    except LvmEnvError as exc:
-        pytest.fail(f"cannot build the guest LVM environment: {exc}", pytrace=False)
-    try:
-        yield env
-    finally:
-        destroy(root)
+    yield from _session_env(tmp_path_factory, "lvm_guest", create_guest_env, "guest")
 
 
 # -- helpers -------------------------------------------------------------------
