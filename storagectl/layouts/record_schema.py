@@ -21,6 +21,7 @@ import yaml
 
 from storagectl.layouts import naming
 from storagectl.layouts.model import Backend, Backing, DiskLayout, InstanceLayout, Role
+from storagectl.layouts.record_canonical import NotCanonical, load_canonical
 
 SCHEMA_VERSION = 1
 MAX_NESTING = 32  # a record needs 4 levels; retained_sources entries get the rest
@@ -156,11 +157,23 @@ def _load_yaml(raw: bytes) -> Any:
     both parsers slow down quadratically with depth). So: no aliases, no merge keys, no
     duplicate keys, no tags but the standard ones, at most MAX_NESTING levels and
     MAX_EVENTS events.
+
+    A record in storagectl's own style (nearly every one) is read by the much faster
+    :func:`load_canonical` instead, which returns the same data or refuses the file.
     """
     try:
-        loader = _PARSER(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _Invalid(None, f"not UTF-8 text (byte {exc.start})") from None
+    try:
+        return load_canonical(text)
+    except NotCanonical:
+        return _load_events(text)
+
+
+def _load_events(text: str) -> Any:
+    """:func:`_load_yaml` for any text: from libyaml's events, strictly."""
+    loader = _PARSER(text)
     stack: list[Any] = []  # open collections, innermost last
     keys: list[Any] = []  # for each open mapping, its pending key (or _EMPTY)
     root: Any = _EMPTY
