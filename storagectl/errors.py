@@ -42,6 +42,18 @@ class StorageCtlError(Exception):
     def message(self) -> str:
         return str(self)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its fields (the default would call cls(message)), and its message
+        # kept as it was, even if the fields alone would not make it again.
+        return (_rebuild, (type(self), self.fields, self.args))
+
+
+def _rebuild(cls: type[StorageCtlError], fields: dict[str, Any], args: tuple[Any, ...]) -> Any:
+    exc = cls.__new__(cls)
+    exc.fields = fields
+    exc.args = args
+    return exc
+
 
 class UsageError(StorageCtlError):
     template = "%(reason)s"

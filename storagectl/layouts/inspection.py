@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 from storagectl import errors
 from storagectl.config import NovaConfig
-from storagectl.layouts.hosts import HostScan, ScannedDomain, scan_hosts
+from storagectl.layouts.hosts import HostScan, ScannedDomain, is_local_uri, scan_hosts
 from storagectl.layouts.infer import infer_instance
 from storagectl.layouts.model import Code, Finding, HostReport, InstanceLayout
+from storagectl.layouts.prefetch import RecordPrefetch
 from storagectl.layouts.record import Record, read_record
 from storagectl.layouts.recorded import Drift, layout_from_record
 from storagectl.layouts.storage import StorageView
@@ -67,7 +68,13 @@ def inspect_hosts(
         if scan.local and use_records and (not wanted or {uuid, dom.info.name} & wanted):
             records[uuid] = _read(nova, uuid)
 
-    scans = scan_hosts(uris, on_domain=read_early)
+    if use_records and not wanted and any(is_local_uri(u) for u in uris):
+        # Every record of the host: read by a second process while this one scans.
+        with RecordPrefetch(nova) as prefetch:
+            scans = scan_hosts(uris)
+            records.update(prefetch.results())
+    else:
+        scans = scan_hosts(uris, on_domain=read_early)
     storage = StorageView(runner)
     result = InspectionResult(hosts=[s.report for s in scans], instances=[])
     seen: set[str] = set()

@@ -1,0 +1,87 @@
+"""The forked record reader: the same results as reading in-process, or none at all."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import replace
+
+import pytest
+
+from storagectl import errors
+from storagectl.config import load_nova_config
+from storagectl.layouts import record as rec
+from storagectl.layouts.prefetch import RecordPrefetch
+from tests.unit.test_record import U, a_record
+
+U2 = "5eed0001-0000-4000-8000-0000000000b2"
+U3 = "5eed0001-0000-4000-8000-0000000000b3"
+
+
+@pytest.fixture
+def nova(tmp_path):
+    instances = tmp_path / "instances"
+    conf = tmp_path / "nova.conf"
+    conf.write_text(f"[DEFAULT]\ninstances_path = {instances}\n")
+    (instances / U).mkdir(parents=True)
+    rec.write_record(instances / U, a_record())
+    (instances / U2).mkdir()
+    (instances / U2 / rec.RECORD_NAME).write_text("schema_version: 1\ninstance: [broken\n")
+    (instances / U3).mkdir()  # no record
+    (instances / "_base").mkdir()
+    (instances / "locks").mkdir()
+    return load_nova_config([conf])
+
+
+def in_process(nova, uuid):
+    try:
+        return rec.read_record(nova.instance_dir(uuid), expect_uuid=uuid)
+    except errors.StorageCtlError as exc:
+        return exc
+
+
+def test_the_child_reads_every_instance_directory_as_the_parent_would(nova):
+    with RecordPrefetch(nova) as pre:
+        got = pre.results()
+    assert sorted(got) == sorted([U, U2, U3])  # _base, locks: not instances
+    assert got[U] == in_process(nova, U) == a_record()
+    assert got[U3] is None
+    assert isinstance(got[U2], errors.RecordInvalid)
+    assert str(got[U2]) == str(in_process(nova, U2))
+    assert got[U2].path == in_process(nova, U2).path
+
+
+def test_no_child_is_left_behind(nova):
+    with RecordPrefetch(nova) as pre:
+        pid = pre.pid
+        pre.results()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def test_a_scan_that_fails_kills_and_reaps_the_child(nova):
+    with pytest.raises(RuntimeError), RecordPrefetch(nova) as pre:
+        pid = pre.pid
+        raise RuntimeError("the scan failed")
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def test_a_failing_child_means_no_results_not_wrong_ones(tmp_path):
+    conf = tmp_path / "nova.conf"
+    conf.write_text(f"[DEFAULT]\ninstances_path = {tmp_path / 'missing'}\n")
+    with RecordPrefetch(load_nova_config([conf])) as pre:
+        assert pre.pid  # it ran, and failed: no such directory
+        assert pre.results() == {}
+
+
+def test_errors_survive_the_pipe_with_their_fields():
+    exc = errors.RecordInvalid(path="/i/storage.yaml", reason="field x: bad")
+    back = pickle.loads(pickle.dumps(exc))
+    assert type(back) is errors.RecordInvalid
+    assert (str(back), back.path, back.fields) == (str(exc), exc.path, exc.fields)
+
+
+def test_records_survive_the_pipe_equal():
+    record = replace(a_record(), retained_sources=({"disk": "disk", "path": "/x"},))
+    assert pickle.loads(pickle.dumps(record)) == record
