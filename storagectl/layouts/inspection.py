@@ -62,16 +62,22 @@ def inspect_hosts(
     wanted = {s.lower() if len(s) == 36 else s for s in selectors}
     records: dict[str, Record | errors.StorageCtlError | None] = {}
 
+    prefetch: RecordPrefetch | None = None
+
     def read_early(scan: HostScan, dom: ScannedDomain) -> None:
-        # While the next domains' XML is on its way: a record is one small file.
+        # While the next domains' XML is on its way: a record is one small file, read
+        # by the prefetching child when there is one, else here.
         uuid = dom.info.uuid
         if scan.local and use_records and (not wanted or {uuid, dom.info.name} & wanted):
-            records[uuid] = _read(nova, uuid)
+            if prefetch is not None:
+                prefetch.want(uuid)
+            else:
+                records[uuid] = _read(nova, uuid)
 
     if use_records and not wanted and any(is_local_uri(u) for u in uris):
-        # Every record of the host: read by a second process while this one scans.
+        # Every instance of the host: its record read by a second process meanwhile.
         with RecordPrefetch(nova) as prefetch:
-            scans = scan_hosts(uris)
+            scans = scan_hosts(uris, on_domain=read_early)
             records.update(prefetch.results())
     else:
         scans = scan_hosts(uris, on_domain=read_early)

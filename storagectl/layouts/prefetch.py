@@ -1,17 +1,18 @@
-"""Read every storage record of the host in a forked child, while the parent scans libvirt.
+"""Read the storage records in a forked child, while the parent scans libvirt.
 
 Reading and strictly validating 1,000 ``storage.yaml`` costs ~0.4 s of CPU; scanning
 libvirt and parsing 1,000 domain XMLs costs more, in the parent. Threads cannot run the
 two side by side (the GIL), a second process can: :class:`RecordPrefetch` forks before
-the scan starts (no thread exists yet), the child reads the record of every instance
-directory under ``instances_path`` with the very same :func:`read_record` and sends the
-results back through a pipe, pickled; the parent takes them once its scan is done.
+the scan starts (no thread exists yet); as the scan meets each domain, the parent sends
+its uuid down a pipe, and the child reads that instance's record with the very same
+:func:`read_record`. When the scan is done the parent closes the pipe and takes the
+results, pickled. Only the records of domains libvirt defines are read - not every
+directory under a shared ``instances_path``.
 
-The child is an optimisation and nothing else: a record it did not read (an instance
-directory created after it listed them, or any failure of the child: it died, its
-output did not unpickle) is read by the parent as before, and the results are the same
-either way. The child never writes anything, logs through the parent's handlers
-(appending) and leaves with ``os._exit``.
+The child is an optimisation and nothing else: a record it did not read (any failure of
+the child: it died, its output did not unpickle) is read by the parent as before, and
+the results are the same either way. The child never writes anything, logs through the
+parent's handlers (appending) and leaves with ``os._exit``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 import os
 import pickle
 import signal
-from typing import Any
+from typing import IO, Any
 
 from storagectl import errors
 from storagectl.config import NovaConfig
@@ -33,40 +34,54 @@ Result = Record | errors.StorageCtlError | None
 
 
 class RecordPrefetch:
-    """``with RecordPrefetch(nova) as pre: ...scan...; records = pre.results()``."""
+    """``with RecordPrefetch(nova) as pre: ...pre.want(uuid)...; records = pre.results()``."""
 
     def __init__(self, nova: NovaConfig) -> None:
         self.nova = nova
         self.pid = 0
-        self.fd = -1
+        self.results_fd = -1
+        self.uuids: IO[bytes] | None = None
 
     def __enter__(self) -> RecordPrefetch:
+        fds: list[int] = []
         try:
-            read_fd, write_fd = os.pipe()
-        except OSError as exc:
-            LOG.debug("record prefetch not started: %s", exc)
-            return self
-        try:
+            fds += os.pipe()  # uuids: parent -> child
+            fds += os.pipe()  # results: child -> parent
             pid = os.fork()
         except OSError as exc:
             LOG.debug("record prefetch not started: %s", exc)
-            os.close(read_fd)
-            os.close(write_fd)
+            for fd in fds:
+                os.close(fd)
             return self
+        uuid_r, uuid_w, res_r, res_w = fds
         if pid == 0:  # the child: never returns
-            os.close(read_fd)
-            _child(self.nova, write_fd)
-        os.close(write_fd)
-        self.pid, self.fd = pid, read_fd
+            os.close(uuid_w)
+            os.close(res_r)
+            _child(self.nova, uuid_r, res_w)
+        os.close(uuid_r)
+        os.close(res_w)
+        self.pid, self.results_fd = pid, res_r
+        self.uuids = os.fdopen(uuid_w, "wb", buffering=8192)
         return self
+
+    def want(self, uuid: str) -> None:
+        """Ask for one instance's record (buffered: sent ~200 at a time)."""
+        if self.uuids is None:
+            return
+        try:
+            self.uuids.write(uuid.encode("ascii") + b"\n")
+        except (OSError, UnicodeEncodeError, ValueError) as exc:
+            LOG.debug("record prefetch: cannot send %r: %s", uuid, exc)
+            self._close_uuids()
 
     def results(self) -> dict[str, Result]:
         """What the child read (uuid -> record, None or the error), or {} if it failed."""
         if not self.pid:
             return {}
+        self._close_uuids()  # end of the list: the child answers
         chunks = []
         try:
-            while chunk := os.read(self.fd, 1 << 20):
+            while chunk := os.read(self.results_fd, 1 << 20):
                 chunks.append(chunk)
         except OSError as exc:
             LOG.debug("record prefetch: cannot read the child's results: %s", exc)
@@ -89,12 +104,22 @@ class RecordPrefetch:
             except ProcessLookupError:
                 pass
             self._reap()
+        self._close_uuids()
+
+    def _close_uuids(self) -> None:
+        uuids, self.uuids = self.uuids, None
+        if uuids is not None:
+            try:
+                uuids.close()  # flushes what is buffered
+            except OSError as exc:  # the child is gone: results() finds out
+                LOG.debug("record prefetch: %s", exc)
 
     def _reap(self) -> int | None:
         pid, self.pid = self.pid, 0
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self._close_uuids()
+        if self.results_fd >= 0:
+            os.close(self.results_fd)
+            self.results_fd = -1
         try:
             _, status = os.waitpid(pid, 0)
         except ChildProcessError:
@@ -102,21 +127,23 @@ class RecordPrefetch:
         return os.waitstatus_to_exitcode(status)
 
 
-def _child(nova: NovaConfig, fd: int) -> None:
+def _child(nova: NovaConfig, uuid_fd: int, results_fd: int) -> None:
     code = 1
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         out: dict[str, Any] = {}
-        with os.scandir(nova.instances_path) as entries:
-            names = [e.name for e in entries if naming.is_uuid(e.name) and e.name.islower()]
-        for uuid in names:
-            try:
-                out[uuid] = read_record(nova.instance_dir(uuid), expect_uuid=uuid)
-            except errors.StorageCtlError as exc:
-                out[uuid] = exc
+        with os.fdopen(uuid_fd, "rb") as uuids:
+            for line in uuids:
+                uuid = line.decode("ascii").strip()
+                if uuid in out or not naming.is_uuid(uuid):
+                    continue
+                try:
+                    out[uuid] = read_record(nova.instance_dir(uuid), expect_uuid=uuid)
+                except errors.StorageCtlError as exc:
+                    out[uuid] = exc
         data = memoryview(pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL))
         while data:
-            data = data[os.write(fd, data) :]
+            data = data[os.write(results_fd, data) :]
         code = 0
     except BaseException:  # noqa: BLE001 - the parent reads the records itself
         LOG.debug("record prefetch child failed", exc_info=True)

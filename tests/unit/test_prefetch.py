@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 from dataclasses import replace
 
 import pytest
@@ -40,10 +41,17 @@ def in_process(nova, uuid):
         return exc
 
 
-def test_the_child_reads_every_instance_directory_as_the_parent_would(nova):
+def fetch(nova, *uuids):
     with RecordPrefetch(nova) as pre:
-        got = pre.results()
-    assert sorted(got) == sorted([U, U2, U3])  # _base, locks: not instances
+        assert pre.pid
+        for uuid in uuids:
+            pre.want(uuid)
+        return pre.results()
+
+
+def test_the_child_reads_the_records_asked_for_as_the_parent_would(nova):
+    got = fetch(nova, U, U2, U3, U, "_base", "../etc")
+    assert sorted(got) == sorted([U, U2, U3])  # what is not a uuid is never read
     assert got[U] == in_process(nova, U) == a_record()
     assert got[U3] is None
     assert isinstance(got[U2], errors.RecordInvalid)
@@ -51,9 +59,22 @@ def test_the_child_reads_every_instance_directory_as_the_parent_would(nova):
     assert got[U2].path == in_process(nova, U2).path
 
 
+def test_only_the_records_asked_for_are_read(nova):
+    assert list(fetch(nova, U3)) == [U3]
+    assert fetch(nova) == {}
+
+
+def test_many_records_flow_through_the_pipes(nova, tmp_path):
+    uuids = [f"5eed0002-0000-4000-8000-{i:012x}" for i in range(3000)]  # > a pipe buffer
+    got = fetch(nova, *uuids, U)
+    assert len(got) == 3001 and got[U] == a_record()
+    assert all(got[u] is None for u in uuids)
+
+
 def test_no_child_is_left_behind(nova):
     with RecordPrefetch(nova) as pre:
         pid = pre.pid
+        pre.want(U)
         pre.results()
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
@@ -67,11 +88,12 @@ def test_a_scan_that_fails_kills_and_reaps_the_child(nova):
         os.waitpid(pid, os.WNOHANG)
 
 
-def test_a_failing_child_means_no_results_not_wrong_ones(tmp_path):
-    conf = tmp_path / "nova.conf"
-    conf.write_text(f"[DEFAULT]\ninstances_path = {tmp_path / 'missing'}\n")
-    with RecordPrefetch(load_nova_config([conf])) as pre:
-        assert pre.pid  # it ran, and failed: no such directory
+def test_a_child_that_dies_means_no_results_not_wrong_ones(nova):
+    with RecordPrefetch(nova) as pre:
+        pre.want(U)
+        os.kill(pre.pid, signal.SIGKILL)
+        for _ in range(3000):  # the parent keeps scanning: sending to a dead child is fine
+            pre.want(U2)
         assert pre.results() == {}
 
 
