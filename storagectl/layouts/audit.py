@@ -114,7 +114,7 @@ def run_audit(uris: Sequence[str], nova: NovaConfig, runner: Runner) -> AuditRep
     storage = StorageView(runner)
     if not result.failed_hosts:  # orphans only when every domain is known
         report.findings += _orphans(result, nova, storage, report.errors)
-    report.findings += _image_cache(result, nova)
+    report.findings += _image_cache(result, nova, storage)
     report.duration = time.monotonic() - started
     report.finished_at = time.time()
     return report
@@ -281,15 +281,14 @@ def _orphan_dirs(nova: NovaConfig, defined: set[str], kept: set[str]) -> list[Fi
     return out
 
 
-def _image_cache(result: InspectionResult, nova: NovaConfig) -> list[Finding]:
+def _image_cache(result: InspectionResult, nova: NovaConfig, storage: StorageView) -> list[Finding]:
     cache = nova.image_cache_path
     try:
         entries = sorted(os.scandir(cache), key=lambda e: e.name)
     except OSError:
         return []
-    used = {
-        os.path.realpath(d.backing.path) for i in result.instances for d in i.disks if d.backing
-    }
+    real = lambda path: storage.resolve(path)[0]  # noqa: E731 - realpath, cached dirs
+    used = {real(d.backing.path) for i in result.instances for d in i.disks if d.backing}
     out: list[Finding] = []
     for entry in entries:
         if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
@@ -304,7 +303,7 @@ def _image_cache(result: InspectionResult, nova: NovaConfig) -> list[Finding]:
                     f"image cache entry {entry.path}: {problem}",
                 )
             )
-        if os.path.realpath(entry.path) not in used:
+        if real(entry.path) not in used:
             out.append(
                 _finding(
                     AuditCode.BASE_IMAGE_UNUSED,

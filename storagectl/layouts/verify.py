@@ -211,7 +211,7 @@ def _check_backing(
     # overlays). It is resolved lexically and never opened unless inside the cache.
     resolved = os.path.normpath(os.path.join(os.path.dirname(real), backing))
     disk.backing = Backing(path=resolved, format=backing_format)
-    base_real = os.path.realpath(resolved)
+    base_real = chk.storage.resolve(resolved)[0]  # realpath, with the run's directory cache
     if not inside(base_real, chk.cache_real):
         chk.add(
             Code.BACKING_FILE_OUTSIDE_CACHE,
