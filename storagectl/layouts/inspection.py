@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from storagectl import errors
@@ -62,11 +63,9 @@ def inspect_hosts(
     wanted = {s.lower() if len(s) == 36 else s for s in selectors}
     records: dict[str, Record | errors.StorageCtlError | None] = {}
 
-    prefetch: RecordPrefetch | None = None
-
     def read_early(scan: HostScan, dom: ScannedDomain) -> None:
         # While the next domains' XML is on its way: a record is one small file, read
-        # by the prefetching child when there is one, else here.
+        # by the prefetching child when there is one (bound by the with below), else here.
         uuid = dom.info.uuid
         if scan.local and use_records and (not wanted or {uuid, dom.info.name} & wanted):
             if prefetch is not None:
@@ -74,13 +73,12 @@ def inspect_hosts(
             else:
                 records[uuid] = _read(nova, uuid)
 
-    if use_records and not wanted and any(is_local_uri(u) for u in uris):
-        # Every instance of the host: its record read by a second process meanwhile.
-        with RecordPrefetch(nova) as prefetch:
-            scans = scan_hosts(uris, on_domain=read_early)
-            records.update(prefetch.results())
-    else:
+    # Every instance of the host: its record read by a second process meanwhile.
+    forked = use_records and not wanted and any(is_local_uri(u) for u in uris)
+    with RecordPrefetch(lambda uuid: _read(nova, uuid)) if forked else nullcontext() as prefetch:
         scans = scan_hosts(uris, on_domain=read_early)
+        if prefetch is not None:
+            records.update(prefetch.results())
     storage = StorageView(runner)
     result = InspectionResult(hosts=[s.report for s in scans], instances=[])
     seen: set[str] = set()

@@ -4,10 +4,10 @@ Reading and strictly validating 1,000 ``storage.yaml`` costs ~0.4 s of CPU; scan
 libvirt and parsing 1,000 domain XMLs costs more, in the parent. Threads cannot run the
 two side by side (the GIL), a second process can: :class:`RecordPrefetch` forks before
 the scan starts (no thread exists yet); as the scan meets each domain, the parent sends
-its uuid down a pipe, and the child reads that instance's record with the very same
-:func:`read_record`. When the scan is done the parent closes the pipe and takes the
-results, pickled. Only the records of domains libvirt defines are read - not every
-directory under a shared ``instances_path``.
+its uuid down a pipe, and the child reads that instance's record with the caller's own
+reader (the function the parent would otherwise call itself). When the scan is done
+the parent closes the pipe and takes the results, pickled. Only the records of domains
+libvirt defines are read - not every directory under a shared ``instances_path``.
 
 The child is an optimisation and nothing else: a record it did not read (any failure of
 the child: it died, its output did not unpickle) is read by the parent as before, and
@@ -21,12 +21,12 @@ import logging
 import os
 import pickle
 import signal
+from collections.abc import Callable
 from typing import IO, Any
 
 from storagectl import errors
-from storagectl.config import NovaConfig
 from storagectl.layouts import naming
-from storagectl.layouts.record import Record, read_record
+from storagectl.layouts.record import Record
 
 LOG = logging.getLogger(__name__)
 
@@ -34,10 +34,11 @@ Result = Record | errors.StorageCtlError | None
 
 
 class RecordPrefetch:
-    """``with RecordPrefetch(nova) as pre: ...pre.want(uuid)...; records = pre.results()``."""
+    """``with RecordPrefetch(read) as pre: ...pre.want(uuid)...; records = pre.results()``,
+    ``read(uuid)`` giving an instance's record, None, or the error (never raising it)."""
 
-    def __init__(self, nova: NovaConfig) -> None:
-        self.nova = nova
+    def __init__(self, read: Callable[[str], Result]) -> None:
+        self.read = read
         self.pid = 0
         self.results_fd = -1
         self.uuids: IO[bytes] | None = None
@@ -57,7 +58,7 @@ class RecordPrefetch:
         if pid == 0:  # the child: never returns
             os.close(uuid_w)
             os.close(res_r)
-            _child(self.nova, uuid_r, res_w)
+            _child(self.read, uuid_r, res_w)
         os.close(uuid_r)
         os.close(res_w)
         self.pid, self.results_fd = pid, res_r
@@ -104,7 +105,6 @@ class RecordPrefetch:
             except ProcessLookupError:
                 pass
             self._reap()
-        self._close_uuids()
 
     def _close_uuids(self) -> None:
         uuids, self.uuids = self.uuids, None
@@ -127,7 +127,7 @@ class RecordPrefetch:
         return os.waitstatus_to_exitcode(status)
 
 
-def _child(nova: NovaConfig, uuid_fd: int, results_fd: int) -> None:
+def _child(read: Callable[[str], Result], uuid_fd: int, results_fd: int) -> None:
     code = 1
     try:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -135,12 +135,8 @@ def _child(nova: NovaConfig, uuid_fd: int, results_fd: int) -> None:
         with os.fdopen(uuid_fd, "rb") as uuids:
             for line in uuids:
                 uuid = line.decode("ascii").strip()
-                if uuid in out or not naming.is_uuid(uuid):
-                    continue
-                try:
-                    out[uuid] = read_record(nova.instance_dir(uuid), expect_uuid=uuid)
-                except errors.StorageCtlError as exc:
-                    out[uuid] = exc
+                if uuid not in out and naming.is_uuid(uuid):
+                    out[uuid] = read(uuid)
         data = memoryview(pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL))
         while data:
             data = data[os.write(results_fd, data) :]

@@ -11,6 +11,7 @@ import pytest
 
 from storagectl import errors
 from storagectl.config import load_nova_config
+from storagectl.layouts import inspection
 from storagectl.layouts import record as rec
 from storagectl.layouts.prefetch import RecordPrefetch
 from tests.unit.test_record import U, a_record
@@ -35,14 +36,11 @@ def nova(tmp_path):
 
 
 def in_process(nova, uuid):
-    try:
-        return rec.read_record(nova.instance_dir(uuid), expect_uuid=uuid)
-    except errors.StorageCtlError as exc:
-        return exc
+    return inspection._read(nova, uuid)  # what inspect_hosts gives the child to call
 
 
 def fetch(nova, *uuids):
-    with RecordPrefetch(nova) as pre:
+    with RecordPrefetch(lambda uuid: in_process(nova, uuid)) as pre:
         assert pre.pid
         for uuid in uuids:
             pre.want(uuid)
@@ -72,7 +70,7 @@ def test_many_records_flow_through_the_pipes(nova, tmp_path):
 
 
 def test_no_child_is_left_behind(nova):
-    with RecordPrefetch(nova) as pre:
+    with RecordPrefetch(lambda uuid: in_process(nova, uuid)) as pre:
         pid = pre.pid
         pre.want(U)
         pre.results()
@@ -81,7 +79,7 @@ def test_no_child_is_left_behind(nova):
 
 
 def test_a_scan_that_fails_kills_and_reaps_the_child(nova):
-    with pytest.raises(RuntimeError), RecordPrefetch(nova) as pre:
+    with pytest.raises(RuntimeError), RecordPrefetch(lambda uuid: in_process(nova, uuid)) as pre:
         pid = pre.pid
         raise RuntimeError("the scan failed")
     with pytest.raises(ChildProcessError):
@@ -89,7 +87,7 @@ def test_a_scan_that_fails_kills_and_reaps_the_child(nova):
 
 
 def test_a_child_that_dies_means_no_results_not_wrong_ones(nova):
-    with RecordPrefetch(nova) as pre:
+    with RecordPrefetch(lambda uuid: in_process(nova, uuid)) as pre:
         pre.want(U)
         os.kill(pre.pid, signal.SIGKILL)
         for _ in range(3000):  # the parent keeps scanning: sending to a dead child is fine
