@@ -245,21 +245,28 @@ def _disks(draw: st.DrawFn) -> DiskLayout:
     return disk
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    disks=st.lists(_disks(), max_size=6, unique_by=lambda d: d.name),
-    name=st.text(min_size=1, max_size=40).filter(lambda s: s.isprintable()),
-    evidence=st.lists(
-        st.sampled_from(["domain-xml", "nova.conf", "disk.info", "lvm", "ceph"]), unique=True
-    ),
-)
-def test_any_valid_layout_round_trips(disks, name, evidence):
+@st.composite
+def layouts_and_records(draw: st.DrawFn) -> tuple[InstanceLayout, rec.Record]:
+    """Any recordable layout, and the record storagectl makes of it."""
+    disks = draw(st.lists(_disks(), max_size=6, unique_by=lambda d: d.name))
+    name = draw(st.text(min_size=1, max_size=40).filter(lambda s: s.isprintable()))
+    evidence = draw(
+        st.lists(
+            st.sampled_from(["domain-xml", "nova.conf", "disk.info", "lvm", "ceph"]), unique=True
+        )
+    )
     for d in disks:  # targets must be unique: give each its own
         d.target = d.target and f"vd{'abcdefgh'[disks.index(d)]}"
     inst = InstanceLayout(U, name, "cn-1", "running", "inferred", disks)
-    record = rec.record_from_layout(inst, evidence=evidence, now=NOW)
+    return inst, rec.record_from_layout(inst, evidence=evidence, now=NOW)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(layouts_and_records())
+def test_any_valid_layout_round_trips(made):
+    inst, record = made
     assert rec.parse_record(record.to_yaml(), path="p", expect_uuid=U) == record
-    assert record.disks == tuple(disks)
+    assert record.disks == tuple(inst.disks)
 
 
 # --- hostile and broken records ------------------------------------------------------

@@ -8,6 +8,7 @@ And it must actually take the records storagectl writes, or it is no faster.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -16,9 +17,8 @@ from hypothesis import strategies as st
 
 from storagectl.layouts import record as rec
 from storagectl.layouts import record_schema
-from storagectl.layouts.model import Backend, Backing, DiskLayout, InstanceLayout, Role
 from storagectl.layouts.record_canonical import MAX_CHARS, NotCanonical, load_canonical
-from tests.unit.test_record import NOW, U, _disks, a_record
+from tests.unit.test_record import NOW, U, a_record, layouts_and_records, qcow2_disk
 
 
 def events(text: str) -> Any:
@@ -60,22 +60,14 @@ def check(text: str) -> Any:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    disks=st.lists(_disks(), max_size=6, unique_by=lambda d: d.name),
-    name=st.text(min_size=1, max_size=40).filter(lambda s: s.isprintable()),
-    evidence=st.lists(
-        st.sampled_from(["domain-xml", "nova.conf", "disk.info", "lvm", "ceph"]), unique=True
-    ),
-)
-def test_written_records_read_the_same_by_both_readers(disks, name, evidence):
-    for d in disks:
-        d.target = d.target and f"vd{'abcdefgh'[disks.index(d)]}"
-    inst = InstanceLayout(U, name, "cn-1", "running", "inferred", disks)
-    text = rec.record_from_layout(inst, evidence=evidence, now=NOW).to_yaml()
+@given(layouts_and_records())
+def test_written_records_read_the_same_by_both_readers(made):
+    _, record = made
+    text = record.to_yaml()
     got = check(text)
-    if re.fullmatch(r"[\w.()-]+(?: [\w.()-]+)*", name, re.ASCII):
+    if re.fullmatch(r"[\w.()-]+(?: [\w.()-]+)*", record.name, re.ASCII):
         assert got is not NotCanonical, text  # names like Nova's: the fast reader takes it
-    assert rec.parse_record(text, path="p", expect_uuid=U).name == name
+    assert rec.parse_record(text, path="p", expect_uuid=U) == record
 
 
 def test_a_typical_record_is_taken_by_the_fast_reader():
@@ -86,24 +78,12 @@ def test_a_typical_record_is_taken_by_the_fast_reader():
 
 
 def test_a_record_with_retained_sources_and_a_backing_file():
-    disk = DiskLayout(
-        "disk",
-        Role.ROOT,
-        "vda",
-        Backend.QCOW2,
-        "qcow2",
-        path=f"/srv/nova/instances/{U}/disk",
-        virtual_size=1 << 30,
-        backing=Backing("/srv/nova/instances/_base/abc", "raw"),
-    )
-    inst = InstanceLayout(U, "vm-1", "cn-1", "shutoff", "inferred", [disk])
-    record = rec.record_from_layout(inst, evidence=["domain-xml"], now=NOW)
     kept = ({"disk": "disk", "backend": "flat", "path": f"/srv/x/{U}/disk.retained", "at": NOW},)
-    from dataclasses import replace
-
-    text = replace(record, retained_sources=kept).to_yaml()
+    record = replace(a_record(qcow2_disk()), retained_sources=kept)
+    assert record.disks[0].backing is not None
+    text = record.to_yaml()
     assert check(text) is not NotCanonical
-    assert rec.parse_record(text, path="p", expect_uuid=U).retained_sources == kept
+    assert rec.parse_record(text, path="p", expect_uuid=U) == record
 
 
 # --- hand-picked texts: taken with the right value, or left to the event reader -------
