@@ -356,6 +356,15 @@ def wait_while_running(
         time.sleep(poll)
 
 
+#: What the directory of a make_instance() instance holds once a migration is done and
+#: no source was kept: the disks under their Nova names, disk.info and the record.
+CLEAN_INSTANCE_DIR = ["disk", "disk.info", "disk.local", "storage.yaml"]
+
+
+def dir_names(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir())
+
+
 def leftovers(node: Node, uuid: str) -> list[str]:
     """Files a migration may leave behind by mistake."""
     d = node.instances / uuid

@@ -19,6 +19,7 @@ from tests.env.libvirtd import Libvirtd
 from tests.migrate_support import (
     SECRET,
     Node,
+    dir_names,
     disk_element,
     guest_view,
     images,
@@ -89,7 +90,7 @@ def test_qcow2_to_rbd_with_nova_conf_secret_and_back_to_standalone_qcow2(
     assert guest_view(node, uuid, tmp_path) == before_sha
     assert images(cluster, uuid) == []
     assert node.record(uuid)["retained_sources"] == []
-    assert sorted(p.name for p in d.iterdir()) == ["disk", "disk.info", "storage.yaml"]
+    assert dir_names(d) == ["disk", "disk.info", "storage.yaml"]
 
 
 @pytest.mark.parametrize(

@@ -17,9 +17,11 @@ import pytest
 
 from tests.env.libvirtd import Libvirtd
 from tests.migrate_support import (
+    CLEAN_INSTANCE_DIR,
     DISK_RE,
     STEPS,
     Node,
+    dir_names,
     domain_disk,
     guest_sha,
     leftovers,
@@ -106,12 +108,7 @@ def test_qcow2_to_flat_then_back_with_retained_sources(node: Node, tmp_path: Pat
     assert res.returncode == 0, res.stderr
     assert guest_sha(d / "disk", "raw", tmp_path) == before_sha
     assert node.record(uuid)["retained_sources"] == []
-    assert sorted(p.name for p in d.iterdir()) == [
-        "disk",
-        "disk.info",
-        "disk.local",
-        "storage.yaml",
-    ]
+    assert dir_names(d) == CLEAN_INSTANCE_DIR
 
 
 @pytest.mark.parametrize("how", ["resume", "rollback"])

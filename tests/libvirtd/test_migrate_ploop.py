@@ -18,7 +18,9 @@ import pytest
 
 from tests.env.libvirtd import Libvirtd
 from tests.migrate_support import (
+    CLEAN_INSTANCE_DIR,
     Node,
+    dir_names,
     disk_element,
     guest_sha,
     guest_view,
@@ -72,7 +74,7 @@ def test_ploop_to_flat_keeps_the_directory(node: Node, tmp_path: Path) -> None:
     assert without_disk(node.xml(uuid), "vda") == without_disk(before_xml, "vda")
     # the ploop directory is kept whole, and is still the original data
     kept = d / "disk.retained-ploop"
-    assert sorted(p.name for p in kept.iterdir()) == ["DiskDescriptor.xml", "root.hds"]
+    assert dir_names(kept) == ["DiskDescriptor.xml", "root.hds"]
     assert guest_sha(kept / "root.hds", "parallels", tmp_path) == before_sha
     rec = node.record(uuid)
     assert [(x["name"], x["backend"], x["format"]) for x in rec["disks"]] == [
@@ -102,12 +104,7 @@ def test_ploop_to_standalone_qcow2_deleting_the_source(node: Node, tmp_path: Pat
     assert "type='qcow2'" in disk_element(node, uuid, "vda")
     assert guest_view(node, uuid, tmp_path) == before_sha
     assert node.record(uuid)["retained_sources"] == []
-    assert sorted(p.name for p in d.iterdir()) == [
-        "disk",
-        "disk.info",
-        "disk.local",
-        "storage.yaml",
-    ]
+    assert dir_names(d) == CLEAN_INSTANCE_DIR
 
 
 @pytest.mark.parametrize(

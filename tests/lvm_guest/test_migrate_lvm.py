@@ -23,9 +23,11 @@ from storagectl.backends.lvm import LVM
 from tests.env.libvirtd import minimal_domain_xml
 from tests.env.lvm import LvmEnv
 from tests.migrate_support import (
+    CLEAN_INSTANCE_DIR,
     STEPS,
     MiB,
     Node,
+    dir_names,
     disk_element,
     guest_sha,
     leftovers,
@@ -139,7 +141,7 @@ def test_flat_to_lvm_and_back_to_flat(node: Node, guest_vg: LvmEnv, tmp_path: Pa
     refused(node.run("migrate", uuid, "--to", "flat", "--yes"), "already exists")
     res = node.run("migrate", "--delete-retained", uuid)
     assert res.returncode == 0, res.stderr
-    assert sorted(p.name for p in d.iterdir()) == ["disk.info", "storage.yaml"]
+    assert dir_names(d) == ["disk.info", "storage.yaml"]
     res = node.run("migrate", uuid, "--to", "flat", "--yes", "--delete-source")
     assert res.returncode == 0, res.stderr
     for name in ("disk", "disk.local"):
@@ -148,12 +150,7 @@ def test_flat_to_lvm_and_back_to_flat(node: Node, guest_vg: LvmEnv, tmp_path: Pa
     assert without_disk(node.xml(uuid), "vdb") == without_disk(before_xml, "vdb")
     assert instance_lvs(guest_vg, uuid) == set()  # --delete-source removed both LVs
     assert node.record(uuid)["retained_sources"] == []
-    assert sorted(p.name for p in d.iterdir()) == [
-        "disk",
-        "disk.info",
-        "disk.local",
-        "storage.yaml",
-    ]
+    assert dir_names(d) == CLEAN_INSTANCE_DIR
 
 
 def test_sparse_lv_target_stays_sparse(node: Node, guest_vg: LvmEnv) -> None:
