@@ -61,9 +61,31 @@ _QUOTED = re.compile(r"'((?:[^']|'')*)'")
 #: plain one (checked against _PLAIN afterwards); then ", " or the end.
 _FLOW_ITEM = re.compile(r"(?:([a-z_][a-z0-9_]*): )?('(?:[^']|'')*'|[^,'\[\]{}]+)(?:, |$)")
 
+# Typing scalars: shared with the event reader in record_schema, so both type a scalar
+# with the same PyYAML resolver and constructors.
 _T = "tag:yaml.org,2002:"
 _STR = f"{_T}str"
-_CONSTRUCT = {f"{_T}{t}": f"construct_yaml_{t}" for t in ("int", "float", "bool", "null")}
+_SCALAR_TAGS = {f"{_T}{t}": f"construct_yaml_{t}" for t in ("int", "float", "bool", "null")}
+_SCALAR_TAGS[f"{_T}timestamp"] = "construct_yaml_timestamp"  # refused later, by type
+_TIMESTAMP = f"{_T}timestamp"
+# Implicit tag resolution (PyYAML runs a list of regexes per plain scalar) is a pure
+# function of (value, implicit); records repeat the same keys and values thousands of
+# times in an audit. Bounded: cleared when full.
+_RESOLVED: dict[tuple[str, tuple[bool, bool]], str] = {}
+_RESOLVED_MAX = 4096
+
+
+def _resolve(loader: Any, value: str, implicit: tuple[bool, bool]) -> str:
+    key = (value, implicit)
+    tag = _RESOLVED.get(key)
+    if tag is None:
+        tag = loader.resolve(yaml.ScalarNode, value, implicit)
+        if len(_RESOLVED) >= _RESOLVED_MAX:
+            _RESOLVED.clear()
+        _RESOLVED[key] = tag
+    return tag
+
+
 #: Larger texts go to the event reader (and its MAX_EVENTS bound); ~250 disks fit.
 MAX_CHARS = 64 * 1024
 #: Deeper indentation goes to the event reader too: bounds the recursion below.
@@ -96,11 +118,11 @@ def _scalar(text: str) -> Any:
         if not _loader:
             _loader.append(yaml.SafeLoader(""))
         loader = _loader[0]
-        tag = loader.resolve(yaml.ScalarNode, text, (True, False))
+        tag = _resolve(loader, text, (True, False))
         if tag == _STR:
             value = text
-        elif tag in _CONSTRUCT:
-            value = getattr(loader, _CONSTRUCT[tag])(yaml.ScalarNode(tag, text))
+        elif tag in _SCALAR_TAGS and tag != _TIMESTAMP:
+            value = getattr(loader, _SCALAR_TAGS[tag])(yaml.ScalarNode(tag, text))
         else:  # a timestamp, YAML 1.1's "=" value key...: the event reader decides
             raise NotCanonical
     if len(_values) >= _CACHE_MAX:

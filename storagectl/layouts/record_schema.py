@@ -21,7 +21,14 @@ import yaml
 
 from storagectl.layouts import naming
 from storagectl.layouts.model import Backend, Backing, DiskLayout, InstanceLayout, Role
-from storagectl.layouts.record_canonical import NotCanonical, load_canonical
+from storagectl.layouts.record_canonical import (
+    _SCALAR_TAGS,
+    _STR,
+    _T,
+    NotCanonical,
+    _resolve,
+    load_canonical,
+)
 
 SCHEMA_VERSION = 1
 MAX_NESTING = 32  # a record needs 4 levels; retained_sources entries get the rest
@@ -124,28 +131,8 @@ _DUMP_OPTIONS |= {"allow_unicode": True, "width": 1 << 16}
 
 # libyaml when PyYAML was built with it: the pure-Python parser is ~20x slower.
 _PARSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_T = "tag:yaml.org,2002:"
-_SCALAR_TAGS = {f"{_T}{t}": f"construct_yaml_{t}" for t in ("int", "float", "bool", "null")}
-_SCALAR_TAGS[f"{_T}timestamp"] = "construct_yaml_timestamp"  # refused later, by type
 _EMPTY = object()  # no mapping key pending / no document
-_STR = f"{_T}str"
 _OTHER_EVENTS = (yaml.StreamStartEvent, yaml.DocumentStartEvent, yaml.DocumentEndEvent)
-# Implicit tag resolution (PyYAML runs a list of regexes per plain scalar) is a pure
-# function of (value, implicit); records repeat the same keys and values thousands of
-# times in an audit. Bounded: cleared when full.
-_RESOLVED: dict[tuple[str, tuple[bool, bool]], str] = {}
-_RESOLVED_MAX = 4096
-
-
-def _resolve(loader: Any, value: str, implicit: tuple[bool, bool]) -> str:
-    key = (value, implicit)
-    tag = _RESOLVED.get(key)
-    if tag is None:
-        tag = loader.resolve(yaml.ScalarNode, value, implicit)
-        if len(_RESOLVED) >= _RESOLVED_MAX:
-            _RESOLVED.clear()
-        _RESOLVED[key] = tag
-    return tag
 
 
 def _load_yaml(raw: bytes) -> Any:
