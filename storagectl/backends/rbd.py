@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,15 @@ _MISSING_IMAGE = re.compile(
     r"|specified image .* is not found"
     r"|delete error: \(2\) No such file or directory"
 )
+
+# "rbd: error: image still has watchers" - someone has the image open. A client
+# that died (a killed qemu-img copy, or one cut off while the OSDs were away) keeps
+# its watch until the OSD expires it: osd_client_watch_timeout, 30 s by default.
+_HAS_WATCHERS = "image still has watchers"
+# How long a caller that knows the image is its own (a copy target it created and
+# whose writer is gone) waits for a dead writer's watch to expire before giving up.
+STALE_WATCH_WAIT = 45.0
+_WATCH_POLL = 2.0
 
 _LOG_PREFIX = re.compile(r"\d{4}-\d\d-\d\dT[\d:.]+[+-]\d{4} [0-9a-f]+\s+-?\d+ ")
 
@@ -219,16 +229,66 @@ class RBD:
             )
         return created
 
-    def remove(self, image: str) -> None:
-        """Delete the image; a missing image or one with snapshots is an error.
+    def remove(self, image: str, *, stale_watch_wait: float = 0.0) -> None:
+        """Delete the image; a missing image, one with snapshots or one open is an error.
 
         Runs ``rbd ... rm --no-progress vms/IMAGE``. Refusals seen::
 
             rbd: delete error: (2) No such file or directory
             rbd: image has snapshots - these must be deleted with 'rbd snap purge' ...
+            rbd: error: image still has watchers   (exit 16, EBUSY)
+
+        An image still open elsewhere is never removed. A caller that knows no live
+        client can have it open - a copy target whose writer it killed - passes
+        ``stale_watch_wait``: the removal is retried every 2 s for that long, which
+        is how long the dead writer's watch can outlive it. The final error names the
+        watchers' addresses (``rbd status``).
         """
         spec = self._spec(image)
-        self._rbd("rm", "--no-progress", spec, what=f"remove image {spec}")
+        deadline = time.monotonic() + stale_watch_wait
+        while True:
+            try:
+                self._rbd("rm", "--no-progress", spec, what=f"remove image {spec}")
+                return
+            except errors.BackendError as exc:
+                if _HAS_WATCHERS not in str(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise self._still_watched(image, stale_watch_wait) from exc
+            LOG.warning(
+                "%s is still watched (a dead client's watch lasts until the OSD expires it); "
+                "retrying the removal for up to %.0f s",
+                spec,
+                max(0.0, deadline - time.monotonic()),
+            )
+            time.sleep(_WATCH_POLL)
+
+    def watchers(self, image: str) -> list[str]:
+        """Addresses of the clients that have the image open.
+
+        Runs ``rbd ... status --format json vms/IMAGE`` ->
+        ``{"watchers":[{"address":"127.0.0.1:0/3447638200","client":4117,...}]}``.
+        """
+        spec = self._spec(image)
+        out = self._rbd("status", "--format", "json", spec, what=f"read the status of {spec}")
+        return parse_watchers(out or "")
+
+    def _still_watched(self, image: str, waited: float) -> errors.BackendError:
+        spec = self._spec(image)
+        try:
+            who = ", ".join(f"client {w}" for w in self.watchers(image)) or "a client"
+        except errors.StorageCtlError as exc:  # the removal's error says enough
+            LOG.debug("cannot list the watchers of %s: %s", spec, exc)
+            who = "a client"
+        waited_text = ""
+        if waited:
+            waited_text = f" after waiting {waited:.0f} s for a dead client's watch to expire"
+        return errors.BackendError(
+            backend=self.name,
+            reason=f"cannot remove image {spec}: {who} still has it open{waited_text}; "
+            "if that client is dead, its watch expires after the OSDs' "
+            "osd_client_watch_timeout (30 s by default): try again then",
+        )
 
     # -- metadata -----------------------------------------------------------------
 
@@ -461,6 +521,12 @@ def _json(out: str | None, what: str) -> Any:
         return json.loads(out or "null")
     except json.JSONDecodeError as exc:
         raise errors.BackendError(backend="rbd", reason=f"unreadable {what} output: {exc}") from exc
+
+
+def parse_watchers(text: str) -> list[str]:
+    """Watcher addresses from ``rbd status --format json`` output."""
+    data = json.loads(text) if text.strip() else {}
+    return [str(w.get("address", "?")) for w in data.get("watchers") or []]
 
 
 def _reason(stderr: str) -> str:

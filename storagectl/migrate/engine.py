@@ -288,7 +288,7 @@ class Engine:
         for m in j.plan.moves:
             loc = m.copy_dest
             if self.storage.exists(loc):  # left by an interrupted create: ours
-                self.storage.remove(loc)
+                self.storage.remove(loc, ours=True)
             self.storage.create(loc, m.virtual_size, sparse_lv=j.plan.options.sparse_lvs)
 
     def _copy(self, j: Journal, domains: switch.Domains) -> None:
@@ -342,7 +342,7 @@ class Engine:
             switch.write_disk_info(plan.instance_dir, j.original_disk_info)
         if j.started("create"):
             for m in plan.moves:
-                self.storage.remove(m.copy_dest)
+                self.storage.remove(m.copy_dest, ours=True)
         j.remove()
         self.s.say(f"{plan.name}: rolled back")
 

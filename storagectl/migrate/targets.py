@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from storagectl import errors
 from storagectl.backends.lvm import LVM
-from storagectl.backends.rbd import RBD
+from storagectl.backends.rbd import RBD, STALE_WATCH_WAIT
 from storagectl.layouts.model import Backend
 from storagectl.migrate.plan import Location
 from storagectl.process import Runner
@@ -66,14 +66,22 @@ class Storage:
         else:
             self.runner.run("qemu-img", "create", "-q", "-f", loc.format, loc.path or "", str(size))
 
-    def remove(self, loc: Location) -> bool:
-        """Remove the location if it exists; True if something was removed."""
+    def remove(self, loc: Location, *, ours: bool = False) -> bool:
+        """Remove the location if it exists; True if something was removed.
+
+        ``ours``: a copy target this migration created, whose writer (a qemu-img the
+        engine ran) is gone - killed on a timeout, or with storagectl by kill -9. An
+        RBD image then may still carry that dead writer's watch for up to the OSDs'
+        osd_client_watch_timeout, and the removal waits it out (rbd.STALE_WATCH_WAIT)
+        instead of failing.
+        """
         if not self.exists(loc):
             return False
         if loc.kind is Backend.LVM:
             LVM(self.runner).remove(loc.volume_group or "", loc.volume or "")
         elif loc.kind is Backend.RBD:
-            self.rbd(loc).remove(loc.image or "")
+            wait = STALE_WATCH_WAIT if ours else 0.0
+            self.rbd(loc).remove(loc.image or "", stale_watch_wait=wait)
         elif (
             loc.kind is Backend.PLOOP
             and os.path.isdir(loc.path or "")

@@ -68,6 +68,35 @@ def test_create_existing_image_is_an_error(rbd: RBD, name: str) -> None:
     rbd.remove(name)
 
 
+def test_remove_waits_out_the_watch_of_a_killed_writer(rbd: RBD, name: str) -> None:
+    """A writer killed with the image open (a qemu-img copy killed on a timeout) leaves
+    its watch behind until the OSD expires it (osd_client_watch_timeout, 30 s): a plain
+    removal is refused naming the watcher; one told to wait succeeds once it expires."""
+    rbd.create(name, MiB)
+    holder = subprocess.Popen(
+        ["qemu-io", "-f", "raw", "-c", "sleep 120000", rbd.qemu_uri(name)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not (watchers := rbd.watchers(name)):
+            assert holder.poll() is None and time.monotonic() < deadline, "qemu-io did not open it"
+            time.sleep(0.2)
+    finally:
+        holder.kill()
+        holder.wait()
+    killed_at = time.monotonic()
+    with pytest.raises(errors.BackendError, match="still has it open") as exc:
+        rbd.remove(name)
+    assert f"client {watchers[0]}" in str(exc.value)
+    assert rbd.exists(name)
+
+    rbd.remove(name, stale_watch_wait=60)
+    waited = time.monotonic() - killed_at
+    assert rbd.info(name) is None
+    assert 20 < waited < 60, waited  # the OSD expired the watch, ~30 s after the kill
+
+
 def test_missing_image(rbd: RBD) -> None:
     assert rbd.info("no-such-image") is None
     with pytest.raises(errors.BackendError, match="vms/no-such-image"):

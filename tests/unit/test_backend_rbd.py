@@ -19,6 +19,7 @@ import pytest
 from oslo_concurrency import processutils
 
 from storagectl import errors
+from storagectl.backends import rbd as rbd_module
 from storagectl.backends.rbd import RBD, RBDImage, parse_free_bytes
 from storagectl.process import Runner
 
@@ -189,6 +190,84 @@ def test_remove_refusals_are_errors(name: str, image: str, says: str) -> None:
         rbd.remove(image)
     assert says in str(exc.value)
     assert fake.calls == [argv]
+
+
+def test_remove_of_an_open_image_names_its_watchers_and_does_not_wait_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    argv, canned = failure("rm_has_watchers")
+    rbd, fake = backend({argv: canned, (*BASE, "status"): ok("status_watched")})
+    monkeypatch.setattr(rbd_module.time, "sleep", lambda s: pytest.fail("slept"))
+    with pytest.raises(errors.BackendError) as exc:
+        rbd.remove("watched")
+    message = str(exc.value)
+    assert "vms/watched" in message
+    assert "client 127.0.0.1:0/3447638200 still has it open" in message
+    assert "osd_client_watch_timeout" in message and "after waiting" not in message
+    assert fake.calls == [argv, (*BASE, "status", "--format", "json", "vms/watched")]
+
+
+class Clock:
+    """time.monotonic/time.sleep stand-in: sleeping advances the clock."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_remove_waits_out_a_dead_writers_watch_when_told_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    argv, canned = failure("rm_has_watchers")
+    rbd, fake = backend({argv: canned})
+    clock = Clock()
+    monkeypatch.setattr(rbd_module.time, "monotonic", clock.monotonic)
+    monkeypatch.setattr(rbd_module.time, "sleep", clock.sleep)
+
+    def watch_expires_after_three_tries(*a: str, **kw: Any) -> tuple[str, str]:
+        if len(fake.calls) == 3:  # the OSD has expired the watch by the fourth try
+            fake.responses[argv] = Canned()
+        return fake(*a, **kw)
+
+    rbd.runner = Runner(execute=watch_expires_after_three_tries)
+    rbd.remove("watched", stale_watch_wait=45)
+    assert fake.calls == [argv] * 4
+    assert clock.slept == [2.0, 2.0, 2.0]
+
+
+def test_remove_gives_up_after_the_wait_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    argv, canned = failure("rm_has_watchers")
+    rbd, fake = backend({argv: canned, (*BASE, "status"): ok("status_watched")})
+    clock = Clock()
+    monkeypatch.setattr(rbd_module.time, "monotonic", clock.monotonic)
+    monkeypatch.setattr(rbd_module.time, "sleep", clock.sleep)
+    with pytest.raises(errors.BackendError, match="after waiting 45 s") as exc:
+        rbd.remove("watched", stale_watch_wait=45)
+    assert "127.0.0.1:0/3447638200" in str(exc.value)
+    assert sum(clock.slept) >= 45 and len(clock.slept) == 23  # every 2 s, then one last try
+    assert fake.calls.count(argv) == 24
+
+
+def test_remove_does_not_wait_on_other_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
+    rbd, fake, argv = backend_for_failure("rm_has_snapshots")
+    monkeypatch.setattr(rbd_module.time, "sleep", lambda s: pytest.fail("slept"))
+    with pytest.raises(errors.BackendError, match="has snapshots"):
+        rbd.remove("base", stale_watch_wait=45)
+    assert fake.calls == [argv]
+
+
+def test_watchers_parses_rbd_status() -> None:
+    rbd, fake = backend({(*BASE, "status"): ok("status_watched")})
+    assert rbd.watchers("watched") == ["127.0.0.1:0/3447638200"]
+    rbd, fake = backend({(*BASE, "status"): ok("status_no_watchers")})
+    assert rbd.watchers("watched") == []
 
 
 # -- metadata ------------------------------------------------------------------------------
