@@ -238,10 +238,13 @@ class RBD:
             rbd: image has snapshots - these must be deleted with 'rbd snap purge' ...
             rbd: error: image still has watchers   (exit 16, EBUSY)
 
-        An image still open elsewhere is never removed. A caller that knows no live
-        client can have it open - a copy target whose writer it killed - passes
-        ``stale_watch_wait``: the removal is retried every 2 s for that long, which
-        is how long the dead writer's watch can outlive it. The final error names the
+        An image still open elsewhere is never removed. A client that died with the
+        image open keeps its watch until the OSD expires it (osd_client_watch_timeout,
+        30 s by default). If it held the exclusive lock (it had written), ``rbd rm``
+        blocks until the watch expires and then breaks the lock; if it held none, ``rbd
+        rm`` refuses with EBUSY. A caller that knows no live client can have the image
+        open - a copy target whose writer is gone - passes ``stale_watch_wait``: the
+        removal is then retried every 2 s for that long. The final error names the
         watchers' addresses (``rbd status``).
         """
         spec = self._spec(image)

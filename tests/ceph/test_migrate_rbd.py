@@ -199,3 +199,62 @@ def test_ceph_dying_mid_copy(node: Node, tmp_path: Path, own_cluster: CephCluste
         assert res.returncode == 0, res.stderr
     assert state(node, uuid) == before
     assert guest_view(node, uuid, tmp_path) == before_sha
+
+
+def copy_processes(needle: str) -> list[int]:
+    """Pids of the qemu-img processes whose command line names ``needle``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # not a process, or gone meanwhile
+            continue
+        if argv and argv[0].endswith(b"qemu-img") and any(needle.encode() in a for a in argv):
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.parametrize("then", ["--rollback", "--resume"])
+@pytest.mark.parametrize("killed", ["storagectl", "with-qemu-img"])
+def test_kill_9_mid_copy(node: Node, tmp_path: Path, killed: str, then: str) -> None:
+    """storagectl is SIGKILLed (the real signal, not the fault hook) while qemu-img is
+    writing the RBD image - alone, or together with its qemu-img as when systemd kills a
+    unit's whole cgroup. No writer is left behind, and both ways forward work. With
+    qemu-img killed too, its watch and exclusive lock stay on the image until the OSD
+    expires the watch (~30 s): ``rbd rm`` blocks until it can break that lock. (A dead
+    client that held no lock makes ``rbd rm`` refuse instead, which RBD.remove waits out:
+    tests/ceph/test_backend_rbd.py.)"""
+    cluster = node.cluster
+    uuid = make_instance(node, on_rbd=False)
+    d = node.instances / uuid
+    sh("qemu-io", "-f", "raw", "-c", "write -P 5 4M 12M", str(d / "disk"))
+    before_sha, before = guest_view(node, uuid, tmp_path), state(node, uuid)
+    proc = node.spawn("migrate", uuid, "--to", "rbd", "--yes", "--bwlimit", "2")
+    image = f"{uuid}_disk"
+    wait_while_running(proc, lambda: bool(copy_processes(image)))
+    time.sleep(0.5)  # the copy is under way
+    writers = copy_processes(image)
+    proc.kill()
+    if killed == "with-qemu-img":
+        for pid in writers:
+            os.kill(pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    # Alone, the orphaned qemu-img ends at its next progress line (EPIPE).
+    deadline = time.monotonic() + 10
+    while left := copy_processes(image):
+        assert time.monotonic() < deadline, f"qemu-img {left} still writes {image}"
+        time.sleep(0.1)
+    assert (d / "storage.migration.json").exists()
+    stale = json.loads(cluster.rbd("status", "--format", "json", f"{cluster.pool}/{image}"))
+    assert bool(stale["watchers"]) == (killed == "with-qemu-img"), stale
+
+    res = node.run("migrate", then, uuid)
+    assert res.returncode == 0, res.stderr
+    assert not (d / "storage.migration.json").exists()
+    if then == "--rollback":
+        assert state(node, uuid) == before
+        assert images(cluster, uuid) == []
+    else:
+        assert "protocol='rbd'" in vda(node, uuid)
+        assert images(cluster, uuid) == [image]
+    assert guest_view(node, uuid, tmp_path) == before_sha
