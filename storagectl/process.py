@@ -14,10 +14,12 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -189,6 +191,10 @@ class Runner:
         """The "run and stream" door: ``on_line`` gets each line of stdout as it comes
         (lines end in ``\n`` or ``\r``, as qemu-img ``-p`` progress does).
 
+        The child is killed if storagectl dies (SIGKILL included) while it runs: a copy
+        must not go on writing behind the back of the --resume or --rollback that
+        follows (see :func:`_die_with_parent`).
+
         processutils.execute has no streaming mode, so this door uses subprocess
         directly, with the same logging, masking, timeout and error types as :meth:`run`.
         An injected executor (unit tests) is called like ``run`` and its stdout replayed.
@@ -213,6 +219,7 @@ class Runner:
                 stderr=subprocess.PIPE,
                 stdin=subprocess.DEVNULL,
                 env=env,
+                preexec_fn=_die_with_parent(),
             )
         except OSError as exc:
             raise errors.CommandNotFound(command=argv_t[0]) from exc
@@ -258,6 +265,43 @@ class Runner:
 
 _LINE_SPLIT = re.compile(r"[\r\n]+")
 _LINE_SPLIT_B = re.compile(rb"[\r\n]+")
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGKILL when its parent dies.
+
+    ``prctl(PR_SET_PDEATHSIG, SIGKILL)``: the signal fires when the *thread* that
+    started the child ends, which for :meth:`Runner.stream` is after the child (the
+    thread waits for it). It survives ``exec`` of an ordinary (not set-uid) program.
+    If the parent died between fork and prctl, the child kills itself at once.
+    processutils runs every command with a ``preexec_fn`` too (its signal reset);
+    this one only calls one libc function, resolved before the fork. ``None`` where
+    there is no prctl (not Linux).
+    """
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def _prctl() -> Any:
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # no libc prctl here
+        return None
 
 
 def _processutils() -> Any:

@@ -131,6 +131,59 @@ def test_stream_timeout_kills_and_raises():
     assert time.monotonic() - start < 5
 
 
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("in_thread", [False, True])
+def test_a_streamed_child_dies_with_a_sigkilled_parent(tmp_path, in_thread):
+    """storagectl SIGKILLed mid-copy takes its qemu-img with it (PR_SET_PDEATHSIG), also
+    when the copy runs in a worker thread (parallel copies). ``sleep`` prints nothing, so
+    it cannot die of a broken stdout pipe instead."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    pidfile = tmp_path / "pid"
+    script = textwrap.dedent(f"""
+        import threading
+        from storagectl.process import Runner
+        def copy():
+            Runner().stream("sh", "-c", "echo $$ > {pidfile}; exec sleep 60",
+                            on_line=print)
+        if {in_thread}:
+            t = threading.Thread(target=copy)
+            t.start()
+            t.join()
+        else:
+            copy()
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 20
+    while not (pidfile.exists() and pidfile.read_text().strip()):
+        assert parent.poll() is None and time.monotonic() < deadline, "the child never started"
+        time.sleep(0.05)
+    child = int(pidfile.read_text())
+    try:
+        assert _alive(child)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while _alive(child):
+            assert time.monotonic() < deadline, "the streamed child outlived its parent"
+            time.sleep(0.05)
+    finally:
+        if _alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
 def test_stream_with_a_fake_executor_replays_stdout():
     fake = Recorder({("qemu-img",): ("    (0.00/100%)\r    (100.00/100%)\r\n", "")})
     seen = []
