@@ -182,15 +182,10 @@ class Storage:
             t = str(self.ceph_timeout)
             # librados options ride in the filename; they bound hangs on a dying cluster.
             uri += f":client_mount_timeout={t}:rados_mon_op_timeout={t}:rados_osd_op_timeout={t}"
-            opts = (
-                f"driver=raw,file.driver=rbd,file.pool={_opt(loc.pool or '')},"
-                f"file.image={_opt(loc.image or '')}"
-            )
-            if loc.user:
-                opts += f",file.user={_opt(loc.user)}"
-            if loc.ceph_conf:
-                opts += f",file.conf={_opt(loc.ceph_conf)}"
-            return QemuSpec("raw", uri, opts)
+            # The rbd driver's structured options (pool, image, user, conf) have no room
+            # for librados settings; its legacy filename, parsed the same way as on the
+            # command line, does.
+            return QemuSpec("raw", uri, f"driver=raw,file.driver=rbd,file.filename={_opt(uri)}")
         path = loc.path or ""
         if loc.kind is Backend.LVM:
             opts = f"driver=raw,file.driver=host_device,file.filename={_opt(path)}"

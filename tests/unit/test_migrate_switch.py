@@ -359,9 +359,10 @@ def test_parallel_copy_runs_every_disk_and_raises_the_failure() -> None:
 
 
 def test_lvm_and_rbd_to_each_other_command_lines() -> None:
-    """lvm <-> rbd (not executed end to end: no host here has device-mapper and Ceph
-    together): raw both ways, zeros skipped only into the RBD image, the LV compared
-    through host_device with the guest-visible size (its extents may round it up)."""
+    """lvm <-> rbd command lines (run end to end in tests/lvm_guest/test_migrate_lvm_rbd.py):
+    raw both ways, zeros skipped only into the RBD image, the LV compared through
+    host_device with the guest-visible size (its extents may round it up), the RBD image
+    through its filename, which carries the librados timeouts."""
     storage = Storage(Runner(CapturedLvs()), ceph_timeout=7)
     volume = f"{CAPTURED_UUID}_disk"  # a thick LV, as lvm2 reported it in the guest
     lv = Location(
@@ -376,10 +377,7 @@ def test_lvm_and_rbd_to_each_other_command_lines() -> None:
         "client_mount_timeout=7:rados_mon_op_timeout=7:rados_osd_op_timeout=7"
     )
     lv_opts = f"driver=raw,size={1 << 30},file.driver=host_device,file.filename={lv.path}"
-    rbd_opts = (
-        f"driver=raw,file.driver=rbd,file.pool=vms,file.image={UUID}_disk,"
-        "file.user=nova,file.conf=/etc/ceph/c.conf"
-    )
+    rbd_opts = f"driver=raw,file.driver=rbd,file.filename={rbd_file}"
     head = ["qemu-img", "convert", "-p", "-f", "raw", "-O", "raw", "-n"]
     to_rbd = move(rbd, source=lv)
     assert convert_argv(to_rbd, storage, bwlimit=None) == [
