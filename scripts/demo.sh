@@ -109,8 +109,10 @@ show $SC "${M[@]}" migrate "$TO_RBD" --to rbd --dry-run
 show $SC "${M[@]}" migrate "$TO_RBD" --to rbd --yes || exit 1
 show $SC "${M[@]}" show "$TO_RBD"
 virsh -q -c qemu:///system dumpxml "$TO_RBD" | sed -n '/<disk/,/<\/disk>/p' | head -12
-echo "(the first sandbox's RBD instances share pool vms but are not defined in this libvirtd:"
-echo " from this host's view their images are orphan-volume warnings)"
+echo "(the first sandbox's RBD instances share pool vms but are not defined in this libvirtd,"
+echo " and this host has no directory of theirs: another host's instances, so audit counts"
+echo " them as unowned-volumes (info); with --complete - every host of the pool scanned at"
+echo " once - they would be orphan-volume warnings)"
 show $SC "${M[@]}" audit
 
 step "done: every step above ran (exit statuses shown are storagectl's own)"

@@ -25,8 +25,16 @@ from storagectl.layouts.prometheus import write_textfile
     metavar="FILE",
     help="Also write a node_exporter textfile-collector file (atomically).",
 )
+@click.option(
+    "--complete",
+    is_flag=True,
+    help="The hosts given with -c are ALL the compute hosts using these Ceph pools and "
+    "instances_path: report every volume none of their domains owns as an orphan. "
+    "Without it, volumes of a shared pool that this host has no trace of are only "
+    "counted (unowned-volumes, info).",
+)
 @click.pass_obj
-def audit_cmd(app: Application, fmt: str, quiet: bool, prom: str | None) -> None:
+def audit_cmd(app: Application, fmt: str, quiet: bool, prom: str | None, complete: bool) -> None:
     """Check every instance, record, volume and image-cache entry on the host.
 
     Read-only. Exit status (Nagios): 0 nothing at warning or above, 1 warnings,
@@ -35,7 +43,7 @@ def audit_cmd(app: Application, fmt: str, quiet: bool, prom: str | None) -> None
     """
     try:
         with host_lock(app.lock_path, "audit"):
-            report = run_audit(app.uris, app.nova, app.runner)
+            report = run_audit(app.uris, app.nova, app.runner, complete=complete)
             if prom:
                 write_textfile(prom, report)
     except errors.LockBusy as exc:

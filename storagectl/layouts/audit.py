@@ -10,10 +10,24 @@ Read-only. Built on one inspection run (records trusted where they exist), then:
   ``<uuid>_resize`` leftovers, LVs ``<uuid>_*`` in the VG, RBD images ``<uuid>_*`` in the
   pool, leftover ``nova-resize`` snapshots;
 - ``orphan-metadata``   a record whose instance is no longer defined;
+- ``unowned-volumes``   (info) RBD images / instance directories that no scanned domain
+  owns but that this host has no trace of either: in a pool (or an instances_path)
+  shared by other compute hosts they are those hosts' instances, so they are counted,
+  not reported one by one - unless the audit is told it sees every host (``complete``);
 - ``base-image-unsafe`` an image-cache entry failing the inspector's safety checks;
 - ``base-image-unused`` an image-cache entry no disk uses.
 
 Sources that a migration kept and recorded as retained are not orphans.
+
+Who owns what. A per-host audit (the cron job) sees only its own domains, but a Ceph
+pool is normally shared by every compute host, and an instances_path may be too (NFS).
+An RBD image ``<uuid>_*`` that no scanned domain owns is an orphan of *this* host only
+if the host has a trace of the instance: its directory (``<uuid>``, ``<uuid>_resize``,
+``<uuid>_del``) under instances_path, which Nova keeps on the compute host for RBD
+instances too. An instance directory without a domain whose record names another host
+belongs to that host (a shared instances_path). With ``complete=True`` (``audit
+--complete``: the scanned hosts are all the hosts using these pools and that path),
+everything no scanned domain owns is an orphan.
 """
 
 from __future__ import annotations
@@ -32,7 +46,7 @@ from storagectl.layouts.inspection import InspectionResult, inspect_hosts
 from storagectl.layouts.inspector import InspectorError, inspect_file
 from storagectl.layouts.mirror import mirror_items, read_mirror
 from storagectl.layouts.model import Backend, DiskLayout, Finding, InstanceLayout, Severity
-from storagectl.layouts.record import RECORD_NAME
+from storagectl.layouts.record import RECORD_NAME, read_record
 from storagectl.layouts.storage import StorageView
 from storagectl.process import Runner
 
@@ -42,6 +56,7 @@ class AuditCode(StrEnum):
     METADATA_DRIFT = "metadata-drift"
     ORPHAN_VOLUME = "orphan-volume"
     ORPHAN_METADATA = "orphan-metadata"
+    UNOWNED_VOLUMES = "unowned-volumes"
     BASE_IMAGE_UNSAFE = "base-image-unsafe"
     BASE_IMAGE_UNUSED = "base-image-unused"
 
@@ -51,6 +66,7 @@ AUDIT_SEVERITY = {
     AuditCode.METADATA_DRIFT: Severity.CRITICAL,
     AuditCode.ORPHAN_VOLUME: Severity.WARNING,
     AuditCode.ORPHAN_METADATA: Severity.WARNING,
+    AuditCode.UNOWNED_VOLUMES: Severity.INFO,
     AuditCode.BASE_IMAGE_UNSAFE: Severity.CRITICAL,
     AuditCode.BASE_IMAGE_UNUSED: Severity.INFO,
 }
@@ -103,7 +119,11 @@ class AuditReport:
         return {"findings": [f.to_dict() for f in self.findings], "summary": self.summary()}
 
 
-def run_audit(uris: Sequence[str], nova: NovaConfig, runner: Runner) -> AuditReport:
+def run_audit(
+    uris: Sequence[str], nova: NovaConfig, runner: Runner, *, complete: bool = False
+) -> AuditReport:
+    """Audit the hosts of ``uris``; ``complete``: they are every host sharing the pools
+    and instances_path (see the module docstring)."""
     started = time.monotonic()
     result = inspect_hosts(uris, nova, runner)
     report = AuditReport(findings=[], instances=result.instances)
@@ -113,7 +133,7 @@ def run_audit(uris: Sequence[str], nova: NovaConfig, runner: Runner) -> AuditRep
         report.findings += _record_checks(inst, result, runner)
     storage = StorageView(runner)
     if not result.failed_hosts:  # orphans only when every domain is known
-        report.findings += _orphans(result, nova, storage, report.errors)
+        report.findings += _orphans(result, nova, storage, report.errors, complete=complete)
     report.findings += _image_cache(result, nova, storage)
     report.duration = time.monotonic() - started
     report.finished_at = time.time()
@@ -174,12 +194,17 @@ def _retained(result: InspectionResult) -> set[str]:
 
 
 def _orphans(
-    result: InspectionResult, nova: NovaConfig, storage: StorageView, errors_out: list[str]
+    result: InspectionResult,
+    nova: NovaConfig,
+    storage: StorageView,
+    errors_out: list[str],
+    *,
+    complete: bool,
 ) -> list[Finding]:
     defined = {i.uuid for i in result.instances}
     kept = _retained(result)
-    out: list[Finding] = []
-    out += _orphan_dirs(nova, defined, kept)
+    hosts = None if complete else {h.hostname for h in result.hosts if h.hostname}
+    out, traces = _orphan_dirs(nova, defined, kept, hosts)
     vgs = {d.volume_group for i in result.instances for d in i.disks if d.volume_group}
     if nova.images_volume_group:
         vgs.add(nova.images_volume_group)
@@ -212,11 +237,15 @@ def _orphans(
         if listing.error:
             errors_out.append(f"cannot list RBD pool {pool}: {listing.error}")
             continue
+        unowned = 0
         for image, vol in sorted(listing.volumes.items()):
             parsed = naming.parse_rbd_image_name(image)
             if not parsed:
                 continue
             if parsed[0] not in defined and image not in kept:
+                if not complete and parsed[0] not in traces:
+                    unowned += 1  # another host's instance, as far as this host can tell
+                    continue
                 out.append(
                     _finding(
                         AuditCode.ORPHAN_VOLUME,
@@ -234,15 +263,35 @@ def _orphans(
                         f"RBD image {pool}/{image} still has a leftover {RESIZE_SNAPSHOT} snapshot",
                     )
                 )
+        if unowned:
+            out.append(
+                _finding(
+                    AuditCode.UNOWNED_VOLUMES,
+                    None,
+                    None,
+                    f"{unowned} RBD image(s) in pool {pool} belong to no domain of the "
+                    "scanned host(s) and this host has no trace of their instances: other "
+                    "compute hosts' (a shared pool) or orphans - audit all the hosts of the "
+                    "pool together with --complete to tell",
+                )
+            )
     return out
 
 
-def _orphan_dirs(nova: NovaConfig, defined: set[str], kept: set[str]) -> list[Finding]:
+def _orphan_dirs(
+    nova: NovaConfig, defined: set[str], kept: set[str], hosts: set[str] | None
+) -> tuple[list[Finding], set[str]]:
+    """Orphaned instance directories and records, and the uuids this host has a trace
+    of (a directory of its own). ``hosts``: the scanned hosts' names, to tell another
+    host's directory on a shared instances_path by its record; None: every directory
+    is ours (``complete``)."""
     out: list[Finding] = []
+    traces: set[str] = set()
+    foreign = 0
     try:
         entries = list(os.scandir(nova.instances_path))
     except OSError:
-        return out
+        return out, traces
     for entry in sorted(entries, key=lambda e: e.name):
         name = entry.name
         uuid = name[:36]
@@ -253,9 +302,15 @@ def _orphan_dirs(nova: NovaConfig, defined: set[str], kept: set[str]) -> list[Fi
             continue
         if suffix == "" and uuid in defined:
             continue
+        record = os.path.join(entry.path, RECORD_NAME) if suffix == "" else None
+        owner = _recorded_host(entry.path, uuid) if record and hosts is not None else None
+        if owner is not None and hosts is not None and owner not in hosts:
+            foreign += 1  # another host's instance on a shared instances_path
+            continue
+        traces.add(uuid)
         if entry.path in kept:
             continue
-        if suffix == "" and os.path.exists(os.path.join(entry.path, RECORD_NAME)):
+        if record and os.path.exists(record):
             out.append(
                 _finding(
                     AuditCode.ORPHAN_METADATA,
@@ -278,7 +333,27 @@ def _orphan_dirs(nova: NovaConfig, defined: set[str], kept: set[str]) -> list[Fi
                 f"{what} {entry.path} belongs to no defined domain",
             )
         )
-    return out
+    if foreign:
+        out.append(
+            _finding(
+                AuditCode.UNOWNED_VOLUMES,
+                None,
+                None,
+                f"{foreign} instance director{'y' if foreign == 1 else 'ies'} in "
+                f"{nova.instances_path} without a domain here are recorded as other hosts' "
+                "(a shared instances_path) - audit all of them together with --complete",
+            )
+        )
+    return out, traces
+
+
+def _recorded_host(instance_dir: str, uuid: str) -> str | None:
+    """The host a directory's record names; None without a readable record."""
+    try:
+        record = read_record(instance_dir, expect_uuid=uuid)
+    except errors.StorageCtlError:
+        return None  # an unreadable record: the directory is reported, not excused
+    return record.host if record else None
 
 
 def _image_cache(result: InspectionResult, nova: NovaConfig, storage: StorageView) -> list[Finding]:

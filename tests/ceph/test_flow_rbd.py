@@ -85,9 +85,28 @@ def test_persist_sets_image_meta_then_audit_catches_orphans_and_resize_leftovers
     code, data = run_json(sandbox, "audit")
     assert code == 2
     orphans = [f for f in data["findings"] if f["code"] == "orphan-volume"]
-    assert any(orphan in f["message"] for f in orphans)
     assert any(f["instance"] == inst.uuid and "nova-resize" in f["message"] for f in orphans)
     drift = [f for f in data["findings"] if f["code"] == "metadata-drift"]
     assert [(f["instance"], f["disk"]) for f in drift] == [(inst2.uuid, other.name)]
     code, out, err = run(sandbox, "audit", "--quiet")
     assert code == 2 and "orphan-volume" in out
+
+    # The pool is shared by every compute host: an image of an instance this host has no
+    # trace of is counted, not reported; --complete (all hosts scanned) reports it, and so
+    # does a plain audit once this host has the instance's directory (a delete that
+    # failed half-way).
+    assert not any(orphan in f["message"] for f in orphans)
+    (unowned,) = [f for f in data["findings"] if f["code"] == "unowned-volumes"]
+    assert unowned["severity"] == "info" and f"in pool {cluster.pool}" in unowned["message"]
+    code, data = run_json(sandbox, "audit", "--complete")
+    orphans = [f for f in data["findings"] if f["code"] == "orphan-volume"]
+    assert any(orphan in f["message"] for f in orphans)
+    assert not [f for f in data["findings"] if f["code"] == "unowned-volumes"]
+    left = sandbox.instances_path / "99999999-8888-7777-6666-555555555555"
+    left.mkdir()
+    try:
+        code, data = run_json(sandbox, "audit")
+        found = {f["message"] for f in data["findings"] if f["code"] == "orphan-volume"}
+        assert any(orphan in m for m in found) and any(str(left) in m for m in found)
+    finally:
+        left.rmdir()

@@ -7,6 +7,8 @@ import multiprocessing
 import shutil
 import time
 
+import yaml
+
 from storagectl.layouts.locks import host_lock
 from tests.functional.conftest import qemu_img
 from tests.functional.test_persist import legacy_instance, persist_json
@@ -113,6 +115,29 @@ def test_orphans_and_orphan_metadata(mini_node):
     ov = {f["instance"]: f["message"] for f in codes_of(data, "orphan-volume")}
     assert set(ov) == {"11111111-2222-3333-4444-555555555555", a}
     assert "resize leftover" in ov[a]
+
+
+def test_another_hosts_recorded_directory_is_counted_not_orphaned(mini_node):
+    """A shared instances_path (NFS): a directory without a domain here whose record names
+    another compute host is that host's instance - counted (info), not an orphan; audit
+    --complete (every host sharing the path was scanned) reports it."""
+    a, b = recorded_node(mini_node, 2)
+    mini_node.domains.pop()  # b now lives elsewhere as far as this host can see
+    record = mini_node.instances / b / "storage.yaml"
+    text = record.read_text()
+    host = yaml.safe_load(text)["instance"]["host"]
+    record.write_text(text.replace(f"host: {host}", "host: cn-elsewhere-17"))
+    code, data, _ = audit_json(mini_node)
+    assert code == 0, data["findings"]
+    assert codes_of(data, "orphan-metadata") == [] and codes_of(data, "orphan-volume") == []
+    (unowned,) = codes_of(data, "unowned-volumes")
+    assert unowned["severity"] == "info" and unowned["instance"] is None
+    assert "1 instance directory" in unowned["message"]
+    assert str(mini_node.instances) in unowned["message"]
+    code, data, _ = audit_json(mini_node, "--complete")
+    assert code == 1
+    (om,) = codes_of(data, "orphan-metadata")
+    assert om["instance"] == b and codes_of(data, "unowned-volumes") == []
 
 
 def test_unsafe_and_unused_cache_entries(mini_node, tmp_path):
