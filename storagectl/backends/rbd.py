@@ -248,22 +248,26 @@ class RBD:
         watchers' addresses (``rbd status``).
         """
         spec = self._spec(image)
-        deadline = time.monotonic() + stale_watch_wait
+        started = time.monotonic()
+        deadline = started + stale_watch_wait
+        told = False
         while True:
             try:
                 self._rbd("rm", "--no-progress", spec, what=f"remove image {spec}")
                 return
             except errors.BackendError as exc:
-                if _HAS_WATCHERS not in str(exc):
+                if not _is_watched(exc):
                     raise
                 if time.monotonic() >= deadline:
-                    raise self._still_watched(image, stale_watch_wait) from exc
-            LOG.warning(
-                "%s is still watched (a dead client's watch lasts until the OSD expires it); "
-                "retrying the removal for up to %.0f s",
+                    waited = time.monotonic() - started if stale_watch_wait else 0.0
+                    raise self._still_watched(image, waited) from exc
+            (LOG.debug if told else LOG.warning)(
+                "%s is still open by a client (a dead one's watch lasts until the OSDs "
+                "expire it); retrying the removal for up to %.0f s",
                 spec,
                 max(0.0, deadline - time.monotonic()),
             )
+            told = True
             time.sleep(_WATCH_POLL)
 
     def watchers(self, image: str) -> list[str]:
@@ -290,7 +294,8 @@ class RBD:
             backend=self.name,
             reason=f"cannot remove image {spec}: {who} still has it open{waited_text}; "
             "if that client is dead, its watch expires after the OSDs' "
-            "osd_client_watch_timeout (30 s by default): try again then",
+            "osd_client_watch_timeout (30 s by default, maybe more on this cluster): "
+            "try again then",
         )
 
     # -- metadata -----------------------------------------------------------------
@@ -526,10 +531,22 @@ def _json(out: str | None, what: str) -> Any:
         raise errors.BackendError(backend="rbd", reason=f"unreadable {what} output: {exc}") from exc
 
 
+def _is_watched(exc: errors.BackendError) -> bool:
+    """Whether a failed ``rbd rm`` refused because the image is open: the message, in
+    the error or anywhere in the full stderr (librbd may log lines after it)."""
+    cause = exc.__cause__
+    fields = getattr(cause, "fields", {}) or {}
+    stderr = str(fields.get("full_stderr") or "")
+    return _HAS_WATCHERS in str(exc) or _HAS_WATCHERS in stderr
+
+
 def parse_watchers(text: str) -> list[str]:
     """Watcher addresses from ``rbd status --format json`` output."""
-    data = json.loads(text) if text.strip() else {}
-    return [str(w.get("address", "?")) for w in data.get("watchers") or []]
+    data = _json(text, "rbd status")
+    watchers = data.get("watchers") if isinstance(data, dict) else None
+    if not isinstance(watchers, list):
+        raise errors.BackendError(backend="rbd", reason=f"unexpected rbd status output: {text!r}")
+    return [str(w.get("address", "?")) if isinstance(w, dict) else "?" for w in watchers]
 
 
 def _reason(stderr: str) -> str:

@@ -248,8 +248,8 @@ def test_remove_gives_up_after_the_wait_and_says_so(monkeypatch: pytest.MonkeyPa
     clock = Clock()
     monkeypatch.setattr(rbd_module.time, "monotonic", clock.monotonic)
     monkeypatch.setattr(rbd_module.time, "sleep", clock.sleep)
-    with pytest.raises(errors.BackendError, match="after waiting 45 s") as exc:
-        rbd.remove("watched", stale_watch_wait=45)
+    with pytest.raises(errors.BackendError, match="after waiting 46 s") as exc:
+        rbd.remove("watched", stale_watch_wait=45)  # the time it really waited
     assert "127.0.0.1:0/3447638200" in str(exc.value)
     assert sum(clock.slept) >= 45 and len(clock.slept) == 23  # every 2 s, then one last try
     assert fake.calls.count(argv) == 24
@@ -261,6 +261,42 @@ def test_remove_does_not_wait_on_other_refusals(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(errors.BackendError, match="has snapshots"):
         rbd.remove("base", stale_watch_wait=45)
     assert fake.calls == [argv]
+
+
+def test_remove_retries_when_librbd_logs_after_the_refusal(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The refusal is matched in the whole stderr, not only in the last lines the error
+    message keeps; the wait is told once as a warning, then at debug level."""
+    argv, canned = failure("rm_has_watchers")
+    noisy = Canned(
+        stderr=canned.stderr + "2026-11-24T07:46:55.800+0000 7f17 -1 librbd: a later line\n"
+        "2026-11-24T07:46:55.801+0000 7f17 -1 librbd: and another\n",
+        exit_code=canned.exit_code,
+    )
+    rbd, fake = backend({argv: noisy})
+    clock = Clock()
+    monkeypatch.setattr(rbd_module.time, "monotonic", clock.monotonic)
+    monkeypatch.setattr(rbd_module.time, "sleep", clock.sleep)
+
+    def expires_after_three_tries(*a: str, **kw: Any) -> tuple[str, str]:
+        if len(fake.calls) == 3:
+            fake.responses[argv] = Canned()
+        return fake(*a, **kw)
+
+    rbd.runner = Runner(execute=expires_after_three_tries)
+    with caplog.at_level("DEBUG", logger="storagectl.backends.rbd"):
+        rbd.remove("watched", stale_watch_wait=45)
+    assert fake.calls == [argv] * 4
+    told = [r.levelname for r in caplog.records if "still open by a client" in r.message]
+    assert told == ["WARNING", "DEBUG", "DEBUG"]
+
+
+@pytest.mark.parametrize("out", ["", "[]", '{"watchers": 3}', "not json"])
+def test_unreadable_rbd_status_is_a_backend_error(out: str) -> None:
+    rbd, _ = backend({(*BASE, "status"): Canned(stdout=out)})
+    with pytest.raises(errors.BackendError, match="rbd status"):
+        rbd.watchers("watched")
 
 
 def test_watchers_parses_rbd_status() -> None:
