@@ -7,9 +7,9 @@ write. This package reads a bounded number of header bytes, parses the header
 of the *declared* format with named safety checks, and lists every other
 format whose signature is present::
 
-    >>> report = inspect_file("/var/lib/nova/instances/u/disk", "qcow2")
-    >>> report.backing_file, [f.check for f in report.failures]
-    ('/var/lib/nova/instances/_base/3f2a...', ['qcow2-backing-file'])
+    report = inspect_file("/var/lib/nova/instances/u/disk", "qcow2")
+    report.backing_file, [f.check for f in report.failures]
+    # -> ('/var/lib/nova/instances/_base/3f2a...', ['qcow2-backing-file'])
 
 No external command runs and no path named inside an image is ever opened.
 One module per format family; ``engine`` ties them together.
