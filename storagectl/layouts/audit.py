@@ -19,15 +19,18 @@ Read-only. Built on one inspection run (records trusted where they exist), then:
 
 Sources that a migration kept and recorded as retained are not orphans.
 
-Who owns what. A per-host audit (the cron job) sees only its own domains, but a Ceph
-pool is normally shared by every compute host, and an instances_path may be too (NFS).
-An RBD image ``<uuid>_*`` that no scanned domain owns is an orphan of *this* host only
-if the host has a trace of the instance: its directory (``<uuid>``, ``<uuid>_resize``,
-``<uuid>_del``) under instances_path, which Nova keeps on the compute host for RBD
-instances too. An instance directory without a domain whose record names another host
-belongs to that host (a shared instances_path). With ``complete=True`` (``audit
---complete``: the scanned hosts are all the hosts using these pools and that path),
-everything no scanned domain owns is an orphan.
+Who owns what (storagectl/layouts/ownership.py). A per-host audit (the cron job) sees
+only its own domains, but a Ceph pool is normally shared by every compute host, and an
+instances_path may be too (NFS). A domainless instance directory (``<uuid>``,
+``<uuid>_resize``, ``<uuid>_del``) whose record names another host is that host's; one
+without a record is this host's unless instances_path is on a network filesystem. An RBD
+image ``<uuid>_*`` that no scanned domain owns is an orphan of *this* host only if the
+instance has a directory of this host's (Nova keeps one on the compute host for RBD
+instances too), and never while a client has it open (``rbd status``). Everything else
+is counted (``unowned-volumes``, and ``AuditReport.unowned`` for monitoring), not
+reported one by one. With ``complete=True`` (``audit --complete``: the scanned hosts are
+all the hosts using these pools and that path) every directory counts as this run's and
+every image no scanned domain owns is an orphan - unless it is open.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ from typing import Any
 
 from storagectl import errors
 from storagectl.config import NovaConfig
-from storagectl.layouts import naming
+from storagectl.layouts import naming, ownership
+from storagectl.layouts.hosts import is_local_uri
 from storagectl.layouts.inspection import InspectionResult, inspect_hosts
 from storagectl.layouts.inspector import InspectorError, inspect_file
 from storagectl.layouts.mirror import mirror_items, read_mirror
@@ -84,6 +88,9 @@ class AuditReport:
     findings: list[Finding]
     instances: list[InstanceLayout]
     errors: list[str] = field(default_factory=list)  # why (part of) the audit could not run
+    # Volumes no scanned domain owns and this host cannot call its own, per place
+    # ("rbd:POOL", "dir:INSTANCES_PATH"): exported as a gauge so growth can be alerted on.
+    unowned: dict[str, int] = field(default_factory=dict)
     duration: float = 0.0
     finished_at: float = 0.0
 
@@ -112,6 +119,7 @@ class AuditReport:
             "findings_by_severity": by_sev,
             "findings_by_code": dict(sorted(by_code.items())),
             "errors": self.errors,
+            "unowned": dict(sorted(self.unowned.items())),
             "duration_seconds": round(self.duration, 3),
         }
 
@@ -133,7 +141,7 @@ def run_audit(
         report.findings += _record_checks(inst, result, runner)
     storage = StorageView(runner)
     if not result.failed_hosts:  # orphans only when every domain is known
-        report.findings += _orphans(result, nova, storage, report.errors, complete=complete)
+        report.findings += _orphans(result, nova, storage, report, complete=complete)
     report.findings += _image_cache(result, nova, storage)
     report.duration = time.monotonic() - started
     report.finished_at = time.time()
@@ -197,21 +205,24 @@ def _orphans(
     result: InspectionResult,
     nova: NovaConfig,
     storage: StorageView,
-    errors_out: list[str],
+    report: AuditReport,
     *,
     complete: bool,
 ) -> list[Finding]:
     defined = {i.uuid for i in result.instances}
     kept = _retained(result)
-    hosts = None if complete else {h.hostname for h in result.hosts if h.hostname}
-    out, traces = _orphan_dirs(nova, defined, kept, hosts)
+    owners = None
+    if not complete:
+        local = any(is_local_uri(h.uri) for h in result.hosts)
+        owners = ownership.host_names((h.hostname for h in result.hosts), local=local)
+    out, traces = _orphan_dirs(nova, defined, kept, owners, report)
     vgs = {d.volume_group for i in result.instances for d in i.disks if d.volume_group}
     if nova.images_volume_group:
         vgs.add(nova.images_volume_group)
     for vg in sorted(v for v in vgs if v):
         listing = storage.lvm(vg)
         if listing.error and not listing.missing:
-            errors_out.append(f"cannot list VG {vg}: {listing.error}")
+            report.errors.append(f"cannot list VG {vg}: {listing.error}")
             continue
         for lv in sorted(listing.volumes):
             parsed = naming.parse_lv_name(lv)
@@ -235,16 +246,20 @@ def _orphans(
     for pool, conf, user in sorted(pools, key=str):
         listing = storage.rbd(pool or "", conf or "", user)
         if listing.error:
-            errors_out.append(f"cannot list RBD pool {pool}: {listing.error}")
+            report.errors.append(f"cannot list RBD pool {pool}: {listing.error}")
             continue
-        unowned = 0
+        untraced = in_use = 0
         for image, vol in sorted(listing.volumes.items()):
             parsed = naming.parse_rbd_image_name(image)
             if not parsed:
                 continue
             if parsed[0] not in defined and image not in kept:
                 if not complete and parsed[0] not in traces:
-                    unowned += 1  # another host's instance, as far as this host can tell
+                    untraced += 1  # another host's instance, as far as this host can tell
+                    continue
+                watchers = storage.rbd_watchers(pool or "", conf or "", user, image)
+                if watchers:
+                    in_use += 1  # a client (a guest on a host not scanned?) has it open
                     continue
                 out.append(
                     _finding(
@@ -263,35 +278,47 @@ def _orphans(
                         f"RBD image {pool}/{image} still has a leftover {RESIZE_SNAPSHOT} snapshot",
                     )
                 )
-        if unowned:
+        if untraced or in_use:
+            report.unowned[f"rbd:{pool}"] = untraced + in_use
+            why = []
+            if untraced:
+                why.append(
+                    f"{untraced} of instances this host has no directory of (other compute "
+                    "hosts' in a shared pool, or orphans: audit all the hosts of the pool "
+                    "together with --complete to tell)"
+                )
+            if in_use:
+                why.append(f"{in_use} open by a client (rbd status)")
             out.append(
                 _finding(
                     AuditCode.UNOWNED_VOLUMES,
                     None,
                     None,
-                    f"{unowned} RBD image(s) in pool {pool} belong to no domain of the "
-                    "scanned host(s) and this host has no trace of their instances: other "
-                    "compute hosts' (a shared pool) or orphans - audit all the hosts of the "
-                    "pool together with --complete to tell",
+                    f"{untraced + in_use} RBD image(s) in pool {pool} belong to no domain of "
+                    f"the scanned host(s): {'; '.join(why)}",
                 )
             )
     return out
 
 
 def _orphan_dirs(
-    nova: NovaConfig, defined: set[str], kept: set[str], hosts: set[str] | None
+    nova: NovaConfig,
+    defined: set[str],
+    kept: set[str],
+    owners: frozenset[str] | None,
+    report: AuditReport,
 ) -> tuple[list[Finding], set[str]]:
-    """Orphaned instance directories and records, and the uuids this host has a trace
-    of (a directory of its own). ``hosts``: the scanned hosts' names, to tell another
-    host's directory on a shared instances_path by its record; None: every directory
-    is ours (``complete``)."""
+    """Orphaned instance directories and records, and the uuids this host has a
+    directory of. ``owners``: the names of the scanned hosts (None: ``complete``, every
+    directory is this run's)."""
     out: list[Finding] = []
     traces: set[str] = set()
-    foreign = 0
     try:
         entries = list(os.scandir(nova.instances_path))
     except OSError:
         return out, traces
+    shared = owners is not None and ownership.is_shared_path(nova.instances_path)
+    foreign = unknown = 0
     for entry in sorted(entries, key=lambda e: e.name):
         name = entry.name
         uuid = name[:36]
@@ -302,15 +329,20 @@ def _orphan_dirs(
             continue
         if suffix == "" and uuid in defined:
             continue
-        record = os.path.join(entry.path, RECORD_NAME) if suffix == "" else None
-        owner = _recorded_host(entry.path, uuid) if record and hosts is not None else None
-        if owner is not None and hosts is not None and owner not in hosts:
-            foreign += 1  # another host's instance on a shared instances_path
-            continue
+        if owners is not None:
+            # <uuid>_resize and <uuid>_del are the instance directory moved aside by
+            # Nova: the record moved with it.
+            owner = _recorded_host(entry.path, uuid)
+            if owner is not None and not ownership.is_one_of(owner, owners):
+                foreign += 1  # another host's instance on a shared instances_path
+                continue
+            if owner is None and shared:
+                unknown += 1  # no record on a network filesystem: could be anyone's
+                continue
         traces.add(uuid)
         if entry.path in kept:
             continue
-        if record and os.path.exists(record):
+        if suffix == "" and os.path.exists(os.path.join(entry.path, RECORD_NAME)):
             out.append(
                 _finding(
                     AuditCode.ORPHAN_METADATA,
@@ -333,15 +365,24 @@ def _orphan_dirs(
                 f"{what} {entry.path} belongs to no defined domain",
             )
         )
-    if foreign:
+    if foreign or unknown:
+        report.unowned[f"dir:{nova.instances_path}"] = foreign + unknown
+        why = []
+        if foreign:
+            why.append(f"{foreign} recorded as other hosts'")
+        if unknown:
+            why.append(
+                f"{unknown} without a record on a network filesystem (run persist on every "
+                "host sharing it, or audit them all together with --complete)"
+            )
         out.append(
             _finding(
                 AuditCode.UNOWNED_VOLUMES,
                 None,
                 None,
-                f"{foreign} instance director{'y' if foreign == 1 else 'ies'} in "
-                f"{nova.instances_path} without a domain here are recorded as other hosts' "
-                "(a shared instances_path) - audit all of them together with --complete",
+                f"{foreign + unknown} instance director{'y' if foreign + unknown == 1 else 'ies'} "
+                f"in {nova.instances_path} belong to no domain of the scanned host(s): "
+                f"{'; '.join(why)}",
             )
         )
     return out, traces
@@ -352,7 +393,7 @@ def _recorded_host(instance_dir: str, uuid: str) -> str | None:
     try:
         record = read_record(instance_dir, expect_uuid=uuid)
     except errors.StorageCtlError:
-        return None  # an unreadable record: the directory is reported, not excused
+        return None  # an unreadable record is no evidence either way
     return record.host if record else None
 
 

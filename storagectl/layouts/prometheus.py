@@ -6,6 +6,7 @@ Example (``--prometheus /var/lib/node_exporter/textfile/storagectl.prom``)::
     storagectl_audit_status 2
     storagectl_findings{severity="critical",code="disk-missing"} 1
     storagectl_instances{source="metadata"} 41
+    storagectl_unowned_volumes{where="rbd:vms"} 5230
     storagectl_audit_duration_seconds 0.412
     storagectl_audit_last_success_timestamp_seconds 1795478400
 
@@ -61,6 +62,14 @@ def render(report: AuditReport, previous_last_success: float | None) -> str:
         sources[inst.source] = sources.get(inst.source, 0) + 1
     for source, n in sorted(sources.items()):
         lines.append(f'storagectl_instances{{source="{_label(source)}"}} {n}')
+    if report.unowned:
+        lines += [
+            "# HELP storagectl_unowned_volumes Volumes no scanned domain owns that this host "
+            "cannot call its own (another host's in a shared pool or path, or orphans).",
+            "# TYPE storagectl_unowned_volumes gauge",
+        ]
+        for where, n in sorted(report.unowned.items()):
+            lines.append(f'storagectl_unowned_volumes{{where="{_label(where)}"}} {n}')
     lines += [
         "# HELP storagectl_audit_duration_seconds Wall time of the last audit.",
         "# TYPE storagectl_audit_duration_seconds gauge",

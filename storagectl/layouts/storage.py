@@ -93,6 +93,18 @@ class StorageView:
             self._pools[key] = self._list_pool(pool, ceph_conf, user)
         return self._pools[key]
 
+    def rbd_watchers(self, pool: str, ceph_conf: str, user: str | None, image: str) -> list[str]:
+        """Addresses of the clients that have ``pool/image`` open (``rbd status``); a
+        status that cannot be read counts as one unknown client: an image is only called
+        an orphan when nothing can be using it."""
+        from storagectl.backends.rbd import RBD
+
+        try:
+            return RBD(self._runner, pool=pool, ceph_conf=ceph_conf, user=user).watchers(image)
+        except errors.StorageCtlError as exc:
+            LOG.debug("cannot read the status of %s/%s: %s", pool, image, exc)
+            return ["(status unreadable)"]
+
     def _list_vg(self, vg: str) -> _Listing:
         from storagectl.backends.lvm import LVM
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import time
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from storagectl.cli import cli
@@ -102,11 +106,44 @@ def test_persist_sets_image_meta_then_audit_catches_orphans_and_resize_leftovers
     orphans = [f for f in data["findings"] if f["code"] == "orphan-volume"]
     assert any(orphan in f["message"] for f in orphans)
     assert not [f for f in data["findings"] if f["code"] == "unowned-volumes"]
-    left = sandbox.instances_path / "99999999-8888-7777-6666-555555555555"
+    gone = "99999999-8888-7777-6666-555555555555"
+    left = sandbox.instances_path / gone
     left.mkdir()
     try:
         code, data = run_json(sandbox, "audit")
+        assert code == 2  # the drift above
         found = {f["message"] for f in data["findings"] if f["code"] == "orphan-volume"}
         assert any(orphan in m for m in found) and any(str(left) in m for m in found)
+
+        # ... but never while a client has the image open (rbd status)
+        holder = subprocess.Popen(
+            ["qemu-io", "-f", "raw", "-c", "sleep 8000", cluster.qemu_uri(orphan)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while not rbd.watchers(orphan):
+                assert holder.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+            code, data = run_json(sandbox, "audit")
+        finally:
+            holder.wait(timeout=60)  # qemu-io closes the image itself: no stale watch
+        found = {f["message"] for f in data["findings"] if f["code"] == "orphan-volume"}
+        assert not any(orphan in m for m in found)
+        (unowned,) = [f for f in data["findings"] if f["code"] == "unowned-volumes"]
+        assert "1 open by a client" in unowned["message"]
+
+        # A directory recorded as another host's (a shared instances_path) is no trace
+        # of this host's: its image is that host's, not an orphan here.
+        record = (sandbox.instances_path / inst.uuid / "storage.yaml").read_text()
+        host = yaml.safe_load(record)["instance"]["host"]
+        (left / "storage.yaml").write_text(
+            record.replace(inst.uuid, gone).replace(f"host: {host}", "host: cn-elsewhere-17")
+        )
+        code, data = run_json(sandbox, "audit")
+        assert code == 2
+        found = {f["message"] for f in data["findings"] if f["code"] == "orphan-volume"}
+        assert not any(orphan in m or str(left) in m for m in found)
+        assert any(f["code"] == "unowned-volumes" for f in data["findings"])
     finally:
-        left.rmdir()
+        shutil.rmtree(left)

@@ -140,6 +140,39 @@ def test_another_hosts_recorded_directory_is_counted_not_orphaned(mini_node):
     assert om["instance"] == b and codes_of(data, "unowned-volumes") == []
 
 
+def test_shared_instances_path_other_hosts_and_unrecorded_dirs(mini_node, monkeypatch, tmp_path):
+    """instances_path on a network filesystem: a record-less directory without a domain
+    may be any host's, and a resize leftover whose record names another host is that
+    host's - both counted (info, and a Prometheus gauge), not orphans; --complete reports
+    them. A domainless directory recorded as this host's is still reported."""
+    monkeypatch.setattr("storagectl.layouts.ownership.is_shared_path", lambda path: True)
+    _a, b, c, d = recorded_node(mini_node, 4)
+    del mini_node.domains[1:]  # only a is still defined here
+    (mini_node.instances / b / "storage.yaml").unlink()  # b: a directory without record
+    record = mini_node.instances / c / "storage.yaml"
+    host = yaml.safe_load(record.read_text())["instance"]["host"]
+    record.write_text(record.read_text().replace(f"host: {host}", "host: cn-elsewhere-17"))
+    (mini_node.instances / c).rename(mini_node.instances / f"{c}_resize")
+    prom = tmp_path / "storagectl.prom"
+    code, data, _ = audit_json(mini_node, prom=prom)
+    assert code == 1, data["findings"]
+    assert codes_of(data, "orphan-volume") == []
+    assert [f["instance"] for f in codes_of(data, "orphan-metadata")] == [d]
+    (unowned,) = codes_of(data, "unowned-volumes")
+    assert "2 instance directories" in unowned["message"]
+    assert "1 recorded as other hosts'" in unowned["message"]
+    assert "1 without a record on a network filesystem" in unowned["message"]
+    where = f"dir:{mini_node.instances}"
+    assert data["summary"]["unowned"] == {where: 2}
+    assert f'storagectl_unowned_volumes{{where="{where}"}} 2' in prom.read_text()
+
+    code, data, _ = audit_json(mini_node, "--complete")
+    assert code == 1 and codes_of(data, "unowned-volumes") == []
+    assert data["summary"]["unowned"] == {}
+    assert {f["instance"] for f in codes_of(data, "orphan-volume")} == {b, c}
+    assert [f["instance"] for f in codes_of(data, "orphan-metadata")] == [d]
+
+
 def test_unsafe_and_unused_cache_entries(mini_node, tmp_path):
     recorded_node(mini_node, 1)
     base = mini_node.base
