@@ -294,8 +294,9 @@ def _orphans(
                     AuditCode.UNOWNED_VOLUMES,
                     None,
                     None,
-                    f"{untraced + in_use} RBD image(s) in pool {pool} belong to no domain of "
-                    f"the scanned host(s): {'; '.join(why)}",
+                    f"{_count(untraced + in_use, 'RBD image')} in pool {pool} "
+                    f"{'belongs' if untraced + in_use == 1 else 'belong'} to no domain of the "
+                    f"scanned host(s): {'; '.join(why)}",
                 )
             )
     return out
@@ -380,12 +381,19 @@ def _orphan_dirs(
                 AuditCode.UNOWNED_VOLUMES,
                 None,
                 None,
-                f"{foreign + unknown} instance director{'y' if foreign + unknown == 1 else 'ies'} "
-                f"in {nova.instances_path} belong to no domain of the scanned host(s): "
-                f"{'; '.join(why)}",
+                f"{_count(foreign + unknown, 'instance directory', 'instance directories')} "
+                f"in {nova.instances_path} {'belongs' if foreign + unknown == 1 else 'belong'} "
+                f"to no domain of the scanned host(s): {'; '.join(why)}",
             )
         )
     return out, traces
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    """>>> _count(1, "RBD image"), _count(3, "RBD image")
+    ('1 RBD image', '3 RBD images')
+    """
+    return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
 def _recorded_host(instance_dir: str, uuid: str) -> str | None:
