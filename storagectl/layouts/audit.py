@@ -283,7 +283,7 @@ def _orphans(
             why = []
             if untraced:
                 why.append(
-                    f"{untraced} of instances this host has no directory of (other compute "
+                    f"{untraced} whose instance has no directory on this host (other compute "
                     "hosts' in a shared pool, or orphans: audit all the hosts of the pool "
                     "together with --complete to tell)"
                 )
