@@ -278,27 +278,21 @@ def _orphans(
                         f"RBD image {pool}/{image} still has a leftover {RESIZE_SNAPSHOT} snapshot",
                     )
                 )
-        if untraced or in_use:
-            report.unowned[f"rbd:{pool}"] = untraced + in_use
-            why = []
-            if untraced:
-                why.append(
-                    f"{untraced} whose instance has no directory on this host (other compute "
-                    "hosts' in a shared pool, or orphans: audit all the hosts of the pool "
-                    "together with --complete to tell)"
-                )
-            if in_use:
-                why.append(f"{in_use} open by a client (rbd status)")
-            out.append(
-                _finding(
-                    AuditCode.UNOWNED_VOLUMES,
-                    None,
-                    None,
-                    f"{_count(untraced + in_use, 'RBD image')} in pool {pool} "
-                    f"{'belongs' if untraced + in_use == 1 else 'belong'} to no domain of the "
-                    f"scanned host(s): {'; '.join(why)}",
-                )
-            )
+        out += _unowned(
+            report,
+            f"rbd:{pool}",
+            ("RBD image", "RBD images"),
+            f"in pool {pool}",
+            [
+                (
+                    untraced,
+                    "whose instance has no directory on this host (other compute hosts' in a "
+                    "shared pool, or orphans: audit all the hosts of the pool together with "
+                    "--complete to tell)",
+                ),
+                (in_use, "open by a client (rbd status)"),
+            ],
+        )
     return out
 
 
@@ -366,34 +360,49 @@ def _orphan_dirs(
                 f"{what} {entry.path} belongs to no defined domain",
             )
         )
-    if foreign or unknown:
-        report.unowned[f"dir:{nova.instances_path}"] = foreign + unknown
-        why = []
-        if foreign:
-            why.append(f"{foreign} recorded as other hosts'")
-        if unknown:
-            why.append(
-                f"{unknown} without a record on a network filesystem (run persist on every "
-                "host sharing it, or audit them all together with --complete)"
-            )
-        out.append(
-            _finding(
-                AuditCode.UNOWNED_VOLUMES,
-                None,
-                None,
-                f"{_count(foreign + unknown, 'instance directory', 'instance directories')} "
-                f"in {nova.instances_path} {'belongs' if foreign + unknown == 1 else 'belong'} "
-                f"to no domain of the scanned host(s): {'; '.join(why)}",
-            )
-        )
+    out += _unowned(
+        report,
+        f"dir:{nova.instances_path}",
+        ("instance directory", "instance directories"),
+        f"in {nova.instances_path}",
+        [
+            (foreign, "recorded as other hosts'"),
+            (
+                unknown,
+                "without a record on a network filesystem (run persist on every host "
+                "sharing it, or audit them all together with --complete)",
+            ),
+        ],
+    )
     return out, traces
 
 
-def _count(n: int, one: str, many: str | None = None) -> str:
-    """>>> _count(1, "RBD image"), _count(3, "RBD image")
-    ('1 RBD image', '3 RBD images')
+def _unowned(
+    report: AuditReport,
+    where: str,
+    noun: tuple[str, str],
+    place: str,
+    reasons: list[tuple[int, str]],
+) -> list[Finding]:
+    """The one unowned-volumes finding of a pool or path, its count recorded in
+    ``report.unowned`` under ``where``; nothing when every count is 0.
+
+    ``noun``: singular and plural; ``reasons``: (count, why) pairs, the zero ones left out.
     """
-    return f"{n} {one if n == 1 else (many or one + 's')}"
+    n = sum(count for count, _ in reasons)
+    if not n:
+        return []
+    report.unowned[where] = n
+    why = "; ".join(f"{count} {text}" for count, text in reasons if count)
+    return [
+        _finding(
+            AuditCode.UNOWNED_VOLUMES,
+            None,
+            None,
+            f"{n} {noun[0] if n == 1 else noun[1]} {place} "
+            f"{'belongs' if n == 1 else 'belong'} to no domain of the scanned host(s): {why}",
+        )
+    ]
 
 
 def _recorded_host(instance_dir: str, uuid: str) -> str | None:
