@@ -97,13 +97,16 @@ class StorageView:
         """Addresses of the clients that have ``pool/image`` open (``rbd status``); a
         status that cannot be read counts as one unknown client: an image is only called
         an orphan when nothing can be using it."""
-        from storagectl.backends.rbd import RBD
-
         try:
-            return RBD(self._runner, pool=pool, ceph_conf=ceph_conf, user=user).watchers(image)
+            return self._rbd(pool, ceph_conf, user).watchers(image)
         except errors.StorageCtlError as exc:
             LOG.debug("cannot read the status of %s/%s: %s", pool, image, exc)
             return ["(status unreadable)"]
+
+    def _rbd(self, pool: str, ceph_conf: str, user: str | None) -> Any:
+        from storagectl.backends.rbd import RBD  # only hosts with RBD disks need it
+
+        return RBD(self._runner, pool=pool, ceph_conf=ceph_conf, user=user)
 
     def _list_vg(self, vg: str) -> _Listing:
         from storagectl.backends.lvm import LVM
@@ -118,10 +121,8 @@ class StorageView:
         return _Listing({lv.name: Volume(lv.size, tuple(lv.tags), lv.path) for lv in lvs})
 
     def _list_pool(self, pool: str, ceph_conf: str, user: str | None) -> _Listing:
-        from storagectl.backends.rbd import RBD
-
         try:
-            images = RBD(self._runner, pool=pool, ceph_conf=ceph_conf, user=user).list_long()
+            images = self._rbd(pool, ceph_conf, user).list_long()
         except errors.StorageCtlError as exc:
             LOG.debug("cannot list pool %s", pool, exc_info=True)
             return _Listing(error=str(exc))
