@@ -14,7 +14,7 @@ import pytest
 from storagectl import errors
 from storagectl.backends.rbd import RBD
 from storagectl.process import Runner
-from tests.env.ceph import CephCluster, free_port
+from tests.env.ceph import CephCluster, free_port, hold_open
 
 MiB = 1024 * 1024
 
@@ -73,15 +73,9 @@ def test_remove_waits_out_the_watch_of_a_killed_writer(rbd: RBD, name: str) -> N
     its watch behind until the OSD expires it (osd_client_watch_timeout, 30 s): a plain
     removal is refused naming the watcher; one told to wait succeeds once it expires."""
     rbd.create(name, MiB)
-    holder = subprocess.Popen(
-        ["qemu-io", "-f", "raw", "-c", "sleep 120000", rbd.qemu_uri(name)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    holder = hold_open(rbd.qemu_uri(name), lambda: bool(rbd.watchers(name)), ms=120000)
     try:
-        deadline = time.monotonic() + 30
-        while not (watchers := rbd.watchers(name)):
-            assert holder.poll() is None and time.monotonic() < deadline, "qemu-io did not open it"
-            time.sleep(0.2)
+        watchers = rbd.watchers(name)
     finally:
         holder.kill()
         holder.wait()

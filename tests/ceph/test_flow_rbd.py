@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import time
 
 import pytest
 import yaml
@@ -13,7 +11,7 @@ from click.testing import CliRunner
 
 from storagectl.cli import cli
 from storagectl.layouts import naming
-from tests.env.ceph import rbd_sandbox
+from tests.env.ceph import hold_open, rbd_sandbox
 from tests.flowcheck import assert_inspect_matches_manifest, run, run_json
 
 MiB = 1 << 20
@@ -116,15 +114,8 @@ def test_persist_sets_image_meta_then_audit_catches_orphans_and_resize_leftovers
         assert any(orphan in m for m in found) and any(str(left) in m for m in found)
 
         # ... but never while a client has the image open (rbd status)
-        holder = subprocess.Popen(
-            ["qemu-io", "-f", "raw", "-c", "sleep 8000", cluster.qemu_uri(orphan)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        holder = hold_open(cluster.qemu_uri(orphan), lambda: bool(rbd.watchers(orphan)), ms=8000)
         try:
-            deadline = time.monotonic() + 30
-            while not rbd.watchers(orphan):
-                assert holder.poll() is None and time.monotonic() < deadline
-                time.sleep(0.1)
             code, data = run_json(sandbox, "audit")
         finally:
             holder.wait(timeout=60)  # qemu-io closes the image itself: no stale watch

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -395,6 +395,30 @@ def reap_orphans() -> list[int]:
             orphans.append(int(entry.name))
     kill_pids(orphans, sig=signal.SIGKILL)
     return orphans
+
+
+def hold_open(
+    uri: str, watched: Callable[[], bool], *, ms: int, timeout: float = 30
+) -> subprocess.Popen:
+    """A qemu-io that opens the RBD image ``uri`` read-write and sleeps ``ms``
+    milliseconds - holding a watch on it, as a copy's qemu-img does - returned once
+    ``watched()`` sees the watch. The caller ends it: ``kill()`` leaves a dead client's
+    watch until the OSD expires it; waiting lets qemu-io close the image cleanly."""
+    holder = subprocess.Popen(
+        ["qemu-io", "-f", "raw", "-c", f"sleep {ms}", uri],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while not watched():
+            assert holder.poll() is None and time.monotonic() < deadline, f"qemu-io: {uri}"
+            time.sleep(0.1)
+    except BaseException:
+        holder.kill()
+        holder.wait()
+        raise
+    return holder
 
 
 # -- pytest --------------------------------------------------------------------
