@@ -17,6 +17,7 @@ import pytest
 
 from tests.env.ceph import CephCluster, daemon_pids_for_conf, free_port, start_cluster
 from tests.env.libvirtd import Libvirtd
+from tests.env.procs import cmdline, processes
 from tests.migrate_support import (
     SECRET,
     STEPS,
@@ -162,11 +163,7 @@ def test_ceph_dying_mid_copy(node: Node, tmp_path: Path, own_cluster: CephCluste
     d = node.instances / uuid
     sh("qemu-io", "-f", "raw", "-c", "write -P 4 4M 12M", str(d / "disk"))
     before_sha, before = guest_view(node, uuid, tmp_path), state(node, uuid)
-    osds = [
-        p
-        for p in daemon_pids_for_conf(cluster.conf)
-        if "ceph-osd" in Path(f"/proc/{p}/cmdline").read_text()
-    ]
+    osds = [p for p in daemon_pids_for_conf(cluster.conf) if "ceph-osd" in " ".join(cmdline(p))]
     assert osds, "no ceph-osd process found for the test cluster"
     proc = node.spawn(
         "migrate", uuid, "--to", "rbd", "--yes", "--bwlimit", "2", "--ceph-timeout", "3"
@@ -203,15 +200,11 @@ def test_ceph_dying_mid_copy(node: Node, tmp_path: Path, own_cluster: CephCluste
 
 def copy_processes(needle: str) -> list[int]:
     """Pids of the qemu-img processes whose command line names ``needle``."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:  # not a process, or gone meanwhile
-            continue
-        if argv and argv[0].endswith(b"qemu-img") and any(needle.encode() in a for a in argv):
-            pids.append(int(proc.name))
-    return pids
+    return [
+        pid
+        for pid, argv in processes()
+        if argv[0].endswith("qemu-img") and any(needle in a for a in argv)
+    ]
 
 
 @pytest.mark.parametrize("then", ["--rollback", "--resume"])

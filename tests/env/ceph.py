@@ -38,6 +38,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.env.procs import alive, processes
+
 MEMSTORE_BYTES = 1 << 30  # RAM-backed OSD capacity; 1 GiB is plenty for tests
 PG_NUM = 8
 START_TIMEOUT = 60.0  # seconds for the whole bootstrap before we give up
@@ -319,54 +321,32 @@ def _run(cmd: list[str], timeout: float = 30, input: bytes | None = None) -> str
     return proc.stdout.decode(errors="replace")
 
 
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
-def _alive(pid: int) -> bool:
-    """True if ``pid`` runs and is not a zombie (pid 1 here may not reap)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def daemon_pids_for_conf(conf: Path) -> list[int]:
     """Pids of ceph-mon/ceph-osd processes started with ``--conf CONF``."""
     want = str(conf)
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        argv = _cmdline(int(entry.name))
-        if argv and os.path.basename(argv[0]) in _DAEMONS and want in argv:
-            found.append(int(entry.name))
-    return found
+    return [
+        pid for pid, argv in processes() if os.path.basename(argv[0]) in _DAEMONS and want in argv
+    ]
 
 
 def kill_pids(
     pids: set[int] | list[int], sig: signal.Signals = signal.SIGTERM, grace: float = 5.0
 ) -> None:
     """Send ``sig`` to each pid, wait up to ``grace`` seconds, then SIGKILL the survivors."""
-    pids = {p for p in pids if p > 1 and _alive(p)}
+    pids = {p for p in pids if p > 1 and alive(p)}
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
     deadline = time.monotonic() + grace
     while pids and time.monotonic() < deadline:
-        pids = {p for p in pids if _alive(p)}
+        pids = {p for p in pids if alive(p)}
         time.sleep(0.05)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + grace
     while pids and time.monotonic() < deadline:
-        pids = {p for p in pids if _alive(p)}
+        pids = {p for p in pids if alive(p)}
         time.sleep(0.05)
 
 
@@ -377,11 +357,8 @@ def reap_orphans() -> list[int]:
     runs are touched; clusters started from the command line (owner 0) are kept.
     """
     orphans: list[int] = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        argv = _cmdline(int(entry.name))
-        if not argv or os.path.basename(argv[0]) not in _DAEMONS or "--conf" not in argv:
+    for pid, argv in processes():
+        if os.path.basename(argv[0]) not in _DAEMONS or "--conf" not in argv:
             continue
         conf = Path(argv[argv.index("--conf") + 1])
         try:
@@ -391,8 +368,8 @@ def reap_orphans() -> list[int]:
         if not first.startswith(OWNER_MARKER):
             continue
         owner = int(first[len(OWNER_MARKER) :] or 0)
-        if owner and not _alive(owner):
-            orphans.append(int(entry.name))
+        if owner and not alive(owner):
+            orphans.append(pid)
     kill_pids(orphans, sig=signal.SIGKILL)
     return orphans
 

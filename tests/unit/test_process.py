@@ -5,6 +5,7 @@ from oslo_concurrency import processutils
 
 from storagectl import errors
 from storagectl.process import Runner, mask_argv
+from tests.env.procs import alive
 
 
 class Recorder:
@@ -93,17 +94,11 @@ def test_real_timeout_kills_the_child(tmp_path):
         Runner().run("sh", "-c", f"echo $$ > {pidfile}; exec sleep 30", timeout=1)
     pid = int(pidfile.read_text())
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as fh:
-                if fh.read().split()[2] == "Z":
-                    break
-        except FileNotFoundError:
-            break
+    while alive(pid):
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            raise AssertionError("the timed-out child is still running")
         time.sleep(0.05)
-    else:
-        os.kill(pid, 9)
-        raise AssertionError("the timed-out child is still running")
 
 
 def test_stream_delivers_carriage_return_progress_lines_and_checks_status():
@@ -129,14 +124,6 @@ def test_stream_timeout_kills_and_raises():
     with pytest.raises(errors.CommandTimeout):
         Runner().stream("sleep", "30", on_line=lambda _line: None, timeout=1)
     assert time.monotonic() - start < 5
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.parametrize("in_thread", [False, True])
@@ -172,15 +159,15 @@ def test_a_streamed_child_dies_with_a_sigkilled_parent(tmp_path, in_thread):
         time.sleep(0.05)
     child = int(pidfile.read_text())
     try:
-        assert _alive(child)
+        assert alive(child)
         parent.send_signal(signal.SIGKILL)
         parent.wait()
         deadline = time.monotonic() + 5
-        while _alive(child):
+        while alive(child):
             assert time.monotonic() < deadline, "the streamed child outlived its parent"
             time.sleep(0.05)
     finally:
-        if _alive(child):
+        if alive(child):
             os.kill(child, signal.SIGKILL)
 
 
