@@ -8,6 +8,7 @@ help:
 	@echo "make bench  - run bench/ and rewrite bench/RESULTS.md"
 	@echo "make lint   - ruff"
 	@echo "make tier T=unit - one tier"
+	@echo "make lock   - refresh requirements.lock and requirements-test.lock (pip-compile)"
 
 setup:
 	@scripts/setup.sh
@@ -28,4 +29,7 @@ lint: setup
 	@.venv/bin/ruff check storagectl tests bench scripts
 	@.venv/bin/ruff format --check storagectl tests bench scripts
 
-.PHONY: help setup test tier demo bench lint
+lock:
+	@scripts/lock.sh
+
+.PHONY: help setup test tier demo bench lint lock

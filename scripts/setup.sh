@@ -38,14 +38,25 @@ import sys
 sys.exit(0 if sys.version_info >= (3, 11) else 1)
 PY
 
+# Python dependencies come from a committed lock (scripts/lock.sh, `make lock`), installed
+# with hash checking; the build tools are installed first from the same lock and used
+# without build isolation, so nothing unpinned is fetched (libvirt-python is an sdist).
+LOCK=${STORAGECTL_LOCK:-requirements-test.lock}
 stamp=.venv/.storagectl-installed
-want=$(cat pyproject.toml | sha1sum | cut -d' ' -f1)
+want=$(cat pyproject.toml "$LOCK" | sha1sum | cut -d' ' -f1)
+npkg=$(grep -cE '^[A-Za-z0-9._-]+==' "$LOCK")
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "setup: installing storagectl and its test extras into .venv"
-  .venv/bin/pip install -q --upgrade pip >/dev/null
-  .venv/bin/pip install -q -e '.[test]'
+  echo "setup: installing $LOCK into .venv ($npkg pinned packages, hashes checked) and storagectl"
+  mkdir -p build
+  "$PYTHON" scripts/lockpick.py "$LOCK" setuptools wheel > build/setup-build-tools.txt
+  .venv/bin/pip install -q --require-hashes --no-deps -r build/setup-build-tools.txt
+  .venv/bin/pip install -q --require-hashes --no-deps --no-build-isolation -r "$LOCK"
+  .venv/bin/pip install -q --no-deps --no-build-isolation -e .
+  .venv/bin/pip check >/dev/null || { .venv/bin/pip check >&2; exit 1; }
   echo "$want" > "$stamp"
+else
+  echo "setup: .venv matches $LOCK ($npkg pinned packages)"
 fi

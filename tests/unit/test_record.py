@@ -377,7 +377,11 @@ BAD = {
         _swap("name: instance-0000002a", 'name: "inst\\0"'),
         "field instance.name: 'inst\\x00' is empty or contains control",
     ),
-    "deep-nesting": ("[" * 100_000, "nested more than 32 levels"),
+    # storagectl's own depth limit, well below any YAML library's own.
+    "nesting-over-32": ("[" * 40 + "]" * 40, "nested more than 32 levels"),
+    # So deep that the YAML library may refuse first (PyYAML 6.0.4 does, at its own limit,
+    # in its own words): the promise is only that the record is refused with a reason.
+    "deep-nesting": ("[" * 100_000, ("nested more than 32 levels", "not valid YAML: ")),
     "merge-key": (
         _swap("retained_sources: []", "retained_sources:\n- <<: {a: 1}"),
         "YAML merge keys are not allowed",
@@ -398,7 +402,9 @@ def test_invalid_record_is_refused_naming_file_and_field(case, inst_dir):
         rec.read_record(inst_dir, expect_uuid=U)
     message = str(info.value)
     assert message.startswith(f"invalid storage record {path}: ")
-    assert expected in message
+    assert "\n" not in message and "Traceback" not in message
+    reasons = expected if isinstance(expected, tuple) else (expected,)
+    assert any(reason in message for reason in reasons), message
     assert (path.read_bytes(), path.stat().st_mtime_ns) == before  # left as it was
 
 
