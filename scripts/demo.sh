@@ -99,7 +99,7 @@ show $SC "${M[@]}" migrate "$MOVE" --to flat --dry-run
 show $SC "${M[@]}" migrate "$MOVE" --to flat --yes || exit 1
 show $SC "${M[@]}" inspect "$MOVE"
 show $SC "${M[@]}" audit
-show $SC "${M[@]}" migrate --delete-retained "$MOVE" || exit 1
+show $SC "${M[@]}" migrate --delete-retained "$MOVE" --yes || exit 1
 
 step "migrate: move the flat instance into Ceph RBD (pool, user and libvirt secret from nova.conf)"
 sed -i "/^\[libvirt\]/a images_rbd_pool = vms\nimages_rbd_ceph_conf = $CEPH_CONF\nrbd_user = admin\nrbd_secret_uuid = 5f7c1a2e-3b4d-4e6f-8a9b-0c1d2e3f4a5b" \

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import threading
+from typing import NoReturn
 
 import click
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from storagectl import errors
-from storagectl.cli.app import Application
+from storagectl.cli.app import DEFAULT_LOCK_PATH, Application
 from storagectl.cli.render import emit_table
 from storagectl.migrate.engine import Engine, Settings
 from storagectl.migrate.journal import check_fault
@@ -68,6 +70,47 @@ class PlainProgress:
         click.echo(f"copy {disk}: {'done' if ok else 'FAILED'}", err=True)
 
 
+#: The modes of ``migrate``: exactly one per command line (none given = ``--to``).
+MODES = ("to", "resume", "rollback", "status", "delete_retained")
+#: Options each mode uses; any other given on the command line is refused, never ignored.
+_RUN_ONLY = ("disks", "volume_group", "pool", "secret_uuid", "delete_source", "parallel", "bwlimit")
+ACCEPTS = {
+    "to": {*_RUN_ONLY, "dry_run", "yes", "ceph_timeout"},
+    "resume": {"dry_run", "yes", "ceph_timeout"},
+    "rollback": {"dry_run", "yes", "ceph_timeout"},
+    "delete_retained": {"dry_run", "yes", "ceph_timeout"},
+    "status": set(),
+}
+_CHECKED = (*_RUN_ONLY, "dry_run", "yes", "ceph_timeout")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def choose_mode(ctx: click.Context, given: dict[str, object]) -> str:
+    """The one mode of this command line; conflicting modes and options the mode would
+    ignore are a usage error (exit 2), so a typo never turns a resume into an undo."""
+    modes = [m for m in MODES if given.get(m)]
+    if len(modes) > 1:
+        raise errors.UsageError(
+            reason=f"{' and '.join(_flag(m) for m in modes)} cannot be combined: give one of "
+            + ", ".join(_flag(m) for m in MODES)
+        )
+    mode = modes[0] if modes else "to"
+    for name in _CHECKED:
+        source = ctx.get_parameter_source(name)
+        if source is None or source is click.core.ParameterSource.DEFAULT:
+            continue
+        if name not in ACCEPTS[mode]:
+            takers = [_flag(m) for m in MODES if name in ACCEPTS[m]]
+            raise errors.UsageError(
+                reason=f"{_flag(name)} does not apply to {_flag(mode)} "
+                f"(it is an option of {' and '.join(takers)})"
+            )
+    return mode
+
+
 @click.command("migrate")
 @click.argument("instances", nargs=-1, metavar="INSTANCE...")
 @click.option(
@@ -87,7 +130,12 @@ class PlainProgress:
     help="libvirt secret of the Ceph user for an RBD target. Without it: the <auth> of "
     "an rbd disk of the domain, else nova.conf [libvirt] rbd_secret_uuid.",
 )
-@click.option("--dry-run", is_flag=True, help="Print the plan (and preflight it); change nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Print what --to, --resume, --rollback or --delete-retained would do "
+    "(preflighted); change nothing.",
+)
 @click.option(
     "--delete-source",
     is_flag=True,
@@ -113,24 +161,26 @@ class PlainProgress:
     show_default=True,
     help="Seconds a Ceph operation may hang before the copy fails.",
 )
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--resume", "mode", flag_value="resume", help="Finish an interrupted migration.")
+@click.option(
+    "--yes",
+    is_flag=True,
+    help="Do not ask for confirmation (required when stdin is not a terminal).",
+)
+@click.option("--resume", is_flag=True, help="Finish an interrupted migration.")
 @click.option(
     "--rollback",
-    "mode",
-    flag_value="rollback",
+    is_flag=True,
     help="Undo an interrupted (or switched, not cleaned-up) migration.",
 )
-@click.option("--status", "mode", flag_value="status", help="Show migrations in progress.")
+@click.option("--status", is_flag=True, help="Show migrations in progress, running or interrupted.")
 @click.option(
     "--delete-retained",
-    "mode",
-    flag_value="delete-retained",
+    is_flag=True,
     help="Delete the sources earlier migrations kept.",
 )
-@click.pass_obj
+@click.pass_context
 def migrate_cmd(
-    app: Application,
+    ctx: click.Context,
     instances: tuple[str, ...],
     to: str | None,
     disks: str,
@@ -143,15 +193,34 @@ def migrate_cmd(
     bwlimit: int | None,
     ceph_timeout: int,
     yes: bool,
-    mode: str | None,
+    resume: bool,
+    rollback: bool,
+    status: bool,
+    delete_retained: bool,
 ) -> None:
     """Move the disks of shut-off, persisted INSTANCEs to another backend.
 
     Steps, each journaled in <instance dir>/storage.migration.json: plan, preflight,
     create target, copy (qemu-img convert), verify (qemu-img compare), switch (domain
-    XML, record, disk.info), cleanup. After a crash: --resume or --rollback. Exit status:
-    0, or 1 if any instance was refused or failed.
+    XML, record, disk.info), cleanup. After a crash: --resume or --rollback.
+
+    Exactly one mode per command: --to, --resume, --rollback, --status or
+    --delete-retained; an option the mode does not use is refused. Every mode that
+    changes something prints what it will do and asks for confirmation (--yes skips
+    it; without a terminal --yes is required); --dry-run stops after printing.
+
+    Exit status: 0; 1 if any instance was refused or failed, or the confirmation was
+    declined; 2 usage error; 130 interrupted (the message says how to resume or roll back).
     """
+    app: Application = ctx.obj
+    given = {
+        "to": to,
+        "resume": resume,
+        "rollback": rollback,
+        "status": status,
+        "delete_retained": delete_retained,
+    }
+    mode = choose_mode(ctx, given)
     if len(app.uris) != 1:
         raise errors.UsageError(reason="migrate works on one host: give one --connect URI")
     fault = check_fault(os.environ.get(FAULT_ENV))
@@ -166,45 +235,12 @@ def migrate_cmd(
     )
     engine = Engine(settings)
     if mode == "status":
-        if len(instances) > 1:
-            raise errors.UsageError(reason="--status takes at most one INSTANCE")
-        rows = engine.status(instances[0] if instances else None)
-        if not rows:
-            click.echo("no migration in progress")
-            return
-        emit_table(
-            app.console,
-            ("INSTANCE", "NAME", "TO", "STEP", "DISKS", "ERROR"),
-            [
-                (
-                    (
-                        r["uuid"],
-                        r["name"],
-                        r["to"],
-                        f"{r['step']} ({r['phase']})",
-                        ",".join(r["disks"]),
-                        r["error"] or "-",
-                    ),
-                    None,
-                )
-                for r in rows
-            ],
-        )
+        _status(app, engine, instances)
         return
-    if mode:
+    if mode != "to":
         if len(instances) != 1:
-            raise errors.UsageError(reason=f"--{mode} takes exactly one INSTANCE")
-        if mode == "resume":
-            with _progress(app) as progress:
-                settings.progress = progress
-                engine.resume(instances[0])
-            click.echo(f"{instances[0]}: migration finished")
-        elif mode == "rollback":
-            engine.rollback(instances[0])
-            click.echo(f"{instances[0]}: migration rolled back")
-        else:
-            for item in engine.delete_retained(instances[0]) or ["(nothing retained)"]:
-                click.echo(f"deleted {item}")
+            raise errors.UsageError(reason=f"{_flag(mode)} takes exactly one INSTANCE")
+        _journal_mode(app, engine, mode, instances[0], dry_run=dry_run, yes=yes)
         return
     if not instances or not to:
         raise errors.UsageError(
@@ -222,31 +258,155 @@ def migrate_cmd(
         bwlimit=bwlimit,
         sparse_lvs=app.nova.sparse_logical_volumes,
     )
-    if not dry_run and not yes and not sys.stdin.isatty():
-        raise errors.UsageError(reason="stdin is not a terminal: confirm with --yes")
-    plans, status = [], 0
+    _needs_terminal(dry_run, yes)
+    engine.check_driver()
+    plans, code = [], 0
     for instance in instances:
         try:
             plans.append(engine.prepare(instance, options))
         except errors.StorageCtlError as exc:
             click.secho(f"--> {type(exc).__name__}: {exc}", fg="red", err=True)
-            status = exc.exit_code
+            code = exc.exit_code
     for plan in plans:
         click.echo("\n".join(describe(plan)))
     if dry_run or not plans:
-        raise click.exceptions.Exit(status)
-    if not yes and not click.confirm("Migrate?", default=False, err=True):
-        raise click.exceptions.Exit(1)
+        if dry_run and plans:
+            app.info("dry run: nothing was changed")
+        raise click.exceptions.Exit(code)
+    _confirm(app, "Migrate?", yes)
     for plan in plans:
         try:
             with _progress(app) as progress:
                 settings.progress = progress
                 engine.run(plan)
             click.echo(f"{plan.name} ({plan.uuid}): migrated to {to}")
+        except KeyboardInterrupt:
+            _interrupted(app, engine, plan.uuid, f"migration of {plan.name} ({plan.uuid})")
         except errors.StorageCtlError as exc:
             click.secho(f"--> {type(exc).__name__}: {exc}", fg="red", err=True)
-            status = exc.exit_code or 1
-    raise click.exceptions.Exit(status)
+            code = exc.exit_code or 1
+    raise click.exceptions.Exit(code)
+
+
+def _status(app: Application, engine: Engine, instances: tuple[str, ...]) -> None:
+    if len(instances) > 1:
+        raise errors.UsageError(reason="--status takes at most one INSTANCE")
+    rows = engine.status(instances[0] if instances else None)
+    if not rows:
+        click.echo("no migration in progress")
+        return
+    emit_table(
+        app.console,
+        ("INSTANCE", "NAME", "TO", "STEP", "STATE", "DISKS", "ERROR"),
+        [
+            (
+                (
+                    r["uuid"],
+                    r["name"],
+                    r["to"],
+                    f"{r['step']} ({r['phase']})",
+                    r["state_detail"],
+                    ",".join(r["disks"]),
+                    r["error"] or "-",
+                ),
+                "red" if r["state"] == "interrupted" else None,
+            )
+            for r in rows
+        ],
+    )
+    for r in rows:
+        if r["state"] == "interrupted":
+            app.info(
+                f"{r['uuid']}: interrupted; finish with: {command(app, 'resume', r['uuid'])}"
+                f"  or undo with: {command(app, 'rollback', r['uuid'])}"
+            )
+
+
+_DONE = {
+    "resume": "migration finished",
+    "rollback": "migration rolled back",
+}
+
+
+def _journal_mode(
+    app: Application, engine: Engine, mode: str, instance: str, *, dry_run: bool, yes: bool
+) -> None:
+    """--resume, --rollback, --delete-retained: preview, confirm, then do it."""
+    _needs_terminal(dry_run, yes)
+    if mode in ("resume", "rollback"):
+        engine.check_driver()
+    lines = engine.preview(mode, instance)
+    click.echo("\n".join(lines))
+    if dry_run:
+        app.info("dry run: nothing was changed")
+        return
+    _confirm(app, {"resume": "Resume?", "rollback": "Roll back?"}.get(mode, "Delete?"), yes)
+    try:
+        if mode == "resume":
+            with _progress(app) as progress:
+                engine.s.progress = progress
+                engine.resume(instance)
+        elif mode == "rollback":
+            engine.rollback(instance)
+        else:
+            for item in engine.delete_retained(instance) or ["(nothing retained)"]:
+                click.echo(f"deleted {item}")
+            return
+    except KeyboardInterrupt:
+        _interrupted(app, engine, engine.resolve(instance), f"{_flag(mode)} of {instance}")
+    click.echo(f"{instance}: {_DONE[mode]}")
+
+
+def stdin_is_terminal() -> bool:
+    try:
+        return sys.stdin.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stdin
+        return False
+
+
+def _needs_terminal(dry_run: bool, yes: bool) -> None:
+    if not dry_run and not yes and not stdin_is_terminal():
+        raise errors.UsageError(
+            reason="stdin is not a terminal: confirm with --yes (or look first with --dry-run)"
+        )
+
+
+def _confirm(app: Application, question: str, yes: bool) -> None:
+    if yes:
+        return
+    try:
+        ok = click.confirm(question, default=False, err=True)
+    except click.Abort:
+        ok = False
+    if not ok:
+        app.abort("Declined: not confirmed, nothing was changed", 1)
+
+
+def command(app: Application, mode: str, uuid: str) -> str:
+    """The exact command line that runs ``migrate --<mode> uuid`` on this host."""
+    argv = ["storagectl", "-c", app.uris[0]]
+    for conf in app.nova_conf:
+        argv += ["--nova-conf", conf]
+    if app.lock_path != DEFAULT_LOCK_PATH:
+        argv += ["--lock-path", app.lock_path]
+    argv += ["migrate", _flag(mode), uuid]
+    return shlex.join(argv)
+
+
+def _interrupted(app: Application, engine: Engine, uuid: str, what: str) -> NoReturn:
+    """Ctrl-C: say where the migration stopped and the exact commands to finish it."""
+    try:
+        rows = engine.status(uuid)
+    except (errors.StorageCtlError, OSError):
+        rows = []
+    if rows:
+        r = rows[0]
+        app.abort(
+            f"Interrupted: {what} stopped at {r['step']} ({r['phase']}); finish it with: "
+            f"{command(app, 'resume', uuid)}  or undo it with: {command(app, 'rollback', uuid)}",
+            130,
+        )
+    app.abort(f"Interrupted: {what}; no migration of {uuid} is in progress", 130)
 
 
 class _progress:  # noqa: N801 - used as a context manager

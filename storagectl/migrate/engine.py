@@ -17,6 +17,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from storagectl import errors
 from storagectl.config import NovaConfig
@@ -24,15 +25,23 @@ from storagectl.layouts import naming
 from storagectl.layouts import record as rec
 from storagectl.layouts.hosts import is_local_uri, scan_host
 from storagectl.layouts.inspection import inspect_hosts
+from storagectl.layouts.interrupted import migration_state
 from storagectl.layouts.locks import instance_lock
 from storagectl.layouts.mirror import write_mirror
 from storagectl.layouts.model import Code, Severity
 from storagectl.migrate import switch
 from storagectl.migrate.copy import NullProgress, Progress, copy_all
 from storagectl.migrate.journal import STEPS, Journal, journal_path, read_journal
-from storagectl.migrate.plan import Location, MigrationRefused, Options, Plan, make_plan
+from storagectl.migrate.plan import (
+    Location,
+    MigrationRefused,
+    Options,
+    Plan,
+    describe,
+    make_plan,
+)
 from storagectl.migrate.preflight import preflight
-from storagectl.migrate.retained import delete_retained
+from storagectl.migrate.retained import delete_retained, retained_locations
 from storagectl.migrate.targets import Storage
 from storagectl.migrate.verify import verify_disk
 from storagectl.process import Runner
@@ -46,6 +55,32 @@ class MigrationFailed(errors.StorageCtlError):
 
 class NoMigration(errors.StorageCtlError):
     template = "no migration of %(instance)s is in progress (no %(path)s)"
+
+
+class DriverUnsupported(errors.StorageCtlError):
+    template = (
+        "cannot migrate on %(uri)s: %(reason)s; run storagectl migrate on the compute host "
+        "against its real hypervisor (e.g. -c qemu:///system)"
+    )
+
+
+def driver_problem(uri: str) -> str | None:
+    """Why the libvirt driver of ``uri`` cannot carry a migration, or None.
+
+    A migration's switch redefines the persistent domain and must find it redefined on
+    the next connection (the next command, audit, Nova). The ``test`` driver keeps its
+    domains in memory per connection, loaded afresh from its XML file (or built-in
+    defaults): a redefinition is gone when the connection closes, so the record would
+    point at disks the domain never uses.
+    """
+    scheme = urlsplit(uri).scheme.split("+")[0].lower()
+    if scheme == "test":
+        return (
+            "the libvirt test driver forgets a redefined domain when its connection "
+            "closes, so the switch would not persist and the record would not match the "
+            "domain"
+        )
+    return None
 
 
 @dataclass
@@ -69,6 +104,12 @@ class Engine:
         self._checked: set[str] = set()
 
     # -- starting -----------------------------------------------------------------
+
+    def check_driver(self) -> None:
+        """Refuse up front a hypervisor whose driver cannot keep a redefined domain."""
+        reason = driver_problem(self.s.uri)
+        if reason:
+            raise DriverUnsupported(uri=self.s.uri, reason=reason)
 
     def prepare(self, instance: str, options: Options) -> Plan:
         """Refuse (nothing changed) or return the plan, preflight-checked."""
@@ -195,6 +236,7 @@ class Engine:
         for d in dirs:
             j = read_journal(d)
             if j is not None:
+                state, detail = migration_state(j.pid, self.s.lock_path, j.plan.uuid)
                 out.append(
                     {
                         "uuid": j.plan.uuid,
@@ -205,11 +247,80 @@ class Engine:
                         "done": j.done,
                         "started_at": j.started_at,
                         "pid": j.pid,
+                        "state": state,
+                        "state_detail": detail,
                         "error": j.error,
                         "disks": [m.name for m in j.plan.moves],
                     }
                 )
         return out
+
+    def preview(self, mode: str, instance: str) -> list[str]:
+        """What ``resume``, ``rollback`` or ``delete_retained`` would do, checked as the
+        real run checks (same refusals, under the instance lock); nothing is changed."""
+        uuid = self.resolve(instance)
+        inst_dir = self.s.nova.instance_dir(uuid)
+        if mode == "delete_retained":
+            with self._lock(uuid, instance):
+                if read_journal(inst_dir) is not None:
+                    raise MigrationRefused(instance=instance, reason="a migration is in progress")
+                locations = retained_locations(inst_dir, uuid)
+            if not locations:
+                return [f"instance {uuid}: nothing retained, nothing to delete"]
+            return [f"instance {uuid}: would delete {len(locations)} retained source(s)"] + [
+                f"  delete {loc.backend} {loc.describe()}" for loc in locations
+            ]
+        domains = switch.Domains(self.s.uri)
+        try:
+            with self._lock(uuid, instance):
+                j = self._journal(uuid, instance)
+                who = f"{j.plan.name} ({j.plan.uuid})"
+                head = (
+                    f"migration of {who} to {j.plan.options.to}, stopped at {j.step} "
+                    f"({j.phase}), started {j.started_at or '?'} by pid {j.pid}"
+                )
+                if mode == "resume":
+                    if domains.is_active(uuid):
+                        raise MigrationRefused(
+                            instance=instance, reason="it is running; shut it off before resuming"
+                        )
+                    left = [s for s in STEPS if s not in j.done]
+                    return [
+                        f"would resume the {head}",
+                        f"  steps to run: {', '.join(left) or '(none)'}",
+                        *describe(j.plan),
+                    ]
+                return [f"would roll back the {head}", *self._undo_lines(j, domains)]
+        finally:
+            domains.close()
+
+    def _undo_lines(self, j: Journal, domains: switch.Domains) -> list[str]:
+        plan, who = j.plan, f"{j.plan.name} ({j.plan.uuid})"
+        if plan.options.delete_source and j.started("cleanup"):
+            raise MigrationRefused(
+                instance=who,
+                reason="the sources are being deleted "
+                "(cleanup); only --resume can finish this migration",
+            )
+        lines = []
+        if j.started("switch"):
+            if domains.is_active(plan.uuid):
+                raise MigrationRefused(instance=who, reason="it is running; shut it off")
+            lines.append(
+                "  restore the domain XML, storage.yaml and disk.info saved when it started"
+            )
+            for m in plan.moves:
+                if m.retained_path:
+                    lines.append(
+                        f"  {m.name}: back to {m.source.describe()} (from {m.retained_path})"
+                    )
+        if j.started("create"):
+            for m in plan.moves:
+                lines.append(f"  {m.name}: remove the target {m.copy_dest.describe()}")
+        if len(lines) == 0:
+            lines.append("  nothing was created yet: only the journal is removed")
+        lines.append(f"  remove the journal {j.path}")
+        return lines
 
     def delete_retained(self, instance: str) -> list[str]:
         uuid = self.resolve(instance)

@@ -86,7 +86,7 @@ def test_flat_to_rbd_and_back(node: Node, tmp_path: Path) -> None:
     # and back: rbd -> flat; the flat file kept by the first migration is in the way
     res = node.cli("migrate", uuid, "--to", "flat", "--yes")
     assert res.returncode == 1 and "the target" in res.stderr and "already exists" in res.stderr
-    res = node.run("migrate", "--delete-retained", uuid)
+    res = node.run("migrate", "--delete-retained", uuid, "--yes")
     assert res.returncode == 0 and str(d / "disk") in res.stdout
     res = node.cli("migrate", uuid, "--to", "flat", "--yes", "--delete-source")
     assert res.returncode == 0, res.stderr
@@ -110,7 +110,7 @@ def test_kill_at_every_boundary(node: Node, tmp_path: Path, direction: str, faul
         res = node.killed(*argv, fault=fault)
         assert res.returncode == -signal.SIGKILL, res.stderr
         assert guest_view(node, uuid, tmp_path) == before_sha
-        res = node.run("migrate", f"--{how}", uuid)
+        res = node.run("migrate", f"--{how}", uuid, "--yes")
         assert res.returncode == 0, res.stderr
         assert not (d / "storage.migration.json").exists()
         assert guest_view(node, uuid, tmp_path) == before_sha
@@ -192,7 +192,7 @@ def test_ceph_dying_mid_copy(node: Node, tmp_path: Path, own_cluster: CephCluste
             time.sleep(1)
     if (d / "storage.migration.json").exists():  # the rollback could not reach Ceph either
         assert "--rollback" in err
-        res = node.run("migrate", "--rollback", uuid)
+        res = node.run("migrate", "--rollback", uuid, "--yes")
         assert res.returncode == 0, res.stderr
     assert state(node, uuid) == before
     assert guest_view(node, uuid, tmp_path) == before_sha
@@ -235,7 +235,7 @@ def test_kill_9_mid_copy(node: Node, tmp_path: Path, then: str) -> None:
     stale = json.loads(cluster.rbd("status", "--format", "json", f"{cluster.pool}/{image}"))
     assert stale["watchers"], stale  # the killed writer's, until the OSD expires it
 
-    res = node.run("migrate", then, uuid)
+    res = node.run("migrate", then, uuid, "--yes")
     assert res.returncode == 0, res.stderr
     assert not (d / "storage.migration.json").exists()
     if then == "--rollback":

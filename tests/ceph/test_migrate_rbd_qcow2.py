@@ -78,7 +78,7 @@ def test_qcow2_to_rbd_with_nova_conf_secret_and_back_to_standalone_qcow2(
     assert json.loads((d / "disk.info").read_text()) == {f"rbd:{cluster.pool}/{uuid}_disk": "raw"}
     assert leftovers(node, uuid) == []
     # back to qcow2: the retained qcow2 holds the name until --delete-retained
-    res = node.run("migrate", "--delete-retained", uuid)
+    res = node.run("migrate", "--delete-retained", uuid, "--yes")
     assert res.returncode == 0 and str(d / "disk") in res.stdout, res.stderr
     res = node.cli("migrate", uuid, "--to", "qcow2", "--yes", "--delete-source")
     assert res.returncode == 0, res.stderr
@@ -115,7 +115,7 @@ def test_killed_mid_migration(
     assert res.returncode == -signal.SIGKILL, res.stderr
     assert guest_view(node, uuid, tmp_path) == before_sha  # a complete disk at the boundary
     assert (d / "storage.migration.json").exists()
-    res = node.run("migrate", f"--{how}", uuid)
+    res = node.run("migrate", f"--{how}", uuid, "--yes")
     assert res.returncode == 0, res.stderr
     assert not (d / "storage.migration.json").exists() and leftovers(node, uuid) == []
     assert guest_view(node, uuid, tmp_path) == before_sha

@@ -99,7 +99,7 @@ def test_qcow2_to_flat_then_back_with_retained_sources(node: Node, tmp_path: Pat
     res = migrate(node, uuid, "--to", "flat", "--yes")
     assert res.returncode == 1 and "delete-retained" in res.stderr
     assert "MigrationRefused" in res.stderr and "Traceback" not in res.stderr
-    res = node.cli("migrate", "--delete-retained", uuid)
+    res = node.cli("migrate", "--delete-retained", uuid, "--yes")
     assert res.returncode == 0, res.stderr
     assert "disk.retained-qcow2" in res.stdout and "disk.retained-flat" in res.stdout
     assert node.record(uuid)["retained_sources"] == []
@@ -131,7 +131,7 @@ def test_kill_at_every_boundary_then_resume_or_rollback(
         assert res.returncode == 1 and "--resume or --rollback" in res.stderr
         status = node.run("migrate", "--status")
         assert uuid in status.stdout and "copy (after)" in status.stdout
-    res = node.run("migrate", f"--{how}", uuid)
+    res = node.run("migrate", f"--{how}", uuid, "--yes")
     assert res.returncode == 0, res.stderr
     assert not (d / "storage.migration.json").exists()
     assert leftovers(node, uuid) == []

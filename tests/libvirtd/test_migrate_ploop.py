@@ -87,7 +87,7 @@ def test_ploop_to_flat_keeps_the_directory(node: Node, tmp_path: Path) -> None:
     inst = json.loads(node.run("inspect", "-o", "json", uuid).stdout)["instances"][0]
     assert inst["source"] == "metadata" and inst["findings"] == [], inst
     # later, the operator drops the kept directory: removed whole, the record forgets it
-    res = node.cli("migrate", "--delete-retained", uuid)
+    res = node.cli("migrate", "--delete-retained", uuid, "--yes")
     assert res.returncode == 0, res.stderr
     assert not kept.exists() and node.record(uuid)["retained_sources"] == []
     assert guest_view(node, uuid, tmp_path) == before_sha
@@ -122,7 +122,7 @@ def test_ploop_killed_then_resume_or_rollback(
     res = node.killed("migrate", uuid, "--to", "flat", "--disks", "root", "--yes", fault=fault)
     assert res.returncode == -signal.SIGKILL, res.stderr
     assert guest_view(node, uuid, tmp_path) == before_sha
-    res = node.run("migrate", f"--{how}", uuid)
+    res = node.run("migrate", f"--{how}", uuid, "--yes")
     assert res.returncode == 0, res.stderr
     assert not (d / "storage.migration.json").exists() and leftovers(node, uuid) == []
     assert guest_view(node, uuid, tmp_path) == before_sha

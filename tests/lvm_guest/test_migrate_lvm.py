@@ -139,7 +139,7 @@ def test_flat_to_lvm_and_back_to_flat(node: Node, guest_vg: LvmEnv, tmp_path: Pa
 
     # back to flat files: the retained flat sources are in the way until deleted
     refused(node.run("migrate", uuid, "--to", "flat", "--yes"), "already exists")
-    res = node.run("migrate", "--delete-retained", uuid)
+    res = node.run("migrate", "--delete-retained", uuid, "--yes")
     assert res.returncode == 0, res.stderr
     assert dir_names(d) == ["disk.info", "storage.yaml"]
     res = node.run("migrate", uuid, "--to", "flat", "--yes", "--delete-source")
@@ -178,7 +178,7 @@ def test_sparse_lv_target_stays_sparse(node: Node, guest_vg: LvmEnv) -> None:
     # tens of seconds under TCG)
     assert vda(node, uuid) == ("block", lv.path, "raw")
     assert [r["path"] for r in node.record(uuid)["retained_sources"]] == [str(d / "disk")]
-    res = node.run("migrate", "--delete-retained", uuid)
+    res = node.run("migrate", "--delete-retained", uuid, "--yes")
     assert res.returncode == 0, res.stderr
     # the instance's LVs go with the instance: the private pool leaves with its LV
     LVM(guest_vg.runner()).remove(guest_vg.vg, name)
@@ -249,7 +249,7 @@ def test_kill_at_every_boundary_qcow2_lvm_both_ways(
         if not todo[to]:  # only the other direction is left: cross over plainly
             res = node.run("migrate", uuid, "--to", to, "--yes")
             assert res.returncode == 0, res.stderr
-            res = node.run("migrate", "--delete-retained", uuid)
+            res = node.run("migrate", "--delete-retained", uuid, "--yes")
             assert res.returncode == 0, res.stderr
             on = to
             continue
@@ -262,7 +262,7 @@ def test_kill_at_every_boundary_qcow2_lvm_both_ways(
         # at the boundary: the domain points at a complete disk with the same data
         assert guest_view(node, uuid, tmp_path) == want, (where, vda(node, uuid))
 
-        res = node.run("migrate", f"--{how}", uuid)
+        res = node.run("migrate", f"--{how}", uuid, "--yes")
         assert res.returncode == 0, (where, res.stderr)
         assert not (d / "storage.migration.json").exists(), where
         assert leftovers(node, uuid) == [], where
@@ -281,7 +281,7 @@ def test_kill_at_every_boundary_qcow2_lvm_both_ways(
                 assert vda(node, uuid) == ("file", str(d / "disk"), "qcow2"), where
                 assert [r["volume"] for r in rec["retained_sources"]] == [Path(lv).name]
             assert without_disk(node.xml(uuid), "vda") == without_disk(before["xml"], "vda")
-            res = node.run("migrate", "--delete-retained", uuid)
+            res = node.run("migrate", "--delete-retained", uuid, "--yes")
             assert res.returncode == 0, (where, res.stderr)
             assert node.record(uuid)["retained_sources"] == [], where
         # nothing leaked: the LV exists exactly when the domain uses it
@@ -308,6 +308,6 @@ def test_lvm_root_to_qcow2_keeps_the_lv_until_deleted(
     assert info["format"] == "qcow2" and "backing-filename" not in info
     assert json.loads((d / "disk.info").read_text()) == {str(d / "disk"): "qcow2"}
     assert instance_lvs(guest_vg, uuid) == {Path(lv).name}  # retained
-    res = node.run("migrate", "--delete-retained", uuid)
+    res = node.run("migrate", "--delete-retained", uuid, "--yes")
     assert res.returncode == 0 and lv in res.stdout, res.stdout + res.stderr
     assert instance_lvs(guest_vg, uuid) == set()

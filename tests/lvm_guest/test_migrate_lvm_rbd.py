@@ -70,7 +70,7 @@ def test_lvm_root_to_rbd_and_back(rbd_node: Node, guest_vg: LvmEnv, tmp_path: Pa
     assert [r["backend"] for r in rec["retained_sources"]] == ["lvm"]
     inst = json.loads(node.run("inspect", "-o", "json", uuid).stdout)["instances"][0]
     assert inst["source"] == "metadata" and inst["findings"] == [], inst
-    res = node.run("migrate", "--delete-retained", uuid)
+    res = node.run("migrate", "--delete-retained", uuid, "--yes")
     assert res.returncode == 0, res.stderr
     assert instance_lvs(guest_vg, uuid) == set()
 
