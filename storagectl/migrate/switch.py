@@ -28,7 +28,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import replace
 
-from storagectl import errors
+from storagectl import errors, fsutil
 from storagectl.fsutil import atomic_write
 from storagectl.layouts import record as rec
 from storagectl.layouts.model import Backend, DiskLayout, Role
@@ -249,6 +249,7 @@ def forward(plan: Plan, original_xml: str, domains: Domains, storage: Storage) -
                     reason=f"{final} exists and is neither the source nor the copy",
                 )
             _keep_owner(final, temp)
+            fsutil.fsync_path(temp)  # the owner and mode, before the copy takes the name
             os.rename(final, m.retained_path)
         if not os.path.lexists(final):
             os.link(temp, final)
@@ -387,6 +388,7 @@ def write_disk_info(instance_dir: str, text: str | None) -> None:
     atomic_write(path, text.encode(), mode=mode)
     if owner is not None and owner != (os.geteuid(), os.getegid()):
         os.chown(path, *owner)
+        fsutil.fsync_path(path)
 
 
 def _info_keys(loc: Location) -> list[str]:

@@ -38,6 +38,8 @@ def test_a_ploop_directory_is_read_through_its_root_hds(tmp_path: Path) -> None:
         "qemu-img",
         "convert",
         "-p",
+        "-t",
+        "none",
         "-f",
         "parallels",
         "-O",

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 from oslo_concurrency import processutils
 
-from storagectl import errors
+from storagectl import errors, fsutil
 from storagectl.layouts.model import Backend, Backing, DiskLayout, Role
 from storagectl.layouts.record import Record, parse_record
 from storagectl.migrate import switch
@@ -179,6 +179,8 @@ def test_convert_and_compare_command_lines() -> None:
         "qemu-img",
         "convert",
         "-p",
+        "-t",
+        "none",
         "-f",
         "qcow2",
         "-O",
@@ -321,7 +323,18 @@ class Recorded:
         self.events.append(("finish", disk, ok))
 
 
-def test_copy_reports_progress_and_verify_refuses_a_mismatch() -> None:
+@pytest.fixture
+def synced(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """The fsutil durability calls (the fake qemu-img writes no real target)."""
+    calls: list[tuple[str, str]] = []
+    for name in ("fsync_path", "fsync_dir", "drop_cache"):
+        monkeypatch.setattr(fsutil, name, lambda p, _n=name: calls.append((_n, str(p))))
+    return calls
+
+
+def test_copy_reports_progress_and_verify_refuses_a_mismatch(
+    synced: list[tuple[str, str]],
+) -> None:
     assert parse_percent("    (42.51/100%)") == 42.51 and parse_percent("junk") is None
     fake = FakeQemuImg()
     runner = Runner(fake)
@@ -337,12 +350,17 @@ def test_copy_reports_progress_and_verify_refuses_a_mismatch() -> None:
         ("update", "disk", 100.0),
         ("finish", "disk", True),
     ]
+    target = f"{INST}/disk.migrating"
+    assert synced == [("fsync_path", target), ("fsync_dir", INST)]
     verify_disk(flat, storage, runner)
+    assert synced[2:] == [("fsync_path", target), ("drop_cache", target)]
     with pytest.raises(VerifyFailed, match="Content mismatch at offset 8388608"):
         verify_disk(flat, storage, Runner(FakeQemuImg(compare_exit=1)))
 
 
-def test_parallel_copy_runs_every_disk_and_raises_the_failure() -> None:
+def test_parallel_copy_runs_every_disk_and_raises_the_failure(
+    synced: list[tuple[str, str]],
+) -> None:
     moves = []
     for name in ("disk", "disk.local", "disk.swap"):
         m = move(Location("flat", "raw", path=f"{INST}/{name}"), temp=True)
@@ -378,7 +396,7 @@ def test_lvm_and_rbd_to_each_other_command_lines() -> None:
     )
     lv_opts = f"driver=raw,size={1 << 30},file.driver=host_device,file.filename={lv.path}"
     rbd_opts = f"driver=raw,file.driver=rbd,file.filename={rbd_file}"
-    head = ["qemu-img", "convert", "-p", "-f", "raw", "-O", "raw", "-n"]
+    head = ["qemu-img", "convert", "-p", "-t", "none", "-f", "raw", "-O", "raw", "-n"]
     to_rbd = move(rbd, source=lv)
     assert convert_argv(to_rbd, storage, bwlimit=None) == [
         *head, "--target-is-zero", lv.path, rbd_file,
