@@ -176,7 +176,8 @@ def choose_mode(ctx: click.Context, given: dict[str, object]) -> str:
 @click.option(
     "--delete-retained",
     is_flag=True,
-    help="Delete the sources earlier migrations kept.",
+    help="Delete the sources earlier migrations kept. With --to: a kept source in the "
+    "way of this migration (moving back where it sits) is deleted instead of renamed.",
 )
 @click.pass_context
 def migrate_cmd(
@@ -218,7 +219,8 @@ def migrate_cmd(
         "resume": resume,
         "rollback": rollback,
         "status": status,
-        "delete_retained": delete_retained,
+        # With --to, --delete-retained is that migration's option (Options.delete_retained).
+        "delete_retained": delete_retained and not to,
     }
     mode = choose_mode(ctx, given)
     if len(app.uris) != 1:
@@ -254,6 +256,7 @@ def migrate_cmd(
         pool=pool,
         secret_uuid=secret_uuid,
         delete_source=delete_source,
+        delete_retained=delete_retained,
         parallel=parallel,
         bwlimit=bwlimit,
         sparse_lvs=app.nova.sparse_logical_volumes,

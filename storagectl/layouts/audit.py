@@ -15,7 +15,9 @@ Read-only. Built on one inspection run (records trusted where they exist), then:
   shared by other compute hosts they are those hosts' instances, so they are counted,
   not reported one by one - unless the audit is told it sees every host (``complete``);
 - ``base-image-unsafe`` an image-cache entry failing the inspector's safety checks;
-- ``base-image-unused`` an image-cache entry no disk uses.
+- ``base-image-unused`` an image-cache entry no disk uses;
+- ``retained-in-use``   a ``retained_sources`` item at a place a disk uses now (``persist``
+  drops it).
 
 Sources that a migration kept and recorded as retained are not orphans.
 
@@ -52,6 +54,7 @@ from storagectl.layouts.mirror import mirror_items, read_mirror
 from storagectl.layouts.model import Backend, DiskLayout, Finding, InstanceLayout, Severity
 from storagectl.layouts.record import RECORD_NAME, read_record
 from storagectl.layouts.storage import StorageView
+from storagectl.migrate.roundtrip import entry_key, live_message, live_retained
 from storagectl.process import Runner
 
 
@@ -63,6 +66,7 @@ class AuditCode(StrEnum):
     UNOWNED_VOLUMES = "unowned-volumes"
     BASE_IMAGE_UNSAFE = "base-image-unsafe"
     BASE_IMAGE_UNUSED = "base-image-unused"
+    RETAINED_IN_USE = "retained-in-use"
 
 
 AUDIT_SEVERITY = {
@@ -73,6 +77,7 @@ AUDIT_SEVERITY = {
     AuditCode.UNOWNED_VOLUMES: Severity.INFO,
     AuditCode.BASE_IMAGE_UNSAFE: Severity.CRITICAL,
     AuditCode.BASE_IMAGE_UNUSED: Severity.INFO,
+    AuditCode.RETAINED_IN_USE: Severity.WARNING,
 }
 
 RESIZE_SNAPSHOT = "nova-resize"
@@ -167,6 +172,10 @@ def _record_checks(inst: InstanceLayout, result: InspectionResult, runner: Runne
     for disk in inst.disks:
         if disk.backend in (Backend.LVM, Backend.RBD):
             out += _mirror_drift(inst.uuid, disk, runner)
+    # A retained_sources item where a disk is now (storagectl/migrate/roundtrip.py).
+    for item, disk_name in live_retained(inst.disks, result.retained.get(inst.uuid, ())):
+        message = live_message(inst.uuid, str(entry_key(item)), disk_name)
+        out.append(_finding(AuditCode.RETAINED_IN_USE, inst.uuid, disk_name, message))
     return out
 
 

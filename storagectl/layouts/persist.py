@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from storagectl import errors
@@ -25,6 +25,7 @@ from storagectl.layouts.locks import instance_lock
 from storagectl.layouts.mirror import write_mirror
 from storagectl.layouts.model import Backend, InstanceLayout, Severity
 from storagectl.layouts.verify import read_disk_info
+from storagectl.migrate.roundtrip import drop_live_retained, entry_key
 from storagectl.process import Runner
 
 LOG = logging.getLogger(__name__)
@@ -141,9 +142,31 @@ def persist_one(
         return out
 
 
+def _repair_retained(out: PersistOutcome, inst_dir: str, uuid: str) -> bool:
+    """The one repair persist makes in place: a ``retained_sources`` item at a place a
+    disk uses now (no kept copy any more, see migrate/roundtrip.py) is dropped."""
+    try:
+        old = rec.read_record(inst_dir, expect_uuid=uuid)
+    except errors.RecordInvalid:
+        return False  # reported below
+    if old is None:
+        return False
+    repaired, live = drop_live_retained(old)
+    if not live:
+        return False
+    rec.write_record(inst_dir, replace(repaired, written_at=rec.utc_now()))
+    out.status = WRITTEN
+    out.reason = "dropped from retained_sources (a disk uses it now): " + ", ".join(
+        f"{entry_key(item)} (disk {disk})" for item, disk in live
+    )
+    return True
+
+
 def _write_locked(
     out: PersistOutcome, new: rec.Record, inst_dir: str, runner: Runner, force: bool
 ) -> PersistOutcome:
+    if not force and _repair_retained(out, inst_dir, new.uuid):
+        return out
     try:
         old = rec.read_record(inst_dir, expect_uuid=new.uuid)
     except errors.RecordInvalid as exc:

@@ -29,7 +29,7 @@ from storagectl.layouts.interrupted import migration_state
 from storagectl.layouts.locks import instance_lock
 from storagectl.layouts.mirror import write_mirror
 from storagectl.layouts.model import Code, Severity
-from storagectl.migrate import switch
+from storagectl.migrate import roundtrip, switch
 from storagectl.migrate.copy import NullProgress, Progress, copy_all
 from storagectl.migrate.journal import STEPS, Journal, journal_path, read_journal
 from storagectl.migrate.plan import (
@@ -396,6 +396,7 @@ class Engine:
         preflight(j.plan, self.storage, names_only=j.plan.uuid in self._checked)
 
     def _create(self, j: Journal, domains: switch.Domains) -> None:
+        roundtrip.displace(j.plan, self.storage)  # retained copies in the way, aside first
         for m in j.plan.moves:
             loc = m.copy_dest
             if self.storage.exists(loc):  # left by an interrupted create: ours
@@ -428,22 +429,31 @@ class Engine:
         )
 
     def _cleanup(self, j: Journal, domains: switch.Domains) -> None:
-        if not j.plan.options.delete_source:
+        o = j.plan.options
+        if not (o.delete_source or o.delete_retained):
             return
-        for m in j.plan.moves:
-            _remove_source(m.retained, self.storage)
+        if o.delete_source:
+            for m in j.plan.moves:
+                _remove_source(m.retained, self.storage)
+        if o.delete_retained:
+            roundtrip.remove_displaced(j.plan, self.storage)
         new = switch.migrated_record(
-            self._original_record(j), j.plan, now=rec.utc_now(), keep_sources=False
+            self._original_record(j),
+            j.plan,
+            now=rec.utc_now(),
+            keep_sources=not o.delete_source,
+            keep_displaced=not o.delete_retained,
         )
         rec.write_record(j.plan.instance_dir, new)
 
     def _rollback(self, j: Journal, domains: switch.Domains) -> None:
         plan, who = j.plan, f"{j.plan.name} ({j.plan.uuid})"
-        if plan.options.delete_source and j.started("cleanup"):
+        deleting = plan.options.delete_source or plan.options.delete_retained
+        if deleting and j.started("cleanup"):
             raise MigrationRefused(
                 instance=who,
-                reason="the sources are being deleted "
-                "(cleanup); only --resume can finish this migration",
+                reason="the sources are being deleted (cleanup); only "
+                f"storagectl migrate --resume {plan.uuid} can finish this migration",
             )
         if j.started("switch"):
             if domains.is_active(plan.uuid):
@@ -453,7 +463,9 @@ class Engine:
             switch.write_disk_info(plan.instance_dir, j.original_disk_info)
         if j.started("create"):
             for m in plan.moves:
-                self.storage.remove(m.copy_dest, ours=True)
+                if not roundtrip.holds_retained(m, self.storage):  # not moved aside yet
+                    self.storage.remove(m.copy_dest, ours=True)
+            roundtrip.restore(plan, self.storage)  # retained copies back to their names
         j.remove()
         self.s.say(f"{plan.name}: rolled back")
 

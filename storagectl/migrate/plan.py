@@ -108,6 +108,9 @@ class DiskMove:
     temp_path: str | None = None  # file targets: copied here, renamed at the switch
     retained_path: str | None = None  # file sources: moved here at the switch
     needed: int | None = None  # bytes the copy will take on the target (preflight)
+    # retained copies of earlier migrations holding a name this move needs, moved aside at
+    # the create step (preflight fills it; see roundtrip.py): {"entry", "at", "to"}
+    displaced: list[dict] = field(default_factory=list)
 
     @property
     def copy_dest(self) -> Location:
@@ -148,6 +151,8 @@ class Options:
     rbd_user: str | None = None
     secret_uuid: str | None = None  # libvirt secret for new rbd disks; wins over all else
     delete_source: bool = False
+    # --to ... --delete-retained: a retained copy in the way is deleted (else kept, renamed)
+    delete_retained: bool = False
     parallel: int = 1
     bwlimit: int | None = None  # MiB/s, per disk
     sparse_lvs: bool = False  # nova.conf sparse_logical_volumes
@@ -288,6 +293,8 @@ def _move(
 
 def describe(plan: Plan) -> list[str]:
     """Human lines: what will happen, disk by disk (``--dry-run`` and the confirmation)."""
+    from storagectl.migrate import roundtrip  # it reads plans
+
     o = plan.options
     lines = [f"instance {plan.name} ({plan.uuid}) on {plan.uri}: to {o.to}"]
     for m in plan.moves:
@@ -303,6 +310,7 @@ def describe(plan: Plan) -> list[str]:
         lines.append(
             f"      source {'deleted after the switch' if o.delete_source else 'kept as ' + keep}"
         )
+        lines += roundtrip.describe_lines(m, o.delete_retained)
     for s in plan.skipped:
         lines.append(f"  skipped {s}")
     lines.append(

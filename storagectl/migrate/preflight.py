@@ -1,7 +1,9 @@
 """The preflight step: everything that can be checked before anything is changed.
 
 Sources exist; target names are free (for a file target: the temporary name, the name the
-source will be kept under, and the final name unless the source holds it); the VG exists;
+source will be kept under, and the final name unless the source holds it) - a name held by
+a retained copy of this instance (its record's ``retained_sources``) is not refused but
+planned to be moved aside (``DiskMove.displaced``, see roundtrip.py); the VG exists;
 Ceph answers; and there is room, sparse-aware: a file or RBD target needs the source's
 allocated data (``qemu-img measure``), a thick LV its virtual size rounded to extents.
 Each failure is a :class:`~storagectl.migrate.plan.MigrationRefused` naming the disk.
@@ -15,7 +17,9 @@ from collections import defaultdict
 
 from storagectl import errors
 from storagectl.backends.lvm import LVM, SPARSE_PREALLOCATED
+from storagectl.layouts import record as rec
 from storagectl.layouts.model import Backend
+from storagectl.migrate import roundtrip
 from storagectl.migrate.plan import Location, MigrationRefused, Plan
 from storagectl.migrate.targets import Storage
 
@@ -32,6 +36,10 @@ def preflight(plan: Plan, storage: Storage, *, names_only: bool = False) -> None
     def refuse(reason: str) -> MigrationRefused:
         return MigrationRefused(instance=f"{plan.name} ({plan.uuid})", reason=reason)
 
+    if not names_only:
+        # Retained copies of earlier migrations in the way are moved aside, not refused.
+        record = rec.read_record(plan.instance_dir, expect_uuid=plan.uuid)
+        roundtrip.plan_displaced(plan, record, storage)
     pinged: set[tuple[str | None, str | None, str | None]] = set()
     for m in plan.moves:
         if names_only:
@@ -59,24 +67,41 @@ def preflight(plan: Plan, storage: Storage, *, names_only: bool = False) -> None
 
 def _check_names(m, storage: Storage, refuse) -> None:  # noqa: ANN001
     if not storage.exists(m.source):
-        raise refuse(f"the source of {m.name}, {m.source.describe()}, does not exist")
-    for loc, what in _must_be_free(m):
+        raise refuse(
+            f"the source of {m.name}, {m.source.describe()}, does not exist "
+            "(storagectl audit names what changed)"
+        )
+    aside = roundtrip.displaced_keys(m)
+    for loc, what in roundtrip.must_be_free(m):
+        if roundtrip.loc_key(loc) in aside:
+            continue  # a retained copy of this instance, moved aside at the create step
         if storage.exists(loc):
-            hint = " (storagectl migrate --delete-retained)" if "retained" in what else ""
-            raise refuse(f"{what} {loc.describe()} already exists; remove it first{hint}")
+            raise refuse(
+                f"{what} {loc.describe()} already exists and is no retained copy in the "
+                f"record of this instance, so it is left alone; if nothing needs it, "
+                f"remove it ({remove_command(loc)}) and run the migration again"
+            )
+    for d in m.displaced:
+        to = Location.from_dict(d["to"])
+        if storage.exists(to):
+            raise refuse(
+                f"{to.describe()}, the new name of the retained copy "
+                f"{Location.from_dict(d['at']).describe()}, was taken meanwhile; "
+                "run the migration again (it picks another name)"
+            )
 
 
-def _must_be_free(m) -> list[tuple[Location, str]]:  # noqa: ANN001 - a DiskMove
-    free = []
-    if m.temp_path:
-        free.append((m.copy_dest, "the temporary copy"))
-        if m.retained_path:
-            free.append((m.retained, "a retained source"))
-        if not (m.source.is_file and m.source.path == m.dest.path):
-            free.append((m.dest, "the target"))
-    else:
-        free.append((m.dest, "the target"))
-    return free
+def remove_command(loc: Location) -> str:
+    """The command that removes ``loc`` by hand (a name storagectl does not own)."""
+    if loc.kind is Backend.RBD:
+        conf = f" --conf {loc.ceph_conf}" if loc.ceph_conf else ""
+        user = f" --id {loc.user}" if loc.user else ""
+        return f"rbd{conf}{user} rm {loc.pool}/{loc.image}"
+    if loc.kind is Backend.LVM:
+        return f"lvremove {loc.volume_group}/{loc.volume}"
+    if loc.path and os.path.isdir(loc.path) and not os.path.islink(loc.path):
+        return f"rm -r -- {loc.path}"
+    return f"rm -- {loc.path}"
 
 
 def _needed(m, storage: Storage, sparse_lvs: bool) -> int:  # noqa: ANN001

@@ -43,8 +43,7 @@ def delete_retained(instance_dir: str, uuid: str, storage: Storage, runner: Runn
     record, live = roundtrip.drop_live_retained(record)
     for item, disk in live:
         LOG.warning(
-            "retained source %s of %s: disk %s uses it now; dropped from the record, "
-            "not deleted",
+            "retained source %s of %s: disk %s uses it now; dropped from the record, not deleted",
             roundtrip.entry_key(item),
             uuid,
             disk,

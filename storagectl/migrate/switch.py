@@ -32,6 +32,7 @@ from storagectl import errors, fsutil
 from storagectl.fsutil import atomic_write
 from storagectl.layouts import record as rec
 from storagectl.layouts.model import Backend, DiskLayout, Role
+from storagectl.migrate import roundtrip
 from storagectl.migrate.plan import DiskMove, Location, Plan
 from storagectl.migrate.targets import Storage
 
@@ -308,21 +309,34 @@ def undo(plan: Plan, original_xml: str, domains: Domains, storage: Storage) -> N
 
 
 def migrated_record(
-    original: rec.Record, plan: Plan, *, now: str, keep_sources: bool = True
+    original: rec.Record,
+    plan: Plan,
+    *,
+    now: str,
+    keep_sources: bool = True,
+    keep_displaced: bool = True,
 ) -> rec.Record:
-    """The record after the switch: moved disks at their targets, sources retained."""
+    """The record after the switch: moved disks at their targets, sources retained.
+
+    Retained copies this migration moved aside (roundtrip.py) are listed under their new
+    names (or not at all, ``keep_displaced=False``: deleted at cleanup); an item at a
+    place a disk now uses is dropped (it is no kept copy), as is an older item at the
+    place of a newer one.
+    """
     moves = {m.name: m for m in plan.moves}
     disks = []
     for disk in original.disks:
         m = moves.get(disk.name)
         disks.append(disk if m is None else _moved_disk(disk, m.dest))
-    retained = list(original.retained_sources)
+    retained = roundtrip.retained_after(
+        original.retained_sources, plan, keep_displaced=keep_displaced
+    )
     if keep_sources:
         retained += [retained_entry(m, now) for m in plan.moves]
     return replace(
         original,
         disks=tuple(disks),
-        retained_sources=tuple(retained),
+        retained_sources=roundtrip.without_live(retained, disks),
         written_at=now,
         obtained_how="migrated",
     )

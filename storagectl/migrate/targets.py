@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from storagectl import errors
-from storagectl.backends.lvm import LVM
+from storagectl.backends.lvm import LVM, POOL_SUFFIX
 from storagectl.backends.rbd import RBD, STALE_WATCH_WAIT
 from storagectl.layouts.model import Backend
 from storagectl.migrate.plan import Location
@@ -94,6 +94,41 @@ class Storage:
             os.unlink(loc.path or "")
         LOG.info("removed %s", loc.describe())
         return True
+
+    def rename(self, src: Location, dst: Location) -> None:
+        """Give the disk at ``src`` the name ``dst`` (same backend, same pool/VG/directory)
+        in one atomic operation: ``rename(2)`` (then the directory is fsynced),
+        ``rbd rename POOL/SRC POOL/DST``, ``lvrename VG SRC DST`` (and its private thin
+        pool ``SRC_pool``, which ``remove`` and a new sparse ``SRC`` need, in a second).
+
+        Idempotent: nothing is renamed onto an existing name (``src`` may by then be a
+        new disk), and an LV renamed without its pool gets its pool renamed.
+        """
+        if src.kind is Backend.LVM:
+            lvm, vg = LVM(self.runner), src.volume_group or ""
+            old, new = src.volume or "", dst.volume or ""
+            rows = {r.get("lv_name"): r for r in lvm._lv_rows(vg)}  # noqa: SLF001
+            if old in rows and new not in rows:
+                self.runner.run("lvrename", vg, old, new)
+                rows[new] = rows.pop(old)
+            pool_old, pool_new = old + POOL_SUFFIX, new + POOL_SUFFIX
+            pool = (rows.get(new) or {}).get("pool_lv")
+            if pool == pool_old and pool_new not in rows:
+                self.runner.run("lvrename", vg, pool_old, pool_new)
+        elif src.kind is Backend.RBD:
+            if self.exists(src) and not self.exists(dst):
+                spec_src, spec_dst = f"{src.pool}/{src.image}", f"{dst.pool}/{dst.image}"
+                self.rbd(src)._rbd(  # noqa: SLF001 - the backend's error mapping
+                    "rename", spec_src, spec_dst, what=f"rename image {spec_src}"
+                )
+        elif os.path.lexists(src.path or "") and not os.path.lexists(dst.path or ""):
+            os.rename(src.path or "", dst.path or "")
+            fd = os.open(os.path.dirname(dst.path or "/") or "/", os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        LOG.info("renamed %s to %s", src.describe(), dst.describe())
 
     def target_is_zero(self, loc: Location) -> bool:
         """Whether a freshly created target reads as zeros (qemu-img may skip zeros).

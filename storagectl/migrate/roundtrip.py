@@ -1,0 +1,310 @@
+"""Moving an instance back to where a retained source of it sits (round trips).
+
+A migration keeps its sources and lists them in the record's ``retained_sources``
+(``migrate --delete-retained`` removes them). A later migration of the same instance can
+need one of those names again: ``flat -> rbd`` keeps the flat file as ``disk``, and
+``rbd -> flat`` writes ``disk``; ``rbd -> flat`` keeps the image ``vms/U_disk``, and
+``flat -> rbd`` creates it; ``flat -> qcow2 -> flat -> qcow2`` wants ``disk.retained-flat``
+twice. Such a retained copy is *displaced*: at the create step it is renamed to a fresh
+name of the same kind (kept, and listed under that name), and with ``--to ...
+--delete-retained`` also removed at the cleanup step. Nothing is reused: the target is
+always a fresh copy of the current disk.
+
+The displacements are computed by preflight and journaled in the plan
+(``DiskMove.displaced``, items ``{"entry": <the record's item>, "at": <Location>, "to":
+<Location>}``). Each rename is one atomic operation (``rename(2)``, ``rbd rename``,
+``lvrename``) and every function here checks what is already done, so a kill -9 leaves
+``--resume`` (which renames what is left) or ``--rollback`` (which renames back) a way
+forward.
+
+A retained entry whose location is a disk the instance uses now is wrong (the operator
+removed the kept copy and migrated back onto its name): migrate drops it from the record,
+``audit`` reports it (``retained-in-use``) and ``persist`` drops it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+
+from storagectl.layouts import naming
+from storagectl.layouts.model import Backend, DiskLayout
+
+LOG = logging.getLogger(__name__)
+
+#: Keys of a retained item that say where it is.
+LOCATION_KEYS = ("path", "volume_group", "volume", "pool", "image")
+_ASIDE_RE = re.compile(r"^(?P<base>.+)\.retained-(?P<backend>[a-z0-9]+)-(?P<n>[1-9][0-9]{0,5})$")
+
+
+# -- where an item or a disk is ----------------------------------------------------------
+
+
+def entry_key(entry: dict) -> str | None:
+    """A comparable name of where a retained item is (as ``Location.describe``)::
+
+    rbd:vms/U_disk      /dev/nova/U_disk      /var/lib/nova/instances/U/disk
+
+    None when the item says no place (it is then never matched with anything).
+    """
+    if not isinstance(entry, dict):
+        return None
+    backend = str(entry.get("backend") or "")
+    if backend == Backend.RBD.value:
+        if entry.get("pool") and entry.get("image"):
+            return f"rbd:{entry['pool']}/{entry['image']}"
+        return None
+    if backend == Backend.LVM.value and entry.get("volume_group") and entry.get("volume"):
+        return f"/dev/{entry['volume_group']}/{entry['volume']}"
+    path = entry.get("path")
+    return os.path.normpath(str(path)) if path else None
+
+
+def disk_key(disk: DiskLayout) -> str | None:
+    """The same name for a disk of the record."""
+    if disk.backend is Backend.RBD:
+        return f"rbd:{disk.pool}/{disk.image}" if disk.pool and disk.image else None
+    if disk.backend is Backend.LVM and disk.volume_group and disk.volume:
+        return f"/dev/{disk.volume_group}/{disk.volume}"
+    return os.path.normpath(disk.path) if disk.path else None
+
+
+def loc_key(loc) -> str:  # noqa: ANN001 - a plan.Location
+    if loc.kind is Backend.RBD:
+        return f"rbd:{loc.pool}/{loc.image}"
+    if loc.kind is Backend.LVM:
+        return f"/dev/{loc.volume_group}/{loc.volume}"
+    return os.path.normpath(loc.path or "")
+
+
+def live_retained(disks: Iterable[DiskLayout], entries: Iterable[dict]) -> list[tuple[dict, str]]:
+    """``(item, disk name)`` for each retained item at a location a disk uses now."""
+    live = {disk_key(d): d.name for d in disks if disk_key(d)}
+    return [(e, live[k]) for e in entries if (k := entry_key(e)) in live]
+
+
+def without_live(entries: Sequence[dict], disks: Iterable[DiskLayout]) -> tuple[dict, ...]:
+    """``entries`` without the items a disk uses now, and without an older item at the
+    place of a newer one (the later entry is the one that is true)."""
+    live = {disk_key(d) for d in disks}
+    kept: list[dict] = []
+    seen: set[str] = set()
+    for e in reversed(list(entries)):
+        k = entry_key(e)
+        if k is not None and (k in live or k in seen):
+            LOG.info("retained_sources: dropped %s (%s)", k, "in use" if k in live else "stale")
+            continue
+        if k is not None:
+            seen.add(k)
+        kept.append(e)
+    return tuple(reversed(kept))
+
+
+def drop_live_retained(record):  # noqa: ANN001, ANN201 - rec.Record -> (Record, [(item, disk)])
+    """The record without its retained items that a disk uses now, and those items."""
+    live = live_retained(record.disks, record.retained_sources)
+    if not live:
+        return record, []
+    dropped = [e for e, _ in live]
+    kept = tuple(e for e in record.retained_sources if e not in dropped)
+    return replace(record, retained_sources=kept), live
+
+
+def live_message(uuid: str, key: str, disk: str) -> str:
+    return (
+        f"retained_sources lists {key}, which disk {disk} uses now (not a kept copy any "
+        f"more); storagectl persist {uuid} drops the entry"
+    )
+
+
+# -- names for displaced copies -----------------------------------------------------------
+
+
+def aside_name(base: str, backend: str, n: int) -> str:
+    """``disk.retained-qcow2-1``, ``U_disk.retained-rbd-1``: a displaced copy's name."""
+    return f"{base}.retained-{backend}-{n}"
+
+
+def is_aside_of(name: str, base: str, backend: str) -> bool:
+    """Whether ``name`` is an :func:`aside_name` of ``base`` (any number)."""
+    m = _ASIDE_RE.match(name)
+    return bool(m and m.group("base") == base and m.group("backend") == backend)
+
+
+def _aside(entry: dict, at, uuid: str, n: int):  # noqa: ANN001, ANN202 - Location in and out
+    from storagectl.migrate.plan import Location
+
+    disk = str(entry.get("disk") or "")
+    if at.kind is Backend.RBD:
+        image = aside_name(naming.rbd_image_name(uuid, disk), at.backend, n)
+        return replace(at, image=image, path=None)
+    if at.kind is Backend.LVM:
+        lv = aside_name(naming.lv_name(uuid, disk), at.backend, n)
+        return replace(at, volume=lv, path=f"/dev/{at.volume_group}/{lv}")
+    directory = os.path.dirname(at.path or "")
+    return Location(
+        at.backend, at.format, path=os.path.join(directory, aside_name(disk, at.backend, n))
+    )
+
+
+# -- the plan -----------------------------------------------------------------------------
+
+
+def must_be_free(m) -> list:  # noqa: ANN001 - a DiskMove -> [(Location, what)]
+    """The names a move needs free, with what each is (see preflight)."""
+    free = []
+    if m.temp_path:
+        free.append((m.copy_dest, "the temporary copy"))
+        if m.retained_path:
+            free.append((m.retained, "the name its source will be kept under"))
+        if not (m.source.is_file and m.source.path == m.dest.path):
+            free.append((m.dest, "the target"))
+    else:
+        free.append((m.dest, "the target"))
+    return free
+
+
+def plan_displaced(plan, record, storage) -> None:  # noqa: ANN001
+    """Fill each move's ``displaced``: the retained copies of this instance (per its
+    record) that hold a name the move needs, each with the fresh name it will move to.
+
+    An item that fails the ownership checks of ``--delete-retained`` is never moved (the
+    name then counts as taken, and preflight refuses). An item whose copy is gone needs no
+    move (the record drops it at the switch).
+    """
+    from storagectl.migrate.retained import RetainedInvalid, retained_location
+
+    live = {disk_key(d) for d in record.disks} if record is not None else set()
+    entries = list(record.retained_sources) if record is not None else []
+    taken = {entry_key(e) for e in entries}
+    for m in plan.moves:
+        m.displaced = []
+    for m in plan.moves:
+        for loc, _what in must_be_free(m):
+            key = loc_key(loc)
+            if key in live:
+                continue
+            for entry in entries:
+                if entry_key(entry) != key:
+                    continue
+                try:
+                    at = retained_location(entry, plan.uuid, plan.instance_dir)
+                except RetainedInvalid as exc:
+                    LOG.warning("%s", exc)
+                    continue
+                if loc_key(at) != key or not storage.exists(at):
+                    continue
+                n = 1
+                while True:
+                    to = _aside(entry, at, plan.uuid, n)
+                    if loc_key(to) not in taken and not storage.exists(to):
+                        break
+                    n += 1
+                taken.add(loc_key(to))
+                m.displaced.append({"entry": dict(entry), "at": at.to_dict(), "to": to.to_dict()})
+                break
+
+
+def _pairs(plan):  # noqa: ANN001, ANN202
+    from storagectl.migrate.plan import Location
+
+    for m in plan.moves:
+        for d in getattr(m, "displaced", None) or ():
+            yield m, d, Location.from_dict(d["at"]), Location.from_dict(d["to"])
+
+
+def displaced_keys(m) -> set[str]:  # noqa: ANN001 - a DiskMove
+    """Names a move frees by displacing a retained copy (preflight does not refuse them)."""
+    from storagectl.migrate.plan import Location
+
+    return {loc_key(Location.from_dict(d["at"])) for d in getattr(m, "displaced", None) or ()}
+
+
+def describe_lines(m, delete: bool) -> list[str]:  # noqa: ANN001
+    """Plan lines for a move's displaced copies."""
+    from storagectl.migrate.plan import Location
+
+    lines = []
+    for d in getattr(m, "displaced", None) or ():
+        at, to = Location.from_dict(d["at"]), Location.from_dict(d["to"])
+        fate = (
+            f"renamed to {to.describe()} and deleted at cleanup (--delete-retained)"
+            if delete
+            else f"kept, renamed to {to.describe()} (--delete-retained deletes it instead)"
+        )
+        lines.append(
+            f"      retained copy {at.describe()} of an earlier migration is in the way: {fate}"
+        )
+    return lines
+
+
+# -- the steps ----------------------------------------------------------------------------
+
+
+def displace(plan, storage) -> None:  # noqa: ANN001
+    """Rename each displaced copy to its new name (create step; idempotent).
+
+    Done when the new name exists - the old one may then already hold this migration's
+    own target, whose create was interrupted.
+    """
+    for _m, _d, at, to in _pairs(plan):
+        if not storage.exists(to) and not storage.exists(at):
+            LOG.warning("retained copy %s is gone; nothing to move aside", at.describe())
+            continue
+        storage.rename(at, to)  # idempotent: never onto an existing name
+
+
+def holds_retained(m, storage) -> bool:  # noqa: ANN001
+    """Whether ``m``'s copy target still is a retained copy not yet moved aside (then it
+    is not this migration's to remove)."""
+    target = loc_key(m.copy_dest)
+    from storagectl.migrate.plan import Location
+
+    for d in getattr(m, "displaced", None) or ():
+        at, to = Location.from_dict(d["at"]), Location.from_dict(d["to"])
+        if loc_key(at) == target and not storage.exists(to):
+            return True
+    return False
+
+
+def restore(plan, storage) -> None:  # noqa: ANN001
+    """Rollback: rename the displaced copies back (after the targets are removed)."""
+    for _m, _d, at, to in _pairs(plan):
+        if storage.exists(to):
+            storage.rename(to, at)  # idempotent: never onto an existing name
+
+
+def remove_displaced(plan, storage) -> list[str]:  # noqa: ANN001
+    """Cleanup with ``--delete-retained``: remove the displaced copies (idempotent)."""
+    return [to.describe() for _m, _d, _at, to in _pairs(plan) if storage.remove(to)]
+
+
+def retained_after(
+    entries: Sequence[dict],
+    plan,
+    *,
+    keep_displaced: bool,  # noqa: ANN001
+) -> list[dict]:
+    """The record's retained items once the displacements are done: a displaced item
+    names its new place, or is gone (``keep_displaced=False``, the copy deleted)."""
+    moved = {}
+    for _m, d, _at, to in _pairs(plan):
+        moved[entry_key(d["entry"])] = (d["entry"], to)
+    out = []
+    for e in entries:
+        hit = moved.get(entry_key(e))
+        if hit is None or hit[0] != e:
+            out.append(e)
+            continue
+        if not keep_displaced:
+            continue
+        to = hit[1]
+        new = {k: v for k, v in e.items() if k not in LOCATION_KEYS}
+        new |= {k: v for k, v in to.to_dict().items() if k in LOCATION_KEYS}
+        if to.kind is Backend.RBD:
+            new.pop("path", None)
+        out.append(new)
+    return out
