@@ -11,8 +11,10 @@ Only the options below are read; everything else in nova.conf is ignored.
 from __future__ import annotations
 
 import configparser
+import errno
 import os
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -92,15 +94,10 @@ def load_nova_config(
     used: list[str] = []
     for raw in paths:
         path = os.fspath(raw)
-        if not os.path.exists(path):
-            if explicit:
-                raise errors.ConfigError(path=path, reason="no such file")
+        text = _read_text(path, explicit=explicit)
+        if text is None:
             continue
-        try:
-            with open(path, encoding="utf-8") as handle:
-                parser.read_file(handle, source=path)
-        except (OSError, UnicodeDecodeError, configparser.Error) as exc:
-            raise errors.ConfigError(path=path, reason=_one_line(exc)) from exc
+        _parse(parser, path, text)
         used.append(path)
 
     def raw_value(section: str, option: str) -> str:
@@ -156,10 +153,22 @@ def load_nova_config(
     if old_spelling and not new_spelling:
         cache_dir = parser.get("DEFAULT", "image_cache_subdirectory_name").strip()
 
+    instances_path = value("DEFAULT", "instances_path")
+    if not instances_path:
+        raise errors.ConfigError(
+            path=", ".join(used) or "nova.conf",
+            reason="[DEFAULT] instances_path is empty: it must be an absolute path",
+        )
+    if not os.path.isabs(instances_path):
+        raise errors.ConfigError(
+            path=", ".join(used) or "nova.conf",
+            reason=f"[DEFAULT] instances_path = {instances_path!r} is not an absolute path",
+        )
+
     return NovaConfig(
         files=tuple(used),
         state_path=value("DEFAULT", "state_path"),
-        instances_path=os.path.normpath(value("DEFAULT", "instances_path")),
+        instances_path=os.path.normpath(instances_path),
         use_cow_images=boolean("DEFAULT", "use_cow_images"),
         force_raw_images=boolean("DEFAULT", "force_raw_images"),
         images_type=images_type,
@@ -171,6 +180,108 @@ def load_nova_config(
         image_cache_subdirectory=cache_dir,
         rbd_secret_uuid=value("libvirt", "rbd_secret_uuid") or None,
     )
+
+
+#: A nova.conf is a few hundred KiB at most; anything far bigger is not one.
+_MAX_CONF_BYTES = 16 << 20
+
+
+def _read_text(path: str, *, explicit: bool) -> str | None:
+    """The text of one nova.conf, or None when an implicit default is absent. Every
+    refusal is one sentence naming the file (and the line), no codec internals."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if explicit:
+            raise errors.ConfigError(path=path, reason="no such file") from None
+        return None
+    except OSError as exc:  # permission denied, a component not a directory ...
+        raise errors.ConfigError(path=path, reason=_strerror(exc)) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise errors.ConfigError(path=path, reason="is a directory, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise errors.ConfigError(path=path, reason="is not a regular file")
+    if st.st_size > _MAX_CONF_BYTES:
+        raise errors.ConfigError(
+            path=path, reason=f"is {st.st_size} bytes, too big for a nova.conf"
+        )
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(_MAX_CONF_BYTES + 1)
+    except OSError as exc:
+        raise errors.ConfigError(path=path, reason=_strerror(exc)) from None
+
+    def line_of(offset: int) -> int:
+        return data.count(b"\n", 0, offset) + 1
+
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise errors.ConfigError(
+            path=path, reason=f"line {line_of(nul)}: binary data (a NUL byte), not a nova.conf"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise errors.ConfigError(
+            path=path, reason=f"line {line_of(exc.start)}: not UTF-8 text"
+        ) from None
+
+
+def _parse(parser: configparser.RawConfigParser, path: str, text: str) -> None:
+    try:
+        parser.read_string(text, source=path)
+    except configparser.MissingSectionHeaderError as exc:
+        line = exc.line.strip()
+        what = (
+            "a malformed [section] header"
+            if line.startswith("[")
+            else "an option before the first [section] header"
+        )
+        raise errors.ConfigError(path=path, reason=f"line {exc.lineno}: {what}") from None
+    except configparser.ParsingError as exc:
+        lineno = exc.errors[0][0] if exc.errors else "?"
+        raise errors.ConfigError(
+            path=path,
+            reason=f"line {lineno}: not a [section] header, an option (name = value) or a comment",
+        ) from None
+    except configparser.Error as exc:
+        lineno = getattr(exc, "lineno", None)
+        where = f"line {lineno}: " if lineno else ""
+        raise errors.ConfigError(
+            path=path, reason=f"{where}{type(exc).__name__.removesuffix('Error').lower()}"
+        ) from None
+
+
+def check_instances_path(nova: NovaConfig) -> None:
+    """Refuse an ``instances_path`` this host cannot read: missing, not a directory, or
+    not listable (permission denied is said as such). Without it every disk would be
+    "outside the instance directory" and every instance an ``unknown-layout``."""
+    path = nova.instances_path
+    conf = ", ".join(nova.files) or f"{DEFAULT_NOVA_CONF} (absent: Nova's defaults)"
+
+    def refuse(reason: str) -> errors.ConfigError:
+        return errors.ConfigError(path=conf, reason=f"[DEFAULT] instances_path = {path}: {reason}")
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise refuse("no such directory") from None
+    except OSError as exc:
+        raise refuse(_strerror(exc)) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise refuse("not a directory")
+    try:
+        with os.scandir(path) as entries:
+            next(entries, None)
+    except OSError as exc:
+        raise refuse(f"cannot list it: {_strerror(exc)}") from None
+
+
+def _strerror(exc: OSError) -> str:
+    """``Permission denied``, never ``does not exist`` for it; no Python repr."""
+    if exc.errno == errno.ENOTDIR:
+        return "a component of the path is not a directory"
+    return exc.strerror or _one_line(exc)
 
 
 def default_paths() -> list[str]:

@@ -7,6 +7,10 @@ Errors: a :class:`storagectl.errors.StorageCtlError` is shown as one line,
 ``--> ClassName: message``, with its exit status; any other exception as
 ``--> UnexpectedError: ...`` with a pointer to the log, where the traceback is.
 ``STORAGECTL_DEBUG=1`` re-raises instead, for debugging.
+
+Under ``audit`` every failure exits 3 (Nagios UNKNOWN): 1 and 2 mean findings there.
+Output cut short by its reader (``storagectl inspect | head -1``) ends quietly with
+status 141 (128 + SIGPIPE, as a C tool killed by the signal).
 """
 
 from __future__ import annotations
@@ -19,7 +23,13 @@ import sys
 import click
 
 from storagectl import __version__, errors
-from storagectl.cli.app import DEFAULT_LOCK_PATH, DEFAULT_LOG_FILE, Application
+from storagectl.cli.app import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_LOCK_PATH,
+    DEFAULT_LOG_FILE,
+    Application,
+    exit_on_broken_pipe,
+)
 
 LOG = logging.getLogger("storagectl")
 
@@ -52,17 +62,37 @@ class RootGroup(click.Group):
             return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, name)
 
+    def make_context(self, *args, **kwargs) -> click.Context:  # noqa: ANN002, ANN003
+        try:
+            return super().make_context(*args, **kwargs)
+        except BrokenPipeError:  # --help or --version into a closed pipe
+            exit_on_broken_pipe()
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        rest = super().parse_args(ctx, args)
+        # The command about to run, so its failures get its exit status (audit: 3).
+        pending = [*getattr(ctx, "_protected_args", ()), *ctx.args]
+        ctx.meta["storagectl.command"] = pending[0] if pending else None
+        return rest
+
     def invoke(self, ctx: click.Context):  # type: ignore[override]
+        failed = _UNKNOWN if ctx.meta.get("storagectl.command") == "audit" else None
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
+        except click.ClickException as exc:
+            if failed is not None and exc.exit_code not in (0, failed):
+                exc.exit_code = failed
             raise
+        except (click.exceptions.Exit, click.Abort):
+            raise
+        except BrokenPipeError:
+            exit_on_broken_pipe()
         except errors.StorageCtlError as exc:
             LOG.debug("command failed", exc_info=True)
             if _debug():
                 raise
             _render(f"{type(exc).__name__}: {exc}")
-            ctx.exit(exc.exit_code)
+            ctx.exit(failed or exc.exit_code)
         except KeyboardInterrupt:
             _render("Interrupted")
             ctx.exit(130)
@@ -72,8 +102,12 @@ class RootGroup(click.Group):
                 raise
             app = ctx.obj if isinstance(ctx.obj, Application) else None
             where = app.log_file if app and app.log_file else "the log (use --log-file)"
-            _render(f"UnexpectedError: {type(exc).__name__}: {exc} (traceback in {where})")
-            ctx.exit(1)
+            text = " ".join(str(exc).split())
+            _render(f"UnexpectedError: {type(exc).__name__}: {text} (traceback in {where})")
+            ctx.exit(failed or 1)
+
+
+_UNKNOWN = 3  # Nagios UNKNOWN: audit's status for "could not audit"
 
 
 def _render(message: str) -> None:
@@ -92,6 +126,17 @@ def _render(message: str) -> None:
     show_envvar=True,
     help="libvirt URI of a hypervisor; repeat for several. "
     "[default: $LIBVIRT_DEFAULT_URI or qemu:///system]",
+)
+@click.option(
+    "--connect-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_CONNECT_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    envvar="STORAGECTL_CONNECT_TIMEOUT",
+    show_envvar=True,
+    help="Give up connecting to a hypervisor after this long (it is then reported "
+    "unreachable; the other hosts are still scanned).",
 )
 @click.option(
     "--nova-conf",
@@ -132,6 +177,7 @@ def _render(message: str) -> None:
 def cli(
     ctx: click.Context,
     connect: tuple[str, ...],
+    connect_timeout: float,
     nova_conf: tuple[str, ...],
     lock_path: str,
     verbose: int,
@@ -144,17 +190,35 @@ def cli(
     from the domain XML and host metadata, records it (storage.yaml), and from then on
     trusts only the record.
     """
+    for uri in connect:
+        if not uri.strip():
+            # libvirt would take "" to mean its own default hypervisor: never guess.
+            raise click.BadParameter(
+                "an empty URI; give a libvirt URI such as qemu:///system",
+                param_hint="'-c' / '--connect'",
+            )
     app = Application(
-        connect=connect,
+        connect=tuple(uri.strip() for uri in connect),
+        connect_timeout=connect_timeout,
         nova_conf=nova_conf,
         lock_path=lock_path,
         verbose=verbose,
         log_file=log_file,
     )
     ctx.obj = app
+    from storagectl.layouts import hosts
+
+    hosts.CONNECT_TIMEOUT = connect_timeout
     app.setup_logging()
     LOG.debug("storagectl %s: %s", __version__, " ".join(sys.argv))
 
 
 def main() -> None:
-    cli(prog_name="storagectl")
+    try:
+        cli(prog_name="storagectl")
+    finally:
+        # Output still buffered is written now: its reader may be gone too.
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            exit_on_broken_pipe()

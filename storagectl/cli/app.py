@@ -7,18 +7,24 @@ touches the host until a command asks for it.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from storagectl import errors
-from storagectl.config import DEFAULT_NOVA_CONF, NovaConfig, load_nova_config
+from storagectl.config import (
+    DEFAULT_NOVA_CONF,
+    NovaConfig,
+    check_instances_path,
+    load_nova_config,
+)
 from storagectl.process import Runner
 
 if TYPE_CHECKING:
@@ -28,16 +34,33 @@ LOG = logging.getLogger("storagectl")
 DEFAULT_URI = "qemu:///system"
 DEFAULT_LOCK_PATH = "/var/lib/storagectl/locks"
 DEFAULT_LOG_FILE = "/var/log/storagectl/storagectl.log"
+DEFAULT_CONNECT_TIMEOUT = 10.0
 
 
-def output_option(*formats: str) -> Callable[[Callable], Callable]:
+class FormatChoice(click.Choice):
+    """A choice of output formats that also accepts old spellings (``text`` for
+    ``table``), not listed in ``--help``, converted to the current one."""
+
+    def __init__(self, formats: Sequence[str], aliases: Mapping[str, str]) -> None:
+        super().__init__(list(formats))
+        self.aliases = dict(aliases)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value in self.aliases:
+            value = self.aliases[value]
+        return super().convert(value, param, ctx)
+
+
+def output_option(
+    *formats: str, aliases: Mapping[str, str] | None = None
+) -> Callable[[Callable], Callable]:
     """``-o/--output FORMAT`` (into ``fmt``), the first of ``formats`` the default: one
-    spelling for every command."""
+    spelling for every command (``table|json|yaml``)."""
     return click.option(
         "-o",
         "--output",
         "fmt",
-        type=click.Choice(list(formats)),
+        type=FormatChoice(formats, aliases or {}),
         default=formats[0],
         show_default=True,
         help="Output format.",
@@ -51,6 +74,7 @@ class Application:
     lock_path: str = DEFAULT_LOCK_PATH
     verbose: int = 0
     log_file: str | None = None
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     _runner: Runner | None = None
     _console: Console | None = None
     _err: Console | None = None
@@ -59,8 +83,9 @@ class Application:
     # -- settings ---------------------------------------------------------------
     @property
     def uris(self) -> list[str]:
+        """The hosts to scan, each once (``-c A -c A`` scans A once)."""
         if self.connect:
-            return list(self.connect)
+            return list(dict.fromkeys(self.connect))
         return [os.environ.get("LIBVIRT_DEFAULT_URI") or DEFAULT_URI]
 
     @property
@@ -74,9 +99,16 @@ class Application:
         if self._nova is None:
             explicit = bool(self.nova_conf)
             paths = list(self.nova_conf) or [DEFAULT_NOVA_CONF]
-            self._nova = load_nova_config(paths, explicit=explicit)
-            if not self._nova.files:
+            nova = load_nova_config(paths, explicit=explicit)
+            if not nova.files:
                 LOG.warning("%s not found: using Nova's defaults", DEFAULT_NOVA_CONF)
+            # Its instances are read here only for a host of this machine; a remote
+            # host's instances_path need not exist locally.
+            from storagectl.layouts.hosts import is_local_uri
+
+            if any(is_local_uri(uri) for uri in self.uris):
+                check_instances_path(nova)
+            self._nova = nova
         return self._nova
 
     # -- output -----------------------------------------------------------------
@@ -85,17 +117,13 @@ class Application:
     @property
     def console(self) -> Console:
         if self._console is None:
-            from rich.console import Console
-
-            self._console = Console()
+            self._console = _console()
         return self._console
 
     @property
     def err(self) -> Console:
         if self._err is None:
-            from rich.console import Console
-
-            self._err = Console(stderr=True)
+            self._err = _console(stderr=True)
         return self._err
 
     @property
@@ -157,7 +185,7 @@ class Application:
         path = self.log_file or DEFAULT_LOG_FILE
         try:
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            handler = logging.FileHandler(path)
+            handler = _LogFileHandler(path)
         except OSError:
             if self.log_file:  # asked for explicitly: tell the operator
                 raise errors.UsageError(reason=f"cannot write log file {path}") from None
@@ -169,3 +197,54 @@ class Application:
         )
         root.addHandler(handler)
         self.log_file = path
+
+
+SIGPIPE_STATUS = 141  # 128 + SIGPIPE: what a C tool killed by the signal reports
+
+
+def exit_on_broken_pipe() -> NoReturn:
+    """The reader of our output went away (``storagectl inspect | head -1``): stop
+    quietly with status 141. stdout is pointed at /dev/null so the interpreter's last
+    flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass  # not a real file (a test's capture): nothing will flush to it later
+    LOG.debug("stdout closed by its reader: stopping")
+    raise SystemExit(SIGPIPE_STATUS)
+
+
+def _console(stderr: bool = False) -> Console:
+    from rich.console import Console
+
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:  # rich's own exits 1
+            exit_on_broken_pipe()
+
+    return _Console(stderr=stderr)
+
+
+class _LogFileHandler(logging.FileHandler):
+    """The log file; a record it cannot write (disk full, I/O error) is told once, in one
+    line on stderr, and the handler then stops: logging's default prints a traceback to
+    stderr for every record."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        exc = sys.exc_info()[1]
+        reason = getattr(exc, "strerror", None) or " ".join(str(exc).split()) or "error"
+        logging.getLogger().removeHandler(self)
+        try:
+            sys.stderr.write(
+                f"--> LogFileError: cannot write log file {self.baseFilename}: {reason}; "
+                "logging to it stopped\n"
+            )
+        except (OSError, ValueError):
+            pass
+        stream, self.stream = self.stream, None
+        try:
+            if stream is not None:
+                stream.close()  # flushes (and fails) once more, but closes the file
+        except (OSError, ValueError):
+            pass

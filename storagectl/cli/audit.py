@@ -1,6 +1,14 @@
-"""storagectl audit: the cron job - drift, orphans and unsafe images, with exit codes."""
+"""storagectl audit: the cron job - drift, orphans and unsafe images, with exit codes.
+
+Every way the audit can fail to audit - the lock, the configuration, the textfile, a usage
+error, an unexpected exception - exits 3 (Nagios UNKNOWN), never 1 or 2 (which mean
+findings), and the ``--prometheus`` textfile then says ``storagectl_audit_up 0``.
+"""
 
 from __future__ import annotations
+
+import logging
+import time
 
 import click
 
@@ -8,11 +16,24 @@ from storagectl import errors
 from storagectl.cli.app import Application, output_option
 from storagectl.layouts.audit import OK, UNKNOWN, AuditReport, run_audit
 from storagectl.layouts.locks import host_lock
-from storagectl.layouts.prometheus import write_textfile
+from storagectl.layouts.prometheus import TextfileError, check_textfile, write_textfile
+
+LOG = logging.getLogger("storagectl")
 
 
-@click.command("audit")
-@output_option("text", "json")
+class AuditCommand(click.Command):
+    """A usage error of audit is an UNKNOWN to Nagios (3), not a CRITICAL (click's 2)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            exc.exit_code = UNKNOWN
+            raise
+
+
+@click.command("audit", cls=AuditCommand)
+@output_option("table", "json", "yaml", aliases={"text": "table"})
 @click.option(
     "-q",
     "--quiet",
@@ -23,7 +44,8 @@ from storagectl.layouts.prometheus import write_textfile
     "--prometheus",
     "prom",
     metavar="FILE",
-    help="Also write a node_exporter textfile-collector file (atomically).",
+    help="Also write a node_exporter textfile-collector file (atomically; with "
+    "storagectl_audit_up 0 when the audit could not run).",
 )
 @click.option(
     "--complete",
@@ -38,27 +60,56 @@ def audit_cmd(app: Application, fmt: str, quiet: bool, prom: str | None, complet
     """Check every instance, record, volume and image-cache entry on the host.
 
     Read-only. Exit status (Nagios): 0 nothing at warning or above, 1 warnings,
-    2 any critical, 3 could not audit (host unreachable, config unreadable, another
-    audit running).
+    2 any critical, 3 could not audit (host unreachable, configuration or instances_path
+    unreadable, lock directory or --prometheus file unusable, another audit running,
+    usage error, unexpected error).
     """
+    started = time.monotonic()
     try:
+        if prom:
+            check_textfile(prom)
         with host_lock(app.lock_path, "audit"):
             report = run_audit(app.uris, app.nova, app.runner, complete=complete)
+            textfile_error = None
             if prom:
-                write_textfile(prom, report)
-    except errors.LockBusy as exc:
-        raise AuditBusy(path=exc.fields.get("path", app.lock_path)) from exc
-    except errors.ConfigError as exc:
-        raise AuditFailed(reason=str(exc)) from exc
+                try:
+                    write_textfile(prom, report)
+                except TextfileError as exc:
+                    textfile_error = exc
+    except TextfileError:
+        raise  # the textfile itself is unusable: nothing more can be written to it
+    except Exception as exc:  # noqa: BLE001 - whatever it is, the audit did not run
+        failure = _failure(app, exc)
+        if prom:
+            try:
+                write_textfile(prom, None, duration=time.monotonic() - started)
+            except TextfileError as also:
+                LOG.warning("%s", also)
+        raise failure from exc
     _print(app, report, fmt, quiet)
+    if textfile_error is not None:
+        raise textfile_error
     raise click.exceptions.Exit(report.status)
+
+
+def _failure(app: Application, exc: Exception) -> errors.StorageCtlError:
+    if isinstance(exc, errors.LockBusy):
+        return AuditBusy(path=exc.fields.get("path", app.lock_path))
+    if isinstance(exc, errors.StorageCtlError):
+        return AuditFailed(reason=str(exc))
+    LOG.debug("audit failed", exc_info=True)  # the traceback goes to the log file only
+    where = app.log_file or "the log (use --log-file)"
+    return AuditFailed(
+        reason=f"unexpected {type(exc).__name__}: {' '.join(str(exc).split())} "
+        f"(traceback in {where})"
+    )
 
 
 def _print(app: Application, report: AuditReport, fmt: str, quiet: bool) -> None:
     if quiet and report.status == OK:
         return
-    if fmt == "json":
-        app.print_data(report.to_dict(), "json")
+    if fmt != "table":
+        app.print_data(report.to_dict(), fmt)
         return
     shown = [f for f in report.findings if not quiet or f.severity.rank > 0]
     if shown:

@@ -7,10 +7,9 @@ from collections import Counter
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from storagectl import errors
+from storagectl.cli.app import Application, output_option
 from storagectl.process import Runner
 from storagectl.sandbox import Sandbox, SandboxSpec, create_sandbox
 
@@ -94,6 +93,7 @@ def sandbox_group() -> None:
     type=click.IntRange(1),
     help="Disks made in parallel.",
 )
+@output_option("table", "json", "yaml")
 @click.pass_context
 def create_cmd(
     ctx: click.Context,
@@ -110,6 +110,7 @@ def create_cmd(
     root_size: str,
     flavors: str,
     workers: int,
+    fmt: str,
 ) -> None:
     """Write a legacy Nova compute node into the new or empty DIRECTORY.
 
@@ -141,40 +142,73 @@ def create_cmd(
         workers=workers,
         flavors=tuple(f.strip() for f in flavors.split(",") if f.strip()),
     )
-    app = ctx.obj
-    console: Console = getattr(app, "console", None) or Console()
-    runner: Runner = getattr(app, "runner", None) or Runner()
-    with console.status(f"building {instances} instances in {directory} ..."):
+    app = ctx.obj if isinstance(ctx.obj, Application) else Application()
+    runner: Runner = app.runner
+    # The spinner goes to stderr, and only on a terminal (rich draws none otherwise).
+    with app.err.status(f"building {instances} instances in {directory} ..."):
         sandbox = create_sandbox(spec, runner)
-    _summary(console, sandbox)
+    summary = _summary(sandbox)
+    if fmt != "table":
+        app.print_data(summary, fmt)
+        return
+    from storagectl.cli.render import emit_table  # rich: only when drawn
 
-
-def _summary(console: Console, sandbox: Sandbox) -> None:
-    table = Table(title=f"sandbox {sandbox.root} (seed {sandbox.seed})")
-    for column in ("kind", "instances", "running", "shut off", "disks"):
-        table.add_column(column, justify="left" if column == "kind" else "right")
-    kinds = Counter(i.kind for i in sandbox.instances)
-    for kind in sorted(kinds):
-        group = [i for i in sandbox.instances if i.kind == kind]
-        running = sum(1 for i in group if i.state == "running")
-        disks = sum(len(i.disks) for i in group)
-        table.add_row(kind, str(len(group)), str(running), str(len(group) - running), str(disks))
-    console.print(table)
-    in_use = sum(1 for b in sandbox.bases if b.in_use)
-    console.print(
-        f"{len(sandbox.bases)} files in _base ({in_use} in use), "
-        f"built in {sandbox.build_seconds:.1f}s; manifest {sandbox.manifest}",
-        soft_wrap=True,
+    click.echo(f"sandbox {sandbox.root} (seed {sandbox.seed})")
+    emit_table(
+        app.console,
+        ("KIND", "INSTANCES", "RUNNING", "SHUT OFF", "DISKS"),
+        [
+            (
+                (
+                    k["kind"],
+                    str(k["instances"]),
+                    str(k["running"]),
+                    str(k["shut_off"]),
+                    str(k["disks"]),
+                ),
+                None,
+            )
+            for k in summary["kinds"]
+        ],
+    )
+    click.echo(
+        f"{summary['bases']} files in _base ({summary['bases_in_use']} in use), "
+        f"built in {sandbox.build_seconds:.1f}s; manifest {sandbox.manifest}"
     )
     if sandbox.define_uri:
-        console.print(
-            f"defined {len(sandbox.instances)} domains in {sandbox.define_uri} (not started)",
-            soft_wrap=True,
+        click.echo(
+            f"defined {len(sandbox.instances)} domains in {sandbox.define_uri} (not started)"
         )
-    console.print("point storagectl at it with:", highlight=False)
-    console.print(
-        f"  storagectl -c {sandbox.define_uri or sandbox.uri} --nova-conf {sandbox.nova_conf} "
-        "inspect",
-        highlight=False,
-        soft_wrap=True,
-    )
+    click.echo("point storagectl at it with:")
+    click.echo(f"  {summary['command']}")
+
+
+def _summary(sandbox: Sandbox) -> dict:
+    """What was built, as data: the same for the table and for ``-o json|yaml``."""
+    kinds = []
+    for kind in sorted(Counter(i.kind for i in sandbox.instances)):
+        group = [i for i in sandbox.instances if i.kind == kind]
+        running = sum(1 for i in group if i.state == "running")
+        kinds.append(
+            {
+                "kind": kind,
+                "instances": len(group),
+                "running": running,
+                "shut_off": len(group) - running,
+                "disks": sum(len(i.disks) for i in group),
+            }
+        )
+    return {
+        "root": str(sandbox.root),
+        "seed": sandbox.seed,
+        "uri": sandbox.define_uri or sandbox.uri,
+        "nova_conf": str(sandbox.nova_conf),
+        "manifest": str(sandbox.manifest),
+        "defined_in": sandbox.define_uri,
+        "kinds": kinds,
+        "bases": len(sandbox.bases),
+        "bases_in_use": sum(1 for b in sandbox.bases if b.in_use),
+        "build_seconds": round(sandbox.build_seconds, 3),
+        "command": f"storagectl -c {sandbox.define_uri or sandbox.uri} "
+        f"--nova-conf {sandbox.nova_conf} inspect",
+    }

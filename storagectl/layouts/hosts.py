@@ -93,6 +93,62 @@ def _domain_states(conn, libvirt) -> dict[str, str]:  # noqa: ANN001
     }
 
 
+#: Seconds a connection to a hypervisor may take (``--connect-timeout``).
+CONNECT_TIMEOUT = 10.0
+
+
+class ConnectTimeout(Exception):
+    """A hypervisor did not answer within the connect timeout."""
+
+
+def open_libvirt(uri: str, *, read_only: bool = True, timeout: float | None = None):  # noqa: ANN201
+    """``libvirt.openReadOnly(uri)`` (or ``libvirt.open``), given up after ``timeout``
+    seconds (default :data:`CONNECT_TIMEOUT`, ``--connect-timeout``) with
+    :class:`ConnectTimeout`; a libvirt failure raises its ``libvirt.libvirtError``.
+
+    libvirt has no connect timeout of its own: an ssh transport to a host that drops
+    packets, or a daemon that accepts the connection and never answers, blocks for as
+    long as TCP does. The connect runs in a daemon thread; one that times out is left
+    behind (it cannot be interrupted) and closes its connection if it ever gets one.
+    """
+    import libvirt
+
+    limit = CONNECT_TIMEOUT if timeout is None else timeout
+    done = threading.Event()
+    lock = threading.Lock()
+    outcome: dict[str, object] = {}
+
+    def connect() -> None:
+        try:
+            conn = libvirt.openReadOnly(uri) if read_only else libvirt.open(uri)
+        except BaseException as exc:  # handed to the caller
+            with lock:
+                outcome["error"] = exc
+                done.set()
+            return
+        with lock:
+            if outcome.get("abandoned"):
+                late = conn
+            else:
+                outcome["conn"], late = conn, None
+                done.set()
+        if late is not None:
+            try:
+                late.close()
+            except libvirt.libvirtError:
+                pass
+
+    threading.Thread(target=connect, name=f"connect {uri}", daemon=True).start()
+    done.wait(limit)
+    with lock:
+        if not done.is_set():
+            outcome["abandoned"] = True
+            raise ConnectTimeout(f"no answer within {limit:g} s (--connect-timeout)")
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["conn"]
+
+
 #: What a domain's XML is handed to, in the scanning thread, as soon as it is parsed.
 OnDomain = Callable[[HostScan, ScannedDomain], None]
 _DONE = object()
@@ -114,8 +170,8 @@ def scan_host(uri: str, on_domain: OnDomain | None = None) -> HostScan:
 
     _silence_libvirt()
     try:
-        conn = libvirt.openReadOnly(uri)
-    except libvirt.libvirtError as exc:
+        conn = open_libvirt(uri)
+    except (libvirt.libvirtError, ConnectTimeout) as exc:
         LOG.debug("cannot open %s", uri, exc_info=True)
         return HostScan(HostReport(uri=uri, hostname=None, error=_msg(exc)))
     try:

@@ -110,7 +110,7 @@ def _locked(lock_path: str, name: str, what: str, wait: float) -> Iterator[None]
             else:
                 gotten = ext.acquire(blocking=False)
         except (OSError, RuntimeError) as exc:  # fasteners wraps odd errnos in ThreadError
-            raise LockError(path=path, reason=str(exc)) from exc
+            raise LockError(path=path, reason=_reason(exc)) from exc
         if not gotten:
             raise errors.LockBusy(what=what, path=path)
         LOG.debug("acquired lock %s", path)
@@ -121,6 +121,16 @@ def _locked(lock_path: str, name: str, what: str, wait: float) -> Iterator[None]
             LOG.debug("released lock %s", path)
     finally:
         sem.release()
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a lock file could not be used, as a sentence: oslo.concurrency opens the lock
+    file by its *bytes* path, so ``str(OSError)`` would show ``b'/var/lib/...'``."""
+    while not isinstance(exc, OSError) and exc.__cause__ is not None:
+        exc = exc.__cause__  # fasteners wraps the OSError
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _ensure_lock_dir(lock_path: str) -> None:

@@ -11,18 +11,35 @@ Example (``--prometheus /var/lib/node_exporter/textfile/storagectl.prom``)::
     storagectl_audit_last_success_timestamp_seconds 1795478400
 
 ``last_success`` keeps its previous value when an audit could not run (status 3), so
-an alert on its age fires when audits stop working.
+an alert on its age fires when audits stop working. An audit that could not run at all
+(lock, configuration, an unexpected error) still writes the file, with
+``storagectl_audit_up 0``, ``storagectl_audit_status 3`` and no findings
+(:func:`render_failure`).
+
+The file is replaced atomically (a temp file in its directory, renamed over it). Only a
+regular file (or none) is ever replaced: ``--prometheus /dev/full`` or a directory is
+refused (:func:`check_textfile`), never turned into a file.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 
+from storagectl import errors
 from storagectl.fsutil import atomic_write
 from storagectl.layouts.audit import AUDIT_SEVERITY, UNKNOWN, AuditReport
 from storagectl.layouts.model import SEVERITY
 
 _LAST = re.compile(r"^storagectl_audit_last_success_timestamp_seconds\s+(\S+)\s*$", re.M)
+
+
+class TextfileError(errors.StorageCtlError):
+    """The textfile cannot be written: the audit's result cannot reach monitoring."""
+
+    template = "cannot write the Prometheus textfile %(path)s: %(reason)s"
+    exit_code = 3  # Nagios UNKNOWN: monitoring does not know the result
 
 
 def _label(value: str) -> str:
@@ -85,10 +102,52 @@ def render(report: AuditReport, previous_last_success: float | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _audit_severities(codes) -> dict:  # noqa: ANN001
-    from storagectl.layouts.audit import _SEVERITY
+def render_failure(previous_last_success: float | None, duration: float = 0.0) -> str:
+    """The textfile of an audit that could not run at all: up 0, status 3, no findings
+    (the previous run's counts would be stale), the last success kept."""
+    lines = [
+        "# HELP storagectl_audit_up 1 if the last audit ran completely, 0 if it could not.",
+        "# TYPE storagectl_audit_up gauge",
+        "storagectl_audit_up 0",
+        "# HELP storagectl_audit_status Exit status of the last audit (0 ok, 1 warning, "
+        "2 critical, 3 unknown).",
+        "# TYPE storagectl_audit_status gauge",
+        f"storagectl_audit_status {UNKNOWN}",
+        "# HELP storagectl_audit_duration_seconds Wall time of the last audit.",
+        "# TYPE storagectl_audit_duration_seconds gauge",
+        f"storagectl_audit_duration_seconds {duration:.3f}",
+    ]
+    if previous_last_success is not None:
+        lines += [
+            "# HELP storagectl_audit_last_success_timestamp_seconds When the last "
+            "complete audit finished (Unix time).",
+            "# TYPE storagectl_audit_last_success_timestamp_seconds gauge",
+            f"storagectl_audit_last_success_timestamp_seconds {previous_last_success:.0f}",
+        ]
+    return "\n".join(lines) + "\n"
 
-    return {c: _SEVERITY[c] for c in codes}
+
+def check_textfile(path: str) -> None:
+    """Refuse, before the audit runs, a textfile path that can never be written or must
+    not be replaced: a missing directory, a directory, a device or other non-regular file.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        dir_mode = os.stat(directory).st_mode
+    except OSError as exc:
+        raise TextfileError(path=path, reason=f"directory {directory}: {exc.strerror}") from exc
+    if not stat.S_ISDIR(dir_mode):
+        raise TextfileError(path=path, reason=f"{directory} is not a directory")
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise TextfileError(path=path, reason=exc.strerror or str(exc)) from exc
+    if stat.S_ISDIR(mode):
+        raise TextfileError(path=path, reason="it is a directory")
+    if not stat.S_ISREG(mode):
+        raise TextfileError(path=path, reason="it is not a regular file (only one is replaced)")
 
 
 def previous_success(path: str) -> float | None:
@@ -103,6 +162,14 @@ def previous_success(path: str) -> float | None:
         return None
 
 
-def write_textfile(path: str, report: AuditReport) -> None:
-    text = render(report, previous_success(path))
-    atomic_write(path, text.encode("utf-8"), mode=0o644)
+def write_textfile(path: str, report: AuditReport | None, *, duration: float = 0.0) -> None:
+    """Write the textfile of ``report``, or of an audit that could not run (None).
+
+    Raises :class:`TextfileError` (exit status 3) naming the file and why."""
+    check_textfile(path)
+    previous = previous_success(path)
+    text = render(report, previous) if report is not None else render_failure(previous, duration)
+    try:
+        atomic_write(path, text.encode("utf-8"), mode=0o644)
+    except OSError as exc:
+        raise TextfileError(path=path, reason=exc.strerror or str(exc)) from exc
