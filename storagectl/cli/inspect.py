@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from storagectl.cli.app import Application, output_option
+from storagectl.layouts.audit import with_host
 from storagectl.layouts.inspection import inspect_hosts
 
 
@@ -26,6 +27,9 @@ def inspect_cmd(app: Application, instances: tuple[str, ...], fmt: str) -> None:
 
         layouts_table(app.console, result.instances)
     else:
-        app.print_data(result.to_dict(), fmt)
+        data = result.to_dict()
+        for inst in data["instances"]:  # every finding in JSON names its host
+            inst["findings"] = [with_host(f, inst["host"]) for f in inst["findings"]]
+        app.print_data(data, fmt)
     status = app.report_scan_problems(result)
     raise click.exceptions.Exit(status)

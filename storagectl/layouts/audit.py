@@ -129,7 +129,30 @@ class AuditReport:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"findings": [f.to_dict() for f in self.findings], "summary": self.summary()}
+        # The host a finding is about: its instance's, else this machine (the image
+        # cache, instances_path and pools are seen from here).
+        hosts = {i.uuid: i.host for i in self.instances}
+        here = _this_host()
+        return {
+            "findings": [
+                with_host(f.to_dict(), hosts.get(f.instance or "") or here) for f in self.findings
+            ],
+            "summary": self.summary(),
+        }
+
+
+def with_host(finding: dict[str, Any], host: str) -> dict[str, Any]:
+    """A finding's dict with ``host`` after ``code``: every finding in JSON names its host."""
+    out = {k: v for k, v in finding.items() if k in ("severity", "code")}
+    out["host"] = host
+    out.update((k, v) for k, v in finding.items() if k not in out)
+    return out
+
+
+def _this_host() -> str:
+    import socket
+
+    return socket.gethostname()
 
 
 def run_audit(
