@@ -51,6 +51,24 @@ class FormatChoice(click.Choice):
         return super().convert(value, param, ctx)
 
 
+class DiskRoles(click.ParamType):
+    """``--disks root,ephemeral``: comma-separated disk roles, each one of ``valid``; a
+    usage error listing the valid roles otherwise. Converts to the cleaned-up string."""
+
+    name = "roles"
+
+    def __init__(self, valid: Sequence[str]) -> None:
+        self.valid = tuple(str(v) for v in valid)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        roles = [r.strip() for r in str(value).split(",") if r.strip()]
+        bad = [r for r in roles if r not in self.valid]
+        if bad or not roles:
+            what = f"{', '.join(bad)}: not a disk role" if bad else "no disk role given"
+            self.fail(f"{what}; valid roles: {', '.join(self.valid)}", param, ctx)
+        return ",".join(dict.fromkeys(roles))
+
+
 def output_option(
     *formats: str, aliases: Mapping[str, str] | None = None
 ) -> Callable[[Callable], Callable]:

@@ -12,11 +12,11 @@ import click
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from storagectl import errors
-from storagectl.cli.app import DEFAULT_LOCK_PATH, Application
+from storagectl.cli.app import DEFAULT_LOCK_PATH, Application, DiskRoles
 from storagectl.cli.render import emit_table
 from storagectl.migrate.engine import Engine, Settings
 from storagectl.migrate.journal import check_fault
-from storagectl.migrate.plan import Options, describe
+from storagectl.migrate.plan import MOVABLE_ROLES, Options, describe
 
 FAULT_ENV = "STORAGECTL_FAULT"
 
@@ -118,6 +118,7 @@ def choose_mode(ctx: click.Context, given: dict[str, object]) -> str:
 )
 @click.option(
     "--disks",
+    type=DiskRoles(MOVABLE_ROLES),
     default="root,ephemeral,swap",
     show_default=True,
     help="Roles of the disks to move (root, ephemeral, swap, config).",
