@@ -21,7 +21,12 @@ _STYLE = {"written": "green", "unchanged": None, "refused": "bold red", "would-w
     help="Replace a different (or unreadable) record; the old file is kept as "
     "storage.yaml.<timestamp>.bak.",
 )
-@click.option("--dry-run", is_flag=True, help="Print each record it would write; write nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Report what a real run would do (unchanged, would-write, or refused with the "
+    "diff and exit 1); write nothing.",
+)
 @output_option("table", "json", "yaml")
 @click.pass_obj
 def persist_cmd(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from storagectl import errors
@@ -9,6 +11,14 @@ from storagectl.cli.app import Application, output_option
 from storagectl.layouts.hosts import scan_hosts
 from storagectl.layouts.naming import is_uuid
 from storagectl.layouts.record import read_record, record_path
+
+
+class NoSuchInstance(errors.InstanceNotFound):
+    template = "no such instance %(instance)s: %(why)s"
+
+
+class AmbiguousInstance(errors.StorageCtlError):
+    template = "%(instance)s names more than one instance: %(matches)s; give the uuid"
 
 
 class RecordNotFound(errors.StorageCtlError):
@@ -24,8 +34,14 @@ class RecordNotFound(errors.StorageCtlError):
 @click.pass_obj
 def show_cmd(app: Application, instance: str, fmt: str) -> None:
     """Print INSTANCE's storage record (by uuid, or by domain name via --connect)."""
-    uuid = instance.lower() if is_uuid(instance) else _uuid_of(app, instance)
-    inst_dir = app.nova.instance_dir(uuid)
+    if is_uuid(instance):
+        uuid = instance.lower()
+        inst_dir = app.nova.instance_dir(uuid)
+        if not os.path.isdir(inst_dir):
+            raise NoSuchInstance(instance=instance, why=f"no instance directory {inst_dir}")
+    else:
+        uuid = _uuid_of(app, instance)
+        inst_dir = app.nova.instance_dir(uuid)
     record = read_record(inst_dir, expect_uuid=uuid)
     if record is None:
         raise RecordNotFound(instance=instance, path=str(record_path(inst_dir)))
@@ -36,8 +52,20 @@ def show_cmd(app: Application, instance: str, fmt: str) -> None:
 
 
 def _uuid_of(app: Application, name: str) -> str:
+    """The uuid of the domain named ``name``: exactly one across the --connect hosts."""
+    matches, unreachable = [], []
     for scan in scan_hosts(app.uris):
+        if scan.report.error:
+            unreachable.append(f"{scan.report.uri} ({scan.report.error})")
         for dom in scan.domains:
             if dom.info.name == name:
-                return dom.info.uuid
-    raise errors.InstanceNotFound(instance=name, hosts=", ".join(app.uris))
+                host = scan.report.hostname or scan.report.uri
+                matches.append((dom.info.uuid, f"{dom.info.uuid} on {host} ({scan.report.uri})"))
+    if len({uuid for uuid, _ in matches}) > 1:
+        raise AmbiguousInstance(instance=name, matches=", ".join(m for _, m in matches))
+    if matches:
+        return matches[0][0]
+    why = f"no domain of that name on {', '.join(app.uris)}"
+    if unreachable:
+        why += f" (not scanned: {', '.join(unreachable)})"
+    raise NoSuchInstance(instance=name, why=why)

@@ -33,6 +33,17 @@ LOG = logging.getLogger(__name__)
 WRITTEN, UNCHANGED, REFUSED, WOULD_WRITE = "written", "unchanged", "refused", "would-write"
 
 
+class PersistInterrupted(errors.StorageCtlError):
+    """Ctrl-C: how far it got (each record is written atomically, so none is torn)."""
+
+    template = (
+        "interrupted after %(done)s of %(total)s instances: %(written)s record(s) written; "
+        "%(current)s was in progress (its record is either the old or the new one, never "
+        "torn); run persist again to finish (records already written are unchanged)"
+    )
+    exit_code = 130
+
+
 @dataclass
 class PersistOutcome:
     uuid: str
@@ -83,18 +94,28 @@ def persist(
     dry_run: bool = False,
     remote_hosts: Sequence[str] = (),
 ) -> list[PersistOutcome]:
-    return [
-        persist_one(
-            layout,
-            nova,
-            runner,
-            lock_path=lock_path,
-            force=force,
-            dry_run=dry_run,
-            remote=layout.host in remote_hosts,
-        )
-        for layout in result.instances
-    ]
+    outcomes: list[PersistOutcome] = []
+    for layout in result.instances:
+        try:
+            outcomes.append(
+                persist_one(
+                    layout,
+                    nova,
+                    runner,
+                    lock_path=lock_path,
+                    force=force,
+                    dry_run=dry_run,
+                    remote=layout.host in remote_hosts,
+                )
+            )
+        except KeyboardInterrupt:
+            raise PersistInterrupted(
+                written=sum(o.status == WRITTEN for o in outcomes),
+                done=len(outcomes),
+                total=len(result.instances),
+                current=f"{layout.name} ({layout.uuid})",
+            ) from None
+    return outcomes
 
 
 def persist_one(
@@ -132,7 +153,9 @@ def persist_one(
     out.record = new
     out.path = str(rec.record_path(inst_dir))
     if dry_run:
-        out.status = WOULD_WRITE
+        # What a real run would decide, from the record on disk now; nothing is
+        # written, locked or mirrored.
+        _decide(out, new, inst_dir, force, dry_run=True)
         return out
     try:
         with instance_lock(lock_path, layout.uuid):
@@ -142,13 +165,39 @@ def persist_one(
         return out
 
 
+def _decide(
+    out: PersistOutcome, new: rec.Record, inst_dir: str, force: bool, *, dry_run: bool
+) -> rec.Record | None:
+    """Compare ``new`` with the record on disk: set ``out`` to ``unchanged``, ``refused``
+    (with the diff) or - when it must be written - ``would-write``; return the old
+    record (or None)."""
+    try:
+        old = rec.read_record(inst_dir, expect_uuid=new.uuid)
+    except errors.RecordInvalid as exc:
+        if not force:
+            out.reason = f"{exc}; fix or remove it, or use --force to replace it"
+            return None
+        old = None
+    if old is not None and old.same_layout(new):
+        out.status = UNCHANGED
+        return old
+    if old is not None and not force:
+        out.diff = rec.diff_records(old, new)
+        out.reason = f"a different record exists at {out.path} (see the diff; --force replaces it)"
+        return old
+    out.status = WOULD_WRITE
+    if dry_run and force and os.path.exists(out.path or ""):
+        out.reason = "the existing record would be replaced (kept as storage.yaml.<UTC>.bak)"
+    return old
+
+
 def _repair_retained(out: PersistOutcome, inst_dir: str, uuid: str) -> bool:
     """The one repair persist makes in place: a ``retained_sources`` item at a place a
     disk uses now (no kept copy any more, see migrate/roundtrip.py) is dropped."""
     try:
         old = rec.read_record(inst_dir, expect_uuid=uuid)
     except errors.RecordInvalid:
-        return False  # reported below
+        return False  # _decide reports it
     if old is None:
         return False
     repaired, live = drop_live_retained(old)
@@ -167,22 +216,13 @@ def _write_locked(
 ) -> PersistOutcome:
     if not force and _repair_retained(out, inst_dir, new.uuid):
         return out
-    try:
-        old = rec.read_record(inst_dir, expect_uuid=new.uuid)
-    except errors.RecordInvalid as exc:
-        if not force:
-            out.reason = f"{exc}; fix or remove it, or use --force to replace it"
-            return out
-        old = None
-    if old is not None and old.same_layout(new):
+    old = _decide(out, new, inst_dir, force, dry_run=False)
+    if out.status == UNCHANGED and old is not None:
         # The record stays as it is; its mirror is re-asserted (only differing tags/meta
         # are written), so a tag removed by hand is repaired by running persist again.
         write_mirror(old, runner)
-        out.status = UNCHANGED
         return out
-    if old is not None and not force:
-        out.diff = rec.diff_records(old, new)
-        out.reason = f"a different record exists at {out.path} (see the diff; --force replaces it)"
+    if out.status != WOULD_WRITE:
         return out
     write_mirror(new, runner)
     if force and os.path.exists(out.path or ""):
