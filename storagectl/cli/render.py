@@ -46,25 +46,93 @@ def human_size(n: int | None) -> str:
     return str(n)
 
 
+#: Columns of free text: folded (at spaces first) to fit the terminal. Every other column
+#: - uuids, paths, names - is never wrapped, so a copy-paste of it works.
+FOLDABLE = ("MESSAGE", "DETAIL", "ERROR")
+#: Layout columns left out, in this order, when the table would not fit the terminal.
+LAYOUT_DROP = ("ALLOC", "VSIZE", "SRC", "STATE", "HOST", "TARGET", "FORMAT", "ROLE", "BACKING")
+#: A folded column is never made narrower than this (nor than its longest word, if room).
+_FOLD_MIN = 24
+#: Between two columns: a space of padding on each side and the (blank) rule.
+_GAP = 3
+
+
 def emit_table(
-    console: Console, headers: Sequence[str], rows: Sequence[tuple[Sequence[str], str | None]]
+    console: Console,
+    headers: Sequence[str],
+    rows: Sequence[tuple[Sequence[str], str | None]],
+    *,
+    drop: Sequence[str] = (),
 ) -> None:
-    """rows: (cells, rich style or None). A row of no cells is a section break."""
+    """rows: (cells, rich style or None). A row of no cells is a section break.
+
+    Piped: plain aligned text, nothing cut. On a terminal: a table whose uuids and paths
+    are never wrapped; the free-text columns (:data:`FOLDABLE`) are folded instead, and
+    when that is not enough the ``drop`` columns are left out in order (said on stderr).
+    A table that still does not fit is drawn at its full width for the terminal to wrap
+    its lines: each cell stays one unbroken string.
+    """
     if not console.is_terminal:
         data = [list(headers)] + [list(cells) for cells, _ in rows if cells]
         widths = [max(len(r[i]) for r in data) for i in range(len(headers))]
         for r in data:
             click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
         return
+    cells = [list(c) for c, _ in rows if c]
+    natural = {h: max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(headers)}
+    least = dict(natural)
+
+    def needed(cols: list[str]) -> int:
+        # the folded columns as narrow as they may be: their longest word if there is
+        # room for it (a path inside a message stays whole too), else _FOLD_MIN
+        fixed = sum(natural[h] for h in cols if h not in FOLDABLE) + _GAP * (len(cols) - 1)
+        folded = [h for h in cols if h in FOLDABLE]
+        room = (console.width - fixed) // max(1, len(folded))
+        for h in folded:
+            word = _longest_word(cells, headers.index(h))
+            least[h] = min(natural[h], max(_FOLD_MIN, min(word, room)))
+        return fixed + sum(least[h] for h in folded)
+
+    shown = list(headers)
+    dropped = []
+    for name in drop:
+        if needed(shown) <= console.width:
+            break
+        if name in shown:
+            shown.remove(name)
+            dropped.append(name)
+    total = needed(shown)  # (also sets least[] for the columns shown)
+    keep = [headers.index(h) for h in shown]
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for col in headers:
-        table.add_column(col, overflow="fold")
-    for cells, style in rows:
-        if cells:
-            table.add_row(*cells, style=style)
+    for h in shown:
+        if h in FOLDABLE:
+            table.add_column(h, overflow="fold", min_width=least[h])
+        else:
+            table.add_column(h, no_wrap=True, overflow="ignore", min_width=natural[h])
+    for row, style in rows:
+        if row:
+            table.add_row(*[row[i] for i in keep], style=style)
         else:
             table.add_section()
-    console.print(table)
+    if total <= console.width:
+        console.print(table)
+    else:  # drawn at full width (rich would squeeze it to the terminal's)
+        width = console.width
+        console.width = total
+        try:
+            console.print(table, crop=False)
+        finally:
+            console.width = width
+    if dropped:
+        click.echo(
+            f"(columns {', '.join(dropped)} left out to fit the terminal; "
+            "-o json, -o yaml or a pipe show everything)",
+            err=True,
+        )
+
+
+def _longest_word(cells: list[list[str]], i: int) -> int:
+    return max((len(w) for c in cells for w in c[i].split()), default=0)
 
 
 def layouts_table(console: Console, instances: Iterable[InstanceLayout]) -> None:
@@ -96,7 +164,7 @@ def layouts_table(console: Console, instances: Iterable[InstanceLayout]) -> None
         if not inst.disks:
             rows.append(([*head, *(["-"] * 9)], style))
         rows.append(((), None))
-    emit_table(console, LAYOUT_COLUMNS, rows)
+    emit_table(console, LAYOUT_COLUMNS, rows, drop=LAYOUT_DROP)
     findings = [f for inst in instances for f in inst.findings]
     if findings:
         click.echo()
