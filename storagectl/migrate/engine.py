@@ -130,16 +130,22 @@ class Engine:
         if layout.source != "metadata":
             invalid = [f.message for f in layout.findings if f.code == Code.METADATA_INVALID]
             raise refuse(
-                invalid[0] if invalid else "it has no storage record; run storagectl persist first"
+                invalid[0]
+                if invalid
+                else f"it has no storage record; run storagectl persist {layout.uuid} first"
             )
         if layout.state != "shutoff":
-            raise refuse(f"it is {layout.state}; shut it off, or use live migration when available")
+            raise refuse(
+                f"it is {layout.state}; shut it off (openstack server stop {layout.uuid}), "
+                "or use live migration when available"
+            )
         inst_dir = s.nova.instance_dir(layout.uuid)
         with self._lock(layout.uuid, who):
             if os.path.exists(journal_path(inst_dir)):
                 raise refuse(
                     "a migration is already in progress (journal "
-                    f"{journal_path(inst_dir)}); use --resume or --rollback"
+                    f"{journal_path(inst_dir)}); use --resume or --rollback (storagectl "
+                    f"migrate --resume {layout.uuid}, storagectl migrate --rollback {layout.uuid})"
                 )
         drift = result.drift.get(layout.uuid) or []
         if drift:
@@ -155,7 +161,7 @@ class Engine:
             )
         record = rec.read_record(inst_dir, expect_uuid=layout.uuid)
         if record is None:  # removed since inspection
-            raise refuse("it has no storage record; run storagectl persist first")
+            raise refuse(f"it has no storage record; run storagectl persist {layout.uuid} first")
         plan = make_plan(record, options, s.nova, uri=s.uri)
         preflight(plan, self.storage)
         self._checked.add(plan.uuid)
@@ -170,12 +176,15 @@ class Engine:
                 if read_journal(plan.instance_dir) is not None:
                     raise MigrationRefused(
                         instance=who,
-                        reason="a migration is already in progress; use --resume or --rollback",
+                        reason="a migration is already in progress; use --resume or --rollback "
+                        f"(storagectl migrate --resume {plan.uuid}, storagectl migrate "
+                        f"--rollback {plan.uuid})",
                     )
                 if domains.is_active(plan.uuid):
                     raise MigrationRefused(
                         instance=who,
-                        reason="it is running; shut it off, or use live migration when available",
+                        reason=f"it is running; shut it off (openstack server stop {plan.uuid}), "
+                        "or use live migration when available",
                     )
                 record_text = rec.record_path(plan.instance_dir).read_text()
                 info = os.path.join(plan.instance_dir, "disk.info")
