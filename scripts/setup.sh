@@ -15,7 +15,7 @@ PKGS=(
   # the guest kernel for the LVM tier (virtme-ng boots it under TCG)
   linux-image-amd64 busybox-static
   # helpers used by the tests
-  util-linux procps
+  util-linux procps systemd
 )
 
 missing=()
