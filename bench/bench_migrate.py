@@ -4,9 +4,12 @@ Called by bench/run.py (``run() -> list[str]``, markdown lines); also runnable a
 ``python bench/bench_migrate.py``. Everything runs in this one process on the same data,
 one after the other, so only the ratios mean something on a noisy shared machine:
 
-- copy phase: the engine's copy step (``qemu-img convert -p -n --target-is-zero`` into
-  the target the create step made, progress parsed) vs ``qemu-img convert -f qcow2 -O raw``
-  of the same image to a new file (median of ``RUNS`` each, alternating);
+- copy phase: the engine's copy step (``qemu-img convert -p -t none -n
+  --target-is-zero`` into the target the create step made, progress parsed, then the
+  fsync of the target and its directory: durable, issue #19) vs two bare copies of the
+  same image to a new file: ``qemu-img convert -f qcow2 -O raw`` (unflushed: the data
+  may still be in the page cache when it exits) and the same followed by an fsync of
+  the copy (durable), median of ``RUNS`` each, the order rotating;
 - verification (``qemu-img compare``) and the whole migration, reported separately;
 - sparse: a 20 GiB disk holding 1 GiB of data, whose copy should cost about what the
   1 GiB of data costs, not the 20 GiB.
@@ -38,11 +41,10 @@ from storagectl.process import Runner  # noqa: E402
 
 GiB = 1 << 30
 RUNS = int(os.environ.get("BENCH_MIGRATE_RUNS", "9"))
-# A tmpfs by default: on these VMs the writeback of GiBs to the virtual disk varies by a
-# factor of three between identical runs, which hides the cost being measured.
-WORKDIR = os.environ.get(
-    "BENCH_MIGRATE_DIR", "/dev/shm" if os.path.isdir("/dev/shm") else "/var/tmp"
-)
+# A disk-backed file system by default: on a tmpfs a flush costs nothing, and the cost
+# of durability (issue #19) is what is measured. Each run starts after a sync, so the
+# writeback of the previous run's dirty pages is not charged to the next.
+WORKDIR = os.environ.get("BENCH_MIGRATE_DIR", "/var/tmp")
 CASES = (
     (4 * GiB, 2 * GiB, "4 GiB disk, 2 GiB of data"),
     (20 * GiB, 1 * GiB, "20 GiB sparse disk, 1 GiB of data"),
@@ -163,10 +165,18 @@ def reset(inst: Path, saved: dict[str, bytes]) -> None:
         (inst / name).write_bytes(data)
 
 
-def bare(src: Path, dst: Path) -> tuple[float, float]:
-    """Wall and CPU seconds of one bare ``qemu-img convert``."""
+def bare(src: Path, dst: Path, *, durable: bool = False) -> tuple[float, float]:
+    """Wall and CPU seconds of one bare ``qemu-img convert``; ``durable``: followed by an
+    fsync of the copy (``qemu-img convert && sync``, the cheapest durable copy)."""
+    os.sync()
     cpu, began = children_cpu(), time.perf_counter()
     sh("qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(src), str(dst))
+    if durable:
+        fd = os.open(dst, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     took, cpu = time.perf_counter() - began, children_cpu() - cpu
     dst.unlink()
     return took, cpu
@@ -174,60 +184,61 @@ def bare(src: Path, dst: Path) -> tuple[float, float]:
 
 def run() -> list[str]:
     lines = [
-        "## migrate: qcow2 -> flat copy phase vs bare `qemu-img convert`",
+        "## migrate: qcow2 -> flat copy phase vs bare `qemu-img convert`, unflushed and durable",
         "",
-        f"Same image, same run, {RUNS} pairs, who goes first alternating from pair to "
-        f"pair: median, and best of {RUNS} (the run least disturbed by the neighbours of "
-        "this shared machine). Copy = the engine's copy step (convert -p -n "
-        "--target-is-zero into the created target, progress parsed); verify = `qemu-img "
-        "compare`; total = prepare (inspect, preflight) + every journaled step. Files on "
-        f"{WORKDIR} (`BENCH_MIGRATE_DIR`). qemu-img CPU = user + system seconds of the "
-        "qemu-img child (getrusage). On a tmpfs a copy is almost all system time (the "
-        "kernel allocating and filling pages; user time is ~0.2 s for 2 GiB), and on this "
-        "VM that system time is bimodal - the same command costs either ~1.8 s or ~3.5 s, "
-        "whoever runs it - so single runs and even medians of a few swing by tens of "
-        "percent; the best of each is the intrinsic cost.",
+        f"Same image, same run, {RUNS} rounds of three contenders, the order rotating "
+        f"from round to round: median, and best of {RUNS} (the run least disturbed by the "
+        "neighbours of this shared machine). Bare = `qemu-img convert -f qcow2 -O raw` "
+        "into a new file: unflushed (what it leaves may still be page cache) and durable "
+        "(the same, then an fsync of the copy). Copy = the engine's copy step (convert -p "
+        "-t none -n --target-is-zero into the created target, progress parsed, then the "
+        "fsync of the copy and its directory: on stable storage when the journal says "
+        "copied, issue #19); verify = fsync, drop the target's page cache, `qemu-img "
+        "compare` (reads the copy from the disk); total = prepare (inspect, preflight) + "
+        f"every journaled step. Files on {WORKDIR} (`BENCH_MIGRATE_DIR`; a disk-backed "
+        "file system: on a tmpfs a flush is free), a sync before each timed run. "
+        "qemu-img CPU = user + system seconds of the qemu-img child (getrusage).",
         "",
-        "| disk | bare convert (median / best) | storagectl copy (median / best) "
-        "| copy / bare (median / best) | qemu-img CPU, bare (median / best) "
-        "| qemu-img CPU, storagectl copy (median / best) | CPU copy / bare (median / best) "
-        "| verify | whole migration |",
+        "| disk | bare unflushed (median / best) | bare durable (median / best) "
+        "| storagectl copy (median / best) | copy / bare unflushed (median / best) "
+        "| copy / bare durable (median / best) | qemu-img CPU, bare unflushed / copy "
+        "(median) | verify | whole migration |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     with tempfile.TemporaryDirectory(prefix="storagectl-bench-migrate-", dir=WORKDIR) as tmp:
         for vsize, data, label in CASES:
             root = Path(tmp) / f"c{vsize}"
             uri, uuid, inst, saved = build(root, vsize, data)
-            bares, copies, verifies, totals, cpus = [], [], [], [], []
-            bare(inst / "disk", root / "warm.raw")  # same page-cache state for both
+            bares, durables, copies, verifies, totals, cpus = [], [], [], [], [], []
+            bare(inst / "disk", root / "warm.raw")  # same page-cache state for all
+
+            contenders = ["bare unflushed", "bare durable", "storagectl copy"]
             for i in range(RUNS):
-                # Alternate who goes first: the first of a pair gets the memory the
-                # previous pair just freed, which on this VM is not the same cost.
-                if i % 2:
-                    copy_s, verify_s, total_s, copy_cpu = migrate_once(root, uri, uuid)
-                    reset(inst, saved)
-                    bare_s, bare_cpu = bare(inst / "disk", root / "bare.raw")
-                else:
-                    bare_s, bare_cpu = bare(inst / "disk", root / "bare.raw")
-                    copy_s, verify_s, total_s, copy_cpu = migrate_once(root, uri, uuid)
-                    reset(inst, saved)
-                bares.append(bare_s)
-                cpus.append((bare_cpu, copy_cpu))
-                copies.append(copy_s)
-                verifies.append(verify_s)
-                totals.append(total_s)
-            b, c = statistics.median(bares), statistics.median(copies)
-            bb, cb = min(bares), min(copies)
-            copy_cpu_med = statistics.median(x for _, x in cpus)
-            bare_cpu_med = statistics.median(x for x, _ in cpus)
-            copy_cpu_best = min(x for _, x in cpus)
-            bare_cpu_best = min(x for x, _ in cpus)
+                # Rotate who goes first: the first of a round gets the memory the
+                # previous round just freed, which on this VM is not the same cost.
+                for who in contenders[i % 3 :] + contenders[: i % 3]:
+                    if who == "bare unflushed":
+                        bares.append(bare(inst / "disk", root / "bare.raw"))
+                    elif who == "bare durable":
+                        durables.append(bare(inst / "disk", root / "bare.raw", durable=True)[0])
+                    else:
+                        os.sync()
+                        copy_s, verify_s, total_s, copy_cpu = migrate_once(root, uri, uuid)
+                        reset(inst, saved)
+                        copies.append(copy_s)
+                        verifies.append(verify_s)
+                        totals.append(total_s)
+                        cpus.append(copy_cpu)
+            b = statistics.median(x for x, _ in bares)
+            bb = min(x for x, _ in bares)
+            d, db = statistics.median(durables), min(durables)
+            c, cb = statistics.median(copies), min(copies)
             lines.append(
-                f"| {label} | {b:.2f} / {bb:.2f} s | {c:.2f} / {cb:.2f} s | "
-                f"{c / b:.2f} / {cb / bb:.2f} | "
-                f"{bare_cpu_med:.2f} / {bare_cpu_best:.2f} s | "
-                f"{copy_cpu_med:.2f} / {copy_cpu_best:.2f} s | "
-                f"{copy_cpu_med / bare_cpu_med:.2f} / {copy_cpu_best / bare_cpu_best:.2f} | "
+                f"| {label} | {b:.2f} / {bb:.2f} s | {d:.2f} / {db:.2f} s | "
+                f"{c:.2f} / {cb:.2f} s | {c / b:.2f} / {cb / bb:.2f} | "
+                f"{c / d:.2f} / {cb / db:.2f} | "
+                f"{statistics.median(x for _, x in bares):.2f} / "
+                f"{statistics.median(cpus):.2f} s | "
                 f"{statistics.median(verifies):.2f} s | "
                 f"{statistics.median(totals):.2f} s |"
             )
