@@ -50,6 +50,7 @@ from storagectl.layouts import naming, ownership
 from storagectl.layouts.hosts import is_local_uri
 from storagectl.layouts.inspection import InspectionResult, inspect_hosts
 from storagectl.layouts.inspector import InspectorError, inspect_file
+from storagectl.layouts.interrupted import interrupted_findings
 from storagectl.layouts.mirror import mirror_items, read_mirror
 from storagectl.layouts.model import Backend, DiskLayout, Finding, InstanceLayout, Severity
 from storagectl.layouts.record import RECORD_NAME, read_record
@@ -66,6 +67,7 @@ class AuditCode(StrEnum):
     UNOWNED_VOLUMES = "unowned-volumes"
     BASE_IMAGE_UNSAFE = "base-image-unsafe"
     BASE_IMAGE_UNUSED = "base-image-unused"
+    MIGRATION_INTERRUPTED = "migration-interrupted"
     RETAINED_IN_USE = "retained-in-use"
 
 
@@ -78,6 +80,7 @@ AUDIT_SEVERITY = {
     AuditCode.BASE_IMAGE_UNSAFE: Severity.CRITICAL,
     AuditCode.BASE_IMAGE_UNUSED: Severity.INFO,
     AuditCode.RETAINED_IN_USE: Severity.WARNING,
+    AuditCode.MIGRATION_INTERRUPTED: Severity.WARNING,
 }
 
 RESIZE_SNAPSHOT = "nova-resize"
@@ -98,6 +101,7 @@ class AuditReport:
     unowned: dict[str, int] = field(default_factory=dict)
     duration: float = 0.0
     finished_at: float = 0.0
+    interrupted: dict[str, int] = field(default_factory=dict)  # uuid -> bytes (interrupted.py)
 
     @property
     def status(self) -> int:
@@ -156,7 +160,12 @@ def _this_host() -> str:
 
 
 def run_audit(
-    uris: Sequence[str], nova: NovaConfig, runner: Runner, *, complete: bool = False
+    uris: Sequence[str],
+    nova: NovaConfig,
+    runner: Runner,
+    *,
+    complete: bool = False,
+    lock_path: str | None = None,
 ) -> AuditReport:
     """Audit the hosts of ``uris``; ``complete``: they are every host sharing the pools
     and instances_path (see the module docstring)."""
@@ -171,6 +180,7 @@ def run_audit(
     if not result.failed_hosts:  # orphans only when every domain is known
         report.findings += _orphans(result, nova, storage, report, complete=complete)
     report.findings += _image_cache(result, nova, storage)
+    report.findings += interrupted_findings(nova.instances_path, report.interrupted, lock_path)
     report.duration = time.monotonic() - started
     report.finished_at = time.time()
     return report

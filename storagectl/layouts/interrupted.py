@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from storagectl.layouts import naming
 from storagectl.layouts.locks import lock_file
+from storagectl.layouts.model import Finding, Severity
 
 LOG = logging.getLogger(__name__)
 
@@ -34,6 +35,7 @@ JOURNAL_NAME = "storage.migration.json"  # storagectl.migrate.journal.JOURNAL_NA
 TEMP_SUFFIX = ".migrating"
 RETAINED_MARK = ".retained-"
 RUNNING, INTERRUPTED = "running", "interrupted"
+MIGRATION_INTERRUPTED = "migration-interrupted"  # audit.AuditCode.MIGRATION_INTERRUPTED
 # struct flock on Linux (x86_64, aarch64): short l_type, short l_whence, off_t l_start,
 # off_t l_len, pid_t l_pid (and padding).
 _FLOCK = "hhqqi4x"
@@ -181,3 +183,43 @@ def find_leftovers(instances_path: str, lock_path: str | None = None) -> list[Le
         item.bytes_held = sum(_allocated(f) for f in item.files)
         out.append(item)
     return out
+
+
+def interrupted_findings(
+    instances_path: str, held: dict[str, int], lock_path: str | None = None
+) -> list[Finding]:
+    """Audit's ``migration-interrupted`` warnings; ``held`` gets uuid -> bytes."""
+    out = []
+    for item in find_leftovers(instances_path, lock_path):
+        held[item.uuid] = item.bytes_held
+        out.append(
+            Finding(
+                Severity.WARNING,
+                MIGRATION_INTERRUPTED,
+                item.uuid,
+                None,
+                item.message(
+                    f"storagectl migrate --resume {item.uuid}",
+                    f"storagectl migrate --rollback {item.uuid}",
+                ),
+            )
+        )
+    return out
+
+
+def prometheus_lines(held: dict[str, int]) -> list[str]:
+    """``storagectl_migrations_interrupted`` (always) and the bytes each one holds."""
+    lines = [
+        "# HELP storagectl_migrations_interrupted Migrations whose process is gone (journal "
+        "left: migrate --resume or --rollback), and .migrating copies without a journal.",
+        "# TYPE storagectl_migrations_interrupted gauge",
+        f"storagectl_migrations_interrupted {len(held)}",
+        "# HELP storagectl_migration_interrupted_bytes Bytes held in the instance directory "
+        "by an interrupted migration (.migrating copies, .retained-* sources).",
+        "# TYPE storagectl_migration_interrupted_bytes gauge",
+    ]
+    lines += [
+        f'storagectl_migration_interrupted_bytes{{instance="{uuid}"}} {n}'
+        for uuid, n in sorted(held.items())
+    ]
+    return lines

@@ -30,6 +30,7 @@ import stat
 from storagectl import errors
 from storagectl.fsutil import atomic_write
 from storagectl.layouts.audit import AUDIT_SEVERITY, UNKNOWN, AuditReport
+from storagectl.layouts.interrupted import prometheus_lines
 from storagectl.layouts.model import SEVERITY
 
 _LAST = re.compile(r"^storagectl_audit_last_success_timestamp_seconds\s+(\S+)\s*$", re.M)
@@ -87,6 +88,7 @@ def render(report: AuditReport, previous_last_success: float | None) -> str:
         ]
         for where, n in sorted(report.unowned.items()):
             lines.append(f'storagectl_unowned_volumes{{where="{_label(where)}"}} {n}')
+    lines += prometheus_lines(report.interrupted)  # storagectl/layouts/interrupted.py
     lines += [
         "# HELP storagectl_audit_duration_seconds Wall time of the last audit.",
         "# TYPE storagectl_audit_duration_seconds gauge",
