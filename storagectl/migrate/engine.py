@@ -303,18 +303,24 @@ class Engine:
         finally:
             domains.close()
 
-    def _undo_lines(self, j: Journal, domains: switch.Domains) -> list[str]:
+    def _refuse_rollback(self, j: Journal, domains: switch.Domains) -> None:
+        """What makes a rollback impossible (the real one and its dry run alike)."""
         plan, who = j.plan, f"{j.plan.name} ({j.plan.uuid})"
-        if plan.options.delete_source and j.started("cleanup"):
+        deleting = plan.options.delete_source or plan.options.delete_retained
+        if deleting and j.started("cleanup"):
             raise MigrationRefused(
                 instance=who,
-                reason="the sources are being deleted "
-                "(cleanup); only --resume can finish this migration",
+                reason="the sources are being deleted (cleanup); only "
+                f"storagectl migrate --resume {plan.uuid} can finish this migration",
             )
+        if j.started("switch") and domains.is_active(plan.uuid):
+            raise MigrationRefused(instance=who, reason="it is running; shut it off")
+
+    def _undo_lines(self, j: Journal, domains: switch.Domains) -> list[str]:
+        plan = j.plan
+        self._refuse_rollback(j, domains)
         lines = []
         if j.started("switch"):
-            if domains.is_active(plan.uuid):
-                raise MigrationRefused(instance=who, reason="it is running; shut it off")
             lines.append(
                 "  restore the domain XML, storage.yaml and disk.info saved when it started"
             )
@@ -456,17 +462,9 @@ class Engine:
         rec.write_record(j.plan.instance_dir, new)
 
     def _rollback(self, j: Journal, domains: switch.Domains) -> None:
-        plan, who = j.plan, f"{j.plan.name} ({j.plan.uuid})"
-        deleting = plan.options.delete_source or plan.options.delete_retained
-        if deleting and j.started("cleanup"):
-            raise MigrationRefused(
-                instance=who,
-                reason="the sources are being deleted (cleanup); only "
-                f"storagectl migrate --resume {plan.uuid} can finish this migration",
-            )
+        plan = j.plan
+        self._refuse_rollback(j, domains)
         if j.started("switch"):
-            if domains.is_active(plan.uuid):
-                raise MigrationRefused(instance=who, reason="it is running; shut it off")
             switch.undo(plan, j.original_xml, domains, self.storage)
             rec.write_record(plan.instance_dir, self._original_record(j))
             switch.write_disk_info(plan.instance_dir, j.original_disk_info)
