@@ -19,13 +19,14 @@ import os
 import stat
 from dataclasses import dataclass, field
 
+from storagectl import errors
 from storagectl.config import NovaConfig
-from storagectl.layouts.inspector import InspectionReport, InspectorError, inspect_file
+from storagectl.layouts.inspector import InspectionReport, InspectorError, chain, inspect_file
+from storagectl.layouts.inspector.checks import BENIGN, Check
 from storagectl.layouts.model import Backend, Backing, Code, DiskLayout, Finding, Role
 from storagectl.layouts.storage import StorageView
 
 DISK_INFO_MAX = 1 << 20  # disk.info is a few hundred bytes; refuse to parse megabytes
-BACKING_CHECK = "qcow2-backing-file"
 # disk.info spellings that mean the same as the XML's driver type.
 _DISK_INFO_ALIASES = {"rbd": "raw", "lvm": "raw", "flat": "raw", "parallels": "ploop"}
 
@@ -157,14 +158,15 @@ def _check_image(
     declared: str | None,
     backing_hint: str | None = None,
 ) -> None:
-    """Run the header inspector on one local image and turn what it says into findings."""
+    """Run the header inspector on one local image (and, for qcow2, on every file of its
+    backing chain) and turn what it says into findings."""
     try:
         report = inspect_file(real, declared or "raw")
     except InspectorError as exc:
         chk.add(Code.UNKNOWN_LAYOUT, disk.name, str(exc))
         return
     disk.virtual_size = report.virtual_size
-    embedded = report.container_header_in_raw
+    embedded = probe_danger(report)
     if embedded:
         hidden = report.embedded.backing_file if report.embedded else None
         extra = f" naming backing file {hidden!r}" if hidden else ""
@@ -175,21 +177,93 @@ def _check_image(
             "a host that probes it would expose that file to the guest",
         )
     _failures_to_findings(disk.name, disk.path or real, report, chk)
-    if report.backing_file and declared == "qcow2":
-        _check_backing(disk, real, report.backing_file, report.backing_format or backing_hint, chk)
+    if report.backing_file is not None and declared == "qcow2":
+        top = disk.path if disk.path and os.path.dirname(disk.path) == chk.inst_dir else real
+        walked = chain.walk(
+            top,
+            "qcow2",
+            chk.nova.image_cache_path,
+            top_report=report,
+            backing_hint=backing_hint,
+            inspect=chk.storage.inspect_cached,
+        )
+        _chain_to_findings(disk, walked, chk)
+
+
+def probe_danger(report: InspectionReport) -> str | None:
+    """The container format qemu's probe would find at the start of a file read as raw,
+    if that can make qemu open other files; None otherwise.
+
+    LUKS is not one: qemu 7.2's probe (crypto/block-luks.c) matches LUKS version 1
+    only - cryptsetup's default LUKS2 probes as raw - and a LUKS header names no file;
+    opening it needs a key the host does not have. A guest that encrypts its own disk is
+    normal.
+    """
+    fmt = report.container_header_in_raw
+    return None if fmt is None or fmt == "luks" else fmt
+
+
+_CHAIN_CODES = {
+    Check.BACKING_NOT_A_PATH: Code.BACKING_FILE_OUTSIDE_CACHE,
+    Check.BACKING_OUTSIDE_CACHE: Code.BACKING_FILE_OUTSIDE_CACHE,
+    Check.BACKING_NOT_REGULAR: Code.BACKING_FILE_OUTSIDE_CACHE,
+    Check.BACKING_MISSING: Code.DISK_MISSING,
+    Check.BACKING_UNREADABLE: Code.UNSAFE_IMAGE_FORMAT,
+    Check.BACKING_FORMAT_MISSING: Code.UNSAFE_IMAGE_FORMAT,
+    Check.CHAIN_TOO_DEEP: Code.UNSAFE_IMAGE_FORMAT,
+    Check.CHAIN_LOOP: Code.UNSAFE_IMAGE_FORMAT,
+}
+
+
+def _chain_to_findings(disk: DiskLayout, walked: chain.Chain, chk: Checker) -> None:
+    top = walked.top
+    name = top.report.backing_file or ""
+    first_format = top.report.backing_format or (walked.bases[0].format if walked.bases else None)
+    if walked.bases:
+        disk.backing = Backing(path=os.path.normpath(walked.bases[0].path), format=first_format)
+    elif chain.not_a_path(name) is None:
+        joined = os.path.join(os.path.dirname(top.path), name)
+        disk.backing = Backing(path=os.path.normpath(joined), format=first_format)
+    else:
+        disk.backing = Backing(path=name, format=first_format)
+    for problem in walked.problems:
+        chk.add(_CHAIN_CODES[problem.check], disk.name, problem.message)
+    for base in walked.bases:
+        embedded = probe_danger(base.report)
+        if embedded:
+            how = (
+                "with no backing format recorded, so qemu would probe it"
+                if base.probed
+                else "recorded as raw"
+            )
+            chk.add(
+                Code.RAW_DISK_HAS_IMAGE_HEADER,
+                disk.name,
+                f"base {base.path} of {disk.path} is {how}, but begins with a {embedded} header",
+            )
+        _failures_to_findings(disk.name, base.path, base.report, chk)
+        if base.probed and base.report.embedded is not None:
+            _failures_to_findings(disk.name, base.path, base.report.embedded, chk)
+    if len(walked.bases) > 1 and not walked.problems:
+        chk.add(
+            Code.NESTED_BACKING_CHAIN,
+            disk.name,
+            f"base {walked.bases[0].path} of {disk.path} itself has a backing chain "
+            f"({' -> '.join(b.path for b in walked.bases[1:])}); every level was inspected",
+        )
 
 
 def _failures_to_findings(name: str, path: str, report: InspectionReport, chk: Checker) -> None:
     for failure in report.failures:
-        if failure.check == BACKING_CHECK:
-            continue  # a Nova overlay has a backing file by design: _check_backing judges it
-        if failure.check == "qcow2-data-file":
+        if failure.check in BENIGN:
+            continue  # a Nova overlay has a backing file by design: the chain walk judges it
+        if failure.check == Check.QCOW2_DATA_FILE:
             chk.add(
                 Code.QCOW2_DATA_FILE,
                 name,
                 f"{path} is a qcow2 with external data file {report.data_file!r}",
             )
-        elif failure.check == "format-mismatch":
+        elif failure.check == Check.FORMAT_MISMATCH:
             chk.add(
                 Code.FORMAT_MISMATCH,
                 name,
@@ -201,61 +275,6 @@ def _failures_to_findings(name: str, path: str, report: InspectionReport, chk: C
                 Code.UNSAFE_IMAGE_FORMAT,
                 name,
                 f"{path} fails safety check {failure.check}: {failure.message}",
-            )
-
-
-def _check_backing(
-    disk: DiskLayout, real: str, backing: str, backing_format: str | None, chk: Checker
-) -> None:
-    # The backing path is as written in the qcow2 header (host-written for Nova's
-    # overlays). It is resolved lexically and never opened unless inside the cache.
-    resolved = os.path.normpath(os.path.join(os.path.dirname(real), backing))
-    disk.backing = Backing(path=resolved, format=backing_format)
-    base_real = chk.storage.resolve(resolved)[0]  # realpath, with the run's directory cache
-    if not inside(base_real, chk.cache_real):
-        chk.add(
-            Code.BACKING_FILE_OUTSIDE_CACHE,
-            disk.name,
-            f"{disk.path} has backing file {backing!r}, outside the image cache "
-            f"{chk.nova.image_cache_path}; it was not followed",
-        )
-        return
-    if not os.path.exists(base_real):
-        chk.add(
-            Code.DISK_MISSING, disk.name, f"backing file {resolved} of {disk.path} does not exist"
-        )
-        return
-    try:
-        base = chk.storage.inspect_cached(base_real, backing_format or "raw")
-    except InspectorError as exc:
-        chk.add(Code.UNKNOWN_LAYOUT, disk.name, str(exc))
-        return
-    if base.container_header_in_raw:
-        how = (
-            "recorded as raw"
-            if backing_format
-            else "with no backing format recorded, so qemu would probe it"
-        )
-        chk.add(
-            Code.RAW_DISK_HAS_IMAGE_HEADER,
-            disk.name,
-            f"base {resolved} of {disk.path} is {how}, but begins with a "
-            f"{base.container_header_in_raw} header",
-        )
-    _failures_to_findings(disk.name, resolved, base, chk)
-    if base.backing_file:
-        chk.add(
-            Code.NESTED_BACKING_CHAIN,
-            disk.name,
-            f"base {resolved} of {disk.path} itself has backing file {base.backing_file!r}",
-        )
-        nested = os.path.realpath(os.path.join(os.path.dirname(base_real), base.backing_file))
-        if not inside(nested, chk.cache_real):
-            chk.add(
-                Code.BACKING_FILE_OUTSIDE_CACHE,
-                disk.name,
-                f"base {resolved} has backing file {base.backing_file!r} outside the "
-                "image cache; it was not followed",
             )
 
 
@@ -309,3 +328,59 @@ def check_disk_info(disks: list[DiskLayout], chk: Checker) -> None:
                 f"the domain XML opens {disk.location} as {disk.format}, but disk.info "
                 f"says {recorded}",
             )
+
+
+def copy_source(path: str, fmt: str) -> str:
+    """The name to give ``qemu-img convert`` for a file disk, vetted right before the copy.
+
+    The image cache can change between persist and a migration's copy step, so every
+    file qemu-img will open is inspected again here: the disk must be a regular file
+    (not a symlink swapped in since), and for qcow2 its whole backing chain is walked
+    again inside the image cache of the instance's record and must pass every check.
+    The result names every file of the chain explicitly (``json:`` with ``backing``
+    objects, the last one ``null``), so qemu-img never opens a name it read from a
+    header itself. Raises :class:`chain.ChainRefused` (one line) otherwise.
+    """
+    fmt = chain.canonical_format(fmt)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return path  # qemu-img fails to open it and so opens nothing else: it says so
+    except OSError as exc:
+        raise chain.ChainRefused(path=path, reason=exc.strerror or str(exc)) from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise chain.ChainRefused(path=path, reason="the disk is not a regular file")
+    report = inspect_file(path, fmt)
+    if fmt != "qcow2":
+        bad = [f"{f.check}: {f.message}" for f in report.failures if f.check not in BENIGN]
+        if bad and fmt != "raw":  # raw is opened as raw: a header in it is only content
+            raise chain.ChainRefused(path=path, reason="; ".join(bad))
+        return path
+    cache, hint = _recorded_cache(path)
+    if cache is None and report.backing_file is not None:
+        raise chain.ChainRefused(
+            path=path,
+            reason=f"its header names backing file {report.backing_file!r}, but its record "
+            "names none",
+        )
+    walked = chain.walk(
+        path, fmt, cache or os.path.dirname(path), top_report=report, backing_hint=hint
+    )
+    chain.vet(walked)
+    return chain.qemu_json(walked)
+
+
+def _recorded_cache(path: str) -> tuple[str | None, str | None]:
+    """The image cache and backing format the instance's record gives for disk ``path``
+    (the record was written only once the chain was found inside the cache)."""
+    from storagectl.layouts.record import read_record  # record imports this module's peers
+
+    inst_dir = os.path.dirname(path)
+    try:
+        record = read_record(inst_dir, expect_uuid=os.path.basename(inst_dir))
+    except errors.StorageCtlError as exc:
+        raise chain.ChainRefused(path=path, reason=str(exc)) from exc
+    for disk in record.disks if record else ():
+        if disk.path == path and disk.backing is not None:
+            return os.path.dirname(disk.backing.path), disk.backing.format
+    return None, None

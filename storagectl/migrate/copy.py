@@ -47,6 +47,7 @@ from typing import Protocol
 
 from storagectl import fsutil
 from storagectl.layouts.model import Backend
+from storagectl.layouts.verify import copy_source
 from storagectl.migrate.plan import DiskMove, Location
 from storagectl.migrate.targets import Storage
 from storagectl.process import Runner
@@ -99,7 +100,9 @@ def convert_argv(move: DiskMove, storage: Storage, *, bwlimit: int | None) -> li
         argv.append("--target-is-zero")
     if bwlimit:
         argv += ["-r", f"{bwlimit}M"]
-    return [*argv, src.filename, dst.filename]
+    # Every file qemu-img will read is vetted again now (storagectl.layouts.verify).
+    source = copy_source(src.filename, src.format) if move.source.is_file else src.filename
+    return [*argv, source, dst.filename]
 
 
 def cache_mode(loc: Location) -> str:

@@ -16,6 +16,7 @@ import functools
 import struct
 from typing import ClassVar
 
+from storagectl.layouts.inspector.checks import Check
 from storagectl.layouts.inspector.reader import BoundedReader
 from storagectl.layouts.inspector.report import Findings
 
@@ -78,6 +79,6 @@ def decode_name(raw: bytes) -> str:
 def truncated(found: Findings, what: str, need: int, got: int) -> None:
     """Record the shared ``truncated-header`` failure."""
     found.fail(
-        "truncated-header",
+        Check.TRUNCATED_HEADER,
         f"the {what} needs {need} bytes but the file ends after {got}",
     )

@@ -12,6 +12,7 @@ import stat
 import struct
 
 from storagectl.layouts.inspector.base import FormatInspector, Location
+from storagectl.layouts.inspector.checks import Check
 from storagectl.layouts.inspector.content import GptInspector, IsoInspector, MbrInspector
 from storagectl.layouts.inspector.luks import LuksInspector
 from storagectl.layouts.inspector.microsoft import VhdInspector, VhdxInspector
@@ -147,8 +148,8 @@ def inspect_source(
     reader = BoundedReader(source, path=path, budget=budget)
     located = locate_all(reader)
     detected = tuple(located)
-    shared = _shared_failures(detected)
     fmt = canonical_format(declared_format)
+    shared = _shared_failures(located, fmt)
 
     embedded = None
     if fmt == "raw":
@@ -164,14 +165,14 @@ def inspect_source(
     elif fmt not in REGISTRY:
         found = Findings()
         found.fail(
-            "unsupported-declared-format",
+            Check.UNSUPPORTED_DECLARED_FORMAT,
             f"storagectl has no inspector for declared format {declared_format!r}",
         )
     elif fmt not in located:
         found = Findings()
         others = ", ".join(detected) or "no known format"
         found.fail(
-            "format-mismatch",
+            Check.FORMAT_MISMATCH,
             f"declared {declared_format} but the header is not {fmt} (found {others})",
         )
     else:
@@ -185,25 +186,41 @@ def _run(inspector: FormatInspector, reader: BoundedReader) -> Findings:
         inspector.inspect(reader, found)
     except _PARSE_ERRORS as exc:
         found.fail(
-            "header-unparseable",
+            Check.HEADER_UNPARSEABLE,
             f"the {inspector.name} header could not be parsed ({type(exc).__name__})",
         )
     return found
 
 
-def _shared_failures(detected: tuple[str, ...]) -> list[SafetyFailure]:
-    containers = [name for name in detected if REGISTRY[name].container]
-    if len(containers) < 2:
-        return []
-    # Two container signatures in one file means two tools could read it two
-    # ways - exactly the confusion the format CVEs exploited.
-    return [
-        SafetyFailure(
-            "multiple-formats",
-            f"the file carries the signatures of {len(containers)} container formats "
-            f"({', '.join(containers)})",
-        )
+#: Content formats that a real container never carries in its first sectors. oslo.utils'
+#: format_inspector refuses such a file ("Multiple formats detected"): a qcow2 that is
+#: also an ISO 9660 or a GPT disk is two images in one, read one way by qemu and
+#: another by whatever looks at the content.
+POLYGLOT_CONTENT = frozenset({"iso", "gpt"})
+
+
+def _shared_failures(located: dict[str, Location], fmt: str) -> list[SafetyFailure]:
+    """The polyglot rule. Only what qemu's probing (or a reader of the first sectors)
+    sees counts: signatures at the start, plus a trailer only when it is the declared
+    format's own (a fixed VHD). A trailer in another format's file - a guest writing a
+    VHD footer into the last block of its disk - is content, never a second format."""
+    counted = [
+        name
+        for name, where in located.items()
+        if where is Location.START or (where is Location.END and name == fmt)
     ]
+    containers = [name for name in counted if REGISTRY[name].container]
+    content = [name for name in counted if name in POLYGLOT_CONTENT]
+    if len(containers) >= 2 or (containers and content):
+        both = [*containers, *content]
+        return [
+            SafetyFailure(
+                Check.MULTIPLE_FORMATS,
+                f"the file carries the signatures of {len(both)} formats at once "
+                f"({', '.join(both)}); each would read it a different way",
+            )
+        ]
+    return []
 
 
 def _report(
@@ -219,7 +236,7 @@ def _report(
     if reader.exhausted:
         failures.append(
             SafetyFailure(
-                "read-limit",
+                Check.READ_LIMIT,
                 f"inspecting the header needed more than {reader.budget} bytes; the header is "
                 "malformed or hostile",
             )

@@ -8,6 +8,7 @@ specification 1.2.3; qemu 7.2 crypto/block-luks.c.
 from __future__ import annotations
 
 from storagectl.layouts.inspector.base import FormatInspector, Location, truncated, unpack
+from storagectl.layouts.inspector.checks import Check
 from storagectl.layouts.inspector.reader import BoundedReader
 from storagectl.layouts.inspector.report import Findings
 
@@ -47,12 +48,14 @@ class LuksInspector(FormatInspector):
         version, payload_sectors = fields[1], fields[5]
         if version != 1:
             found.fail(
-                "luks-version", f"LUKS version {version}: qemu's luks driver reads LUKS1 only"
+                Check.LUKS_VERSION, f"LUKS version {version}: qemu's luks driver reads LUKS1 only"
             )
             return
         payload = payload_sectors * 512
         if payload > reader.size:
-            found.fail("luks-payload", "the LUKS payload offset lies beyond the end of the file")
+            found.fail(
+                Check.LUKS_PAYLOAD, "the LUKS payload offset lies beyond the end of the file"
+            )
             return
         # qemu exposes everything after the payload offset as the disk.
         found.virtual_size = reader.size - payload

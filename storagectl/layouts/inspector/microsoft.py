@@ -15,6 +15,7 @@ from storagectl.layouts.inspector.base import (
     truncated,
     unpack,
 )
+from storagectl.layouts.inspector.checks import Check
 from storagectl.layouts.inspector.reader import BoundedReader
 from storagectl.layouts.inspector.report import Findings
 
@@ -103,9 +104,9 @@ class VhdInspector(FormatInspector):
         found.virtual_size = total_sectors * 512
 
         if vhd_checksum(footer) != checksum:
-            found.fail("vhd-checksum", "the VHD footer checksum does not match its contents")
+            found.fail(Check.VHD_CHECKSUM, "the VHD footer checksum does not match its contents")
         if disk_type not in (VHD_FIXED, VHD_DYNAMIC, VHD_DIFFERENCING):
-            found.fail("vhd-disk-type", f"VHD disk type {disk_type} is not fixed/dynamic")
+            found.fail(Check.VHD_DISK_TYPE, f"VHD disk type {disk_type} is not fixed/dynamic")
         if at_start:
             self._dynamic_header(reader, found, data_offset, disk_type)
 
@@ -116,7 +117,7 @@ class VhdInspector(FormatInspector):
         header = reader.read(offset, 1024)
         if header[:8] != VHD_DYNAMIC_COOKIE:
             found.fail(
-                "vhd-dynamic-header",
+                Check.VHD_DYNAMIC_HEADER,
                 "the footer at offset 0 promises a dynamic disk header, but there is none",
             )
             return
@@ -124,7 +125,7 @@ class VhdInspector(FormatInspector):
             name = header[64:576].decode("utf-16-be", errors="replace").split("\x00", 1)[0]
             found.backing_file = decode_name(name.encode("utf-8"))
             found.fail(
-                "vhd-differencing",
+                Check.VHD_DIFFERENCING,
                 f"the disk is a VHD differencing disk with parent {found.backing_file!r}",
             )
 
@@ -164,7 +165,7 @@ class VhdxInspector(FormatInspector):
         table = reader.read(VHDX_REGION_TABLE, 16)
         fields = unpack("<4sIII", table)
         if fields is None or fields[0] != b"regi" or fields[2] > VHDX_MAX_ENTRIES:
-            found.fail("vhdx-region-table", "the VHDX region table is missing or malformed")
+            found.fail(Check.VHDX_REGION_TABLE, "the VHDX region table is missing or malformed")
             return
         entries = reader.read(VHDX_REGION_TABLE + 16, fields[2] * 32)
         metadata_offset = None
@@ -173,12 +174,12 @@ class VhdxInspector(FormatInspector):
                 (metadata_offset,) = unpack("<Q", entries, start + 16) or (None,)
                 break
         if metadata_offset is None:
-            found.fail("vhdx-metadata", "the VHDX region table has no metadata region")
+            found.fail(Check.VHDX_METADATA, "the VHDX region table has no metadata region")
             return
 
         meta = unpack("<8sHH", reader.read(metadata_offset, 12))
         if meta is None or meta[0] != b"metadata" or meta[2] > VHDX_MAX_ENTRIES:
-            found.fail("vhdx-metadata", "the VHDX metadata table is missing or malformed")
+            found.fail(Check.VHDX_METADATA, "the VHDX metadata table is missing or malformed")
             return
         items = reader.read(metadata_offset + 32, meta[2] * 32)
         located: dict[bytes, tuple[int, int]] = {}
@@ -190,14 +191,14 @@ class VhdxInspector(FormatInspector):
             item = reader.read(metadata_offset + located[VIRTUAL_DISK_SIZE][0], 8)
             (found.virtual_size,) = unpack("<Q", item) or (None,)
         if found.virtual_size is None:
-            found.fail("vhdx-metadata", "the VHDX metadata has no readable virtual disk size")
+            found.fail(Check.VHDX_METADATA, "the VHDX metadata has no readable virtual disk size")
 
         params = None
         if FILE_PARAMETERS in located:
             params = unpack("<II", reader.read(metadata_offset + located[FILE_PARAMETERS][0], 8))
         if PARENT_LOCATOR in located or (params is not None and params[1] & HAS_PARENT):
             found.fail(
-                "vhdx-parent",
+                Check.VHDX_PARENT,
                 "the disk is a VHDX differencing disk; its parent is located by path",
             )
         if len(entries) < fields[2] * 32 or len(items) < meta[2] * 32:

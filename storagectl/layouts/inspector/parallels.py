@@ -7,6 +7,7 @@ References: qemu 7.2 block/parallels.c (parallels_open), docs/interop/parallels.
 from __future__ import annotations
 
 from storagectl.layouts.inspector.base import FormatInspector, Location, truncated, unpack
+from storagectl.layouts.inspector.checks import Check
 from storagectl.layouts.inspector.reader import BoundedReader
 from storagectl.layouts.inspector.report import Findings
 
@@ -48,4 +49,4 @@ class ParallelsInspector(FormatInspector):
             sectors &= 0xFFFFFFFF  # qemu ignores the high half for old images
         found.virtual_size = sectors * 512
         if version != PARALLELS_VERSION:
-            found.fail("parallels-version", f"Parallels header version {version} is not 2")
+            found.fail(Check.PARALLELS_VERSION, f"Parallels header version {version} is not 2")

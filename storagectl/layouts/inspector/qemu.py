@@ -15,6 +15,7 @@ from storagectl.layouts.inspector.base import (
     truncated,
     unpack,
 )
+from storagectl.layouts.inspector.checks import Check
 from storagectl.layouts.inspector.reader import BoundedReader
 from storagectl.layouts.inspector.report import Findings
 
@@ -98,7 +99,7 @@ class Qcow2Inspector(FormatInspector):
             cluster_size = 1 << cluster_bits
         elif version != 1:  # qcow v1 keeps cluster_bits elsewhere
             found.fail(
-                "qcow2-cluster-bits",
+                Check.QCOW2_CLUSTER_BITS,
                 f"cluster_bits is {cluster_bits}, outside qemu's range "
                 f"{MIN_CLUSTER_BITS}..{MAX_CLUSTER_BITS}",
             )
@@ -108,7 +109,7 @@ class Qcow2Inspector(FormatInspector):
 
         if version not in (2, 3):
             found.fail(
-                "qcow2-version",
+                Check.QCOW2_VERSION,
                 f"qcow2 version {version} is not 2 or 3 (version 1 is the obsolete qcow format)",
             )
             return
@@ -120,7 +121,7 @@ class Qcow2Inspector(FormatInspector):
         if crypt_method:
             kind = {1: "AES", 2: "LUKS"}.get(crypt_method, f"method {crypt_method}")
             found.fail(
-                "qcow2-encryption",
+                Check.QCOW2_ENCRYPTION,
                 f"the image is encrypted ({kind}); copying it needs a secret storagectl "
                 "does not hold",
             )
@@ -144,7 +145,7 @@ class Qcow2Inspector(FormatInspector):
         if incompatible & INCOMPAT_DATA_FILE or found.data_file is not None:
             where = f" {found.data_file!r}" if found.data_file is not None else ""
             found.fail(
-                "qcow2-data-file",
+                Check.QCOW2_DATA_FILE,
                 f"the image keeps its data in an external file{where}; qemu would open that path",
             )
 
@@ -162,7 +163,7 @@ class Qcow2Inspector(FormatInspector):
             cluster_size is not None and header_length > cluster_size
         ):
             found.fail(
-                "qcow2-header-length",
+                Check.QCOW2_HEADER_LENGTH,
                 f"header_length {header_length} is not between {QCOW2_V3_HEADER} "
                 "and the cluster size",
             )
@@ -187,7 +188,7 @@ class Qcow2Inspector(FormatInspector):
         elif len(raw) < size:
             detail = " (the name runs past the end of the file)"
         found.fail(
-            "qcow2-backing-file",
+            Check.QCOW2_BACKING_FILE,
             f"the header names a backing file {found.backing_file!r}{detail}; qemu would open it",
         )
 
@@ -197,21 +198,21 @@ class Qcow2Inspector(FormatInspector):
         if unknown:
             bits = ", ".join(str(bit) for bit in range(64) if unknown >> bit & 1)
             found.fail(
-                "qcow2-unknown-incompatible-features",
+                Check.QCOW2_UNKNOWN_INCOMPATIBLE_FEATURES,
                 f"incompatible feature bit(s) {bits} are unknown to this qemu; the "
                 "image cannot be read safely",
             )
         if incompatible & INCOMPAT_CORRUPT:
             # Not an attack, but qemu refuses to open a corrupt image read-write,
             # so no migration can start from it.
-            found.fail("qcow2-corrupt", "the image is marked corrupt; run qemu-img check")
+            found.fail(Check.QCOW2_CORRUPT, "the image is marked corrupt; run qemu-img check")
 
     @staticmethod
     def _compression(found: Findings, compression: int, incompatible: int) -> None:
         flagged = bool(incompatible & INCOMPAT_COMPRESSION)
         if compression not in (0, 1) or flagged != (compression != 0):
             found.fail(
-                "qcow2-compression-type",
+                Check.QCOW2_COMPRESSION_TYPE,
                 f"compression type {compression} is unknown or disagrees with the "
                 "compression-type feature bit",
             )
@@ -232,7 +233,7 @@ class Qcow2Inspector(FormatInspector):
             offset += 8
             if offset > end or ext_len > end - offset:
                 found.fail(
-                    "qcow2-header-extensions",
+                    Check.QCOW2_HEADER_EXTENSIONS,
                     f"header extension 0x{ext_type:08x} runs past the end of the header area",
                 )
                 return
@@ -244,14 +245,14 @@ class Qcow2Inspector(FormatInspector):
                     found.data_file = decode_name(data)
             elif ext_type == EXT_CRYPTO_HEADER:
                 found.fail(
-                    "qcow2-encryption",
+                    Check.QCOW2_ENCRYPTION,
                     "the image carries a LUKS encryption header; copying it needs a "
                     "secret storagectl does not hold",
                 )
             # Other extensions (feature names, bitmaps, unknown) name no files.
             offset += (ext_len + 7) & ~7
         found.fail(
-            "qcow2-header-extensions",
+            Check.QCOW2_HEADER_EXTENSIONS,
             f"more than {MAX_EXTENSIONS} header extensions; refusing to walk further",
         )
 
@@ -287,7 +288,7 @@ class QedInspector(FormatInspector):
     def inspect(self, reader: BoundedReader, found: Findings) -> None:
         # QED is deprecated in qemu and no Nova flavour of storage produces it;
         # anything declared QED is refused outright, whatever else it holds.
-        found.fail("qed-format", "QED images are not supported; convert the disk first")
+        found.fail(Check.QED_FORMAT, "QED images are not supported; convert the disk first")
         hdr = reader.read(0, QED_HEADER)
         fields = unpack("<4sIIIQQQQQII", hdr)
         if fields is None:
@@ -300,6 +301,6 @@ class QedInspector(FormatInspector):
             if features & QED_F_BACKING_FORMAT_NO_PROBE:
                 found.backing_format = "raw"
             found.fail(
-                "qed-backing-file",
+                Check.QED_BACKING_FILE,
                 f"the header names a backing file {found.backing_file!r}; qemu would open it",
             )

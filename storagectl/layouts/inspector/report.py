@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from storagectl import errors
+from storagectl.layouts.inspector.checks import Check
 
 
 class InspectorError(errors.ImageInspectionError):
@@ -30,7 +31,7 @@ class SafetyFailure:
     ``qcow2-backing-file``); ``message`` is one sentence for an operator.
     """
 
-    check: str
+    check: Check
     message: str
 
 
@@ -72,7 +73,7 @@ class Findings:
     data_file: str | None = None
     failures: list[SafetyFailure] = field(default_factory=list)
 
-    def fail(self, check: str, message: str) -> None:
+    def fail(self, check: Check, message: str) -> None:
         # One entry per check name: a second reason for the same check adds
         # nothing an operator can act on.
         if all(existing.check != check for existing in self.failures):

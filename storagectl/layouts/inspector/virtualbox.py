@@ -8,6 +8,7 @@ open. Reference: qemu 7.2 block/vdi.c (vdi_open).
 from __future__ import annotations
 
 from storagectl.layouts.inspector.base import FormatInspector, Location, truncated, unpack
+from storagectl.layouts.inspector.checks import Check
 from storagectl.layouts.inspector.reader import BoundedReader
 from storagectl.layouts.inspector.report import Findings
 
@@ -56,10 +57,12 @@ class VdiInspector(FormatInspector):
         version, _size, image_type = unpack("<III", hdr, 68) or (0, 0, 0)
         (found.virtual_size,) = unpack("<Q", hdr, 368) or (None,)
         if version != VDI_VERSION_1_1:
-            found.fail("vdi-version", f"VDI version {version >> 16}.{version & 0xFFFF} is not 1.1")
+            found.fail(
+                Check.VDI_VERSION, f"VDI version {version >> 16}.{version & 0xFFFF} is not 1.1"
+            )
         link, parent = hdr[424:440], hdr[440:456]
         if image_type not in (VDI_DYNAMIC, VDI_STATIC) or any(link) or any(parent):
             found.fail(
-                "vdi-differencing",
+                Check.VDI_DIFFERENCING,
                 "the VDI image is a differencing or linked image, which qemu cannot open",
             )

@@ -22,6 +22,7 @@ from storagectl.layouts.inspector.base import (
     truncated,
     unpack,
 )
+from storagectl.layouts.inspector.checks import Check
 from storagectl.layouts.inspector.reader import BoundedReader
 from storagectl.layouts.inspector.report import Findings
 
@@ -143,7 +144,7 @@ class VmdkInspector(FormatInspector):
         if fields is not None:
             found.virtual_size = fields[3] * SECTOR
         found.fail(
-            "vmdk-create-type",
+            Check.VMDK_CREATE_TYPE,
             "the file is a VMware ESX 'COWD' sparse extent (vmfsSparse); only "
             "monolithicSparse and streamOptimized are allowed",
         )
@@ -161,14 +162,14 @@ class VmdkInspector(FormatInspector):
                 version, capacity = footer[1], footer[3]
         found.virtual_size = capacity * SECTOR
         if not 1 <= version <= 3:
-            found.fail("vmdk-version", f"VMDK sparse version {version} is not 1, 2 or 3")
+            found.fail(Check.VMDK_VERSION, f"VMDK sparse version {version} is not 1, 2 or 3")
 
         if desc_sector == 0:
-            found.fail("vmdk-descriptor", "the sparse header has no embedded descriptor")
+            found.fail(Check.VMDK_DESCRIPTOR, "the sparse header has no embedded descriptor")
             return
         if desc_sector != DESC_SECTOR:
             found.fail(
-                "vmdk-descriptor",
+                Check.VMDK_DESCRIPTOR,
                 f"the embedded descriptor is at sector {desc_sector}, not sector "
                 f"{DESC_SECTOR} where qemu looks for the parent link",
             )
@@ -178,7 +179,7 @@ class VmdkInspector(FormatInspector):
         self_contained = capacity != 0
         if not self_contained:
             found.fail(
-                "vmdk-create-type",
+                Check.VMDK_CREATE_TYPE,
                 "the sparse header has capacity 0, so qemu reads its descriptor as a "
                 "descriptor file and opens the extents it names",
             )
@@ -203,14 +204,14 @@ class VmdkInspector(FormatInspector):
         )
         if not valid:
             found.fail(
-                "vmdk-footer",
+                Check.VMDK_FOOTER,
                 "the header defers to a footer at the end of the file, but there is no "
                 "valid footer there",
             )
             return None
         if footer is not None and footer[5:7] != header[5:7]:
             found.fail(
-                "vmdk-footer",
+                Check.VMDK_FOOTER,
                 "the footer places the descriptor somewhere other than the header does",
             )
         return footer
@@ -219,10 +220,10 @@ class VmdkInspector(FormatInspector):
     def _descriptor(text: bytes, found: Findings, *, self_contained: bool, own_name: str) -> None:
         create_type = quoted_value(text, b"createType")
         if create_type is None:
-            found.fail("vmdk-create-type", "the descriptor has no createType")
+            found.fail(Check.VMDK_CREATE_TYPE, "the descriptor has no createType")
         elif create_type.decode("latin-1") not in ALLOWED_CREATE_TYPES:
             found.fail(
-                "vmdk-create-type",
+                Check.VMDK_CREATE_TYPE,
                 f"createType {decode_name(create_type)!r} is not monolithicSparse or "
                 "streamOptimized",
             )
@@ -230,7 +231,7 @@ class VmdkInspector(FormatInspector):
         if parent is not None:
             found.backing_file = decode_name(parent)
             found.fail(
-                "vmdk-backing-file",
+                Check.VMDK_BACKING_FILE,
                 f"the descriptor names a parent {found.backing_file!r}; qemu would open it",
             )
 
@@ -240,7 +241,7 @@ class VmdkInspector(FormatInspector):
             # VMware) would read it.
             number = text.count(b"\n", 0, unknown.start()) + 1
             found.fail(
-                "vmdk-descriptor",
+                Check.VMDK_DESCRIPTOR,
                 f"descriptor line {number} is neither a field, an extent nor a comment",
             )
         extents: list[tuple[int, bytes, bytes | None]] = [
@@ -252,7 +253,7 @@ class VmdkInspector(FormatInspector):
         opened = [sectors * times for sectors, _, _, times in by_qemu]
 
         if not extents and not seen_by_qemu:
-            found.fail("vmdk-descriptor", "the descriptor lists no extents")
+            found.fail(Check.VMDK_DESCRIPTOR, "the descriptor lists no extents")
         elif not self_contained:
             listed = [sectors for sectors, _, _ in extents]
             found.virtual_size = sum(opened or listed) * SECTOR
@@ -271,7 +272,7 @@ class VmdkInspector(FormatInspector):
             if len(outside) > 3:
                 names.append(f"{len(outside) - 3} more")
             found.fail(
-                "vmdk-extent-outside",
+                Check.VMDK_EXTENT_OUTSIDE,
                 f"the descriptor names extent file(s) {', '.join(names)}; qemu would open them",
             )
 
