@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from storagectl.cli import cli
 from tests.env.libvirtd import Libvirtd
 from tests.migrate_support import (
     Node,
@@ -152,3 +154,29 @@ def test_ctrl_c_during_the_copy_prints_the_exact_commands(node: Node, tmp_path: 
     assert res.returncode == 0, res.stderr
     assert not (d / "storage.migration.json").exists()
     assert guest_sha(d / "disk", "qcow2", tmp_path) == before_sha
+
+
+@pytest.mark.parametrize(
+    ("args", "question"),
+    [(("--to", "flat", "--disks", "root"), "Migrate?"), (("--rollback",), "Roll back?")],
+)
+def test_declining_at_a_terminal_says_so_and_changes_nothing(
+    node: Node, monkeypatch: pytest.MonkeyPatch, args: tuple[str, ...], question: str
+) -> None:
+    import storagectl.cli.migrate as migrate_cli
+
+    uuid = make_instance(node, root="qcow2", data_mib=1)
+    if "--rollback" in args:
+        res = node.killed("migrate", uuid, "--to", "flat", "--yes", fault="copy:after")
+        assert res.returncode == -signal.SIGKILL, res.stderr
+    before = snapshot(node, uuid)
+    journal = node.instances / uuid / "storage.migration.json"
+    had_journal = journal.exists()
+    monkeypatch.setattr(migrate_cli, "stdin_is_terminal", lambda: True, raising=False)
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True, raising=False)
+    argv = [*node.args(), "migrate", uuid, *args]
+    res = CliRunner().invoke(cli, argv, input="n\n")
+    assert res.exit_code == 1, res.output
+    assert f"{question} [y/N]" in res.stderr
+    assert res.stderr.strip().endswith("--> Declined: not confirmed, nothing was changed")
+    assert snapshot(node, uuid) == before and journal.exists() == had_journal
