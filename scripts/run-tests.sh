@@ -6,7 +6,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 TIERS=("$@")
-((${#TIERS[@]})) || TIERS=(install unit functional libvirtd ceph lvm lvm_guest)
+((${#TIERS[@]})) || TIERS=(install unit functional libvirtd ceph lvm lvm_guest powerloss)
 mkdir -p build/junit
 rm -f build/junit/*.xml
 export PYTHONDONTWRITEBYTECODE=1
