@@ -83,8 +83,9 @@ def audit_cmd(app: Application, fmt: str, quiet: bool, prom: str | None, complet
         if prom:
             try:
                 write_textfile(prom, None, duration=time.monotonic() - started)
-            except TextfileError as also:
-                LOG.warning("%s", also)
+            except TextfileError as also:  # told in the same one line
+                reason = failure.fields.get("reason") or str(failure)
+                failure = AuditFailed(reason=f"{reason}; and {also}")
         raise failure from exc
     _print(app, report, fmt, quiet)
     if textfile_error is not None:

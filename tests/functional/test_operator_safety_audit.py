@@ -166,6 +166,45 @@ def test_textfile_that_cannot_be_written_is_3_and_nothing_is_replaced(mini_node,
     assert tree_state(where) == before  # the device is still a device, no temp file
 
 
+def test_textfile_directory_not_writable_is_3_permission_denied(mini_node, tmp_path):
+    """Root without CAP_DAC_OVERRIDE (setpriv): a textfile directory of mode 0555."""
+    recorded_node(mini_node, 1)
+    where = tmp_path / "textfiles"
+    where.mkdir(mode=0o555)
+    res = subprocess.run(
+        [
+            "setpriv",
+            "--bounding-set=-dac_override,-dac_read_search",
+            sys.executable,
+            "-m",
+            "storagectl",
+            "-c",
+            mini_node.uri,
+            "--nova-conf",
+            str(mini_node.conf),
+            "--log-file",
+            str(tmp_path / "log"),
+            "--lock-path",
+            str(tmp_path / "locks"),
+            "audit",
+            "--prometheus",
+            str(where / "storagectl.prom"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=60,
+        cwd=REPO,
+    )
+    assert res.returncode == 3, res.stderr
+    line = one_line(res.stderr)
+    assert line == (
+        f"--> TextfileError: cannot write the Prometheus textfile {where / 'storagectl.prom'}: "
+        "Permission denied"
+    )
+    assert list(where.iterdir()) == []
+
+
 @pytest.fixture
 def full_tmpfs(tmp_path):
     """A 64 KiB tmpfs, filled: every write to it fails with ENOSPC."""

@@ -203,6 +203,8 @@ def test_full_log_file_is_told_once_without_tracebacks(mini_node):
         ("--help",),
         ("audit", "--help"),
         ("sandbox", "create", "{root}/sbx", "-n", "1"),
+        ("--lock-path", "{root}/locks", "persist", "--all", "--dry-run"),
+        ("--lock-path", "{root}/locks", "persist", "--all", "--dry-run", "-o", "yaml"),
     ],
 )
 def test_closed_stdout_ends_quietly_with_141(mini_node, args):
