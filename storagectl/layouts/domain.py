@@ -17,6 +17,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 from storagectl import errors
+from storagectl.layouts.model import HOSTILE_CONTENT_ERRORS, content_error
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,19 @@ NOVA_NS = "http://openstack.org/xmlns/libvirt/nova/1.1"
 def parse_domain_xml(xml: str, *, where: str = "domain") -> DomainInfo:
     """Parse one domain's XML; :class:`errors.StorageCtlError` naming ``where`` if broken."""
     try:
-        root = ET.fromstring(xml)
+        return _parse(xml, where)
+    except DomainXMLError:
+        raise
     except ET.ParseError as exc:
         raise DomainXMLError(where=where, reason=str(exc)) from exc
+    except HOSTILE_CONTENT_ERRORS as exc:
+        # A domain's XML holds names a tenant chose; whatever it makes the parser raise
+        # is an unreadable domain reported by name, never a crash of the scan.
+        raise DomainXMLError(where=where, reason=content_error(exc)) from None
+
+
+def _parse(xml: str, where: str) -> DomainInfo:
+    root = ET.fromstring(xml)
     if root.tag != "domain":
         raise DomainXMLError(where=where, reason=f"root element is <{root.tag}>, not <domain>")
     uuid = (root.findtext("uuid") or "").strip().lower()

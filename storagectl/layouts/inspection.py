@@ -16,7 +16,14 @@ from storagectl import errors
 from storagectl.config import NovaConfig
 from storagectl.layouts.hosts import HostScan, ScannedDomain, is_local_uri, scan_hosts
 from storagectl.layouts.infer import infer_instance
-from storagectl.layouts.model import Code, Finding, HostReport, InstanceLayout
+from storagectl.layouts.model import (
+    HOSTILE_CONTENT_ERRORS,
+    Code,
+    Finding,
+    HostReport,
+    InstanceLayout,
+    content_error,
+)
 from storagectl.layouts.prefetch import RecordPrefetch
 from storagectl.layouts.record import Record, read_record
 from storagectl.layouts.recorded import Drift, layout_from_record
@@ -115,6 +122,44 @@ def _selected(scan: HostScan, selectors: set[str]) -> list[ScannedDomain]:
 
 
 def _layout(
+    dom: ScannedDomain,
+    host: str,
+    nova: NovaConfig,
+    storage: StorageView,
+    result: InspectionResult,
+    *,
+    local: bool,
+    use_records: bool,
+    record: Record | errors.StorageCtlError | None | object = None,
+) -> InstanceLayout:
+    """One instance's layout. Whatever a file of this instance makes a reader raise that
+    no reader anticipated is a critical finding about this instance: one hostile file
+    never takes down the run for every other instance."""
+    try:
+        return _layout_of(
+            dom, host, nova, storage, result, local=local, use_records=use_records, record=record
+        )
+    except (*HOSTILE_CONTENT_ERRORS, OSError) as exc:
+        LOG.warning("instance %s on %s could not be inspected", dom.info.uuid, host, exc_info=True)
+        why = content_error(exc) if not isinstance(exc, OSError) else str(exc)
+        return InstanceLayout(
+            uuid=dom.info.uuid,
+            name=dom.info.name,
+            host=host,
+            state=dom.state,
+            source="inferred",
+            findings=[
+                Finding.of(
+                    Code.INSPECTION_FAILED,
+                    dom.info.uuid,
+                    None,
+                    f"instance {dom.info.name} on {host} could not be inspected: {why}",
+                )
+            ],
+        )
+
+
+def _layout_of(
     dom: ScannedDomain,
     host: str,
     nova: NovaConfig,

@@ -12,6 +12,29 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+#: What parsing hostile bytes can raise besides a parser's own error class. Every
+#: reader of a file that a guest, an image or another host could have written (record,
+#: disk.info, image headers, domain XML) turns these into a finding about that
+#: instance, disk or file - never into a crash of the whole run.
+HOSTILE_CONTENT_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    OverflowError,
+    RecursionError,
+    MemoryError,
+    UnicodeError,
+)
+
+
+def content_error(exc: BaseException) -> str:
+    """One short line saying why hostile content could not be parsed."""
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 160 else text[:157] + "..."
+    return f"unparseable content ({type(exc).__name__}: {text})" if text else type(exc).__name__
+
 
 class Backend(StrEnum):
     QCOW2 = "qcow2"
@@ -61,6 +84,8 @@ class Code(StrEnum):
     # Added by storagectl beyond the first list; same stability promise.
     DISK_INFO_INVALID = "disk-info-invalid"
     NOT_INSPECTED = "content-not-inspected"
+    # Issue #13: a reader met content it could not parse; the instance is not vouched for.
+    INSPECTION_FAILED = "inspection-failed"
 
 
 #: The severity each code always carries.
@@ -77,6 +102,7 @@ SEVERITY: dict[Code, Severity] = {
     Code.METADATA_INVALID: Severity.CRITICAL,
     Code.DISK_INFO_INVALID: Severity.WARNING,
     Code.NOT_INSPECTED: Severity.INFO,
+    Code.INSPECTION_FAILED: Severity.CRITICAL,
 }
 
 

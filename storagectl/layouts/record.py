@@ -26,8 +26,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+import yaml
+
 from storagectl import __version__, errors
-from storagectl.layouts.model import InstanceLayout
+from storagectl.layouts.model import HOSTILE_CONTENT_ERRORS, InstanceLayout, content_error
 from storagectl.layouts.record_schema import (  # noqa: F401 - re-exported API
     DEVICES,
     MAX_EVENTS,
@@ -106,6 +108,12 @@ def parse_record(text: str | bytes, *, path: str, expect_uuid: str | None) -> Re
         return _validate(_load_yaml(raw), expect_uuid=expect_uuid)
     except _Invalid as exc:
         raise errors.RecordInvalid(path=path, reason=str(exc)) from None
+    except (*HOSTILE_CONTENT_ERRORS, yaml.YAMLError) as exc:
+        # The instance directory is writable by Nova's user: whatever its content makes
+        # a parser raise (a 5,000-digit integer over Python's int-conversion limit, a
+        # nesting too deep for the recursion limit ...) is a finding about this record.
+        LOG.debug("record %s could not be parsed", path, exc_info=True)
+        raise errors.RecordInvalid(path=path, reason=content_error(exc)) from None
 
 
 def read_record(instance_dir: str | os.PathLike[str], *, expect_uuid: str) -> Record | None:

@@ -285,9 +285,15 @@ def _one_of(*choices: str) -> Check:
     return check
 
 
+#: qemu's limit on an image size (a signed 64-bit byte count).
+MAX_SIZE = (1 << 63) - 1
+
+
 def _size(value: Any, field: str) -> int | None:
     if value is not None and (type(value) is not int or value < 0):
         raise _Invalid(field, f"expected a size in bytes (an integer >= 0), got {value!r}")
+    if value is not None and value > MAX_SIZE:
+        raise _Invalid(field, f"a size of {len(str(value))} digits is more than qemu's 2**63-1")
     return value
 
 

@@ -14,6 +14,7 @@ the domain XML or the record:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -23,7 +24,16 @@ from storagectl import errors
 from storagectl.config import NovaConfig
 from storagectl.layouts.inspector import InspectionReport, InspectorError, chain, inspect_file
 from storagectl.layouts.inspector.checks import BENIGN, Check
-from storagectl.layouts.model import Backend, Backing, Code, DiskLayout, Finding, Role
+from storagectl.layouts.model import (
+    HOSTILE_CONTENT_ERRORS,
+    Backend,
+    Backing,
+    Code,
+    DiskLayout,
+    Finding,
+    Role,
+    content_error,
+)
 from storagectl.layouts.storage import StorageView
 
 DISK_INFO_MAX = 1 << 20  # disk.info is a few hundred bytes; refuse to parse megabytes
@@ -118,7 +128,7 @@ def _verify_lvm(disk: DiskLayout, chk: Checker) -> None:
             f"LV {vg}/{lv} is not active (no {path}): its contents were not inspected",
         )
     elif disk.format == "raw":
-        _check_image(disk, path, chk, declared="raw")
+        _check_image(disk, os.path.realpath(path), chk, declared="raw")  # /dev/VG/LV -> dm-N
         disk.virtual_size = vol.size
 
 
@@ -224,8 +234,8 @@ def _chain_to_findings(disk: DiskLayout, walked: chain.Chain, chk: Checker) -> N
     elif chain.not_a_path(name) is None:
         joined = os.path.join(os.path.dirname(top.path), name)
         disk.backing = Backing(path=os.path.normpath(joined), format=first_format)
-    else:
-        disk.backing = Backing(path=name, format=first_format)
+    # else: not a path at all (json:, nbd://, a NUL ...): the finding names it, and no
+    # reader of disk.backing ever treats it as one.
     for problem in walked.problems:
         chk.add(_CHAIN_CODES[problem.check], disk.name, problem.message)
     for base in walked.bases:
@@ -279,26 +289,66 @@ def _failures_to_findings(name: str, path: str, report: InspectionReport, chk: C
 
 
 def read_disk_info(inst_dir: str) -> tuple[dict[str, str] | None, str | None]:
-    """Nova's ``disk.info``: ``{path: format}``. Returns (mapping or None, error or None)."""
+    """Nova's ``disk.info``: ``{path: format}``. Returns (mapping or None, error or None).
+
+    The instance directory is writable by Nova's user, so this is hostile input: opened
+    without following a symlink and without blocking (a FIFO must not hang the run),
+    a regular file only, at most ``DISK_INFO_MAX`` bytes, and whatever the JSON parser
+    raises on it (a nesting deep enough for RecursionError, a huge number) is the
+    returned error, never an exception.
+    """
     path = os.path.join(inst_dir, "disk.info")
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(DISK_INFO_MAX + 1)
-    except FileNotFoundError:
+        raw = read_untrusted(path, DISK_INFO_MAX)
+    except UntrustedFileError as exc:
+        return None, str(exc)
+    if raw is None:
         return None, None
-    except OSError as exc:
-        return None, f"cannot read {path}: {exc.strerror}"
-    if len(raw) > DISK_INFO_MAX:
-        return None, f"{path} is larger than {DISK_INFO_MAX} bytes"
     try:
         data = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return None, f"{path} is not valid JSON: {exc}"
+    except HOSTILE_CONTENT_ERRORS as exc:
+        return None, f"{path} is not valid JSON: {content_error(exc)}"
     if not isinstance(data, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in data.items()
     ):
         return None, f"{path} is not a JSON object of path -> format strings"
     return data, None
+
+
+class UntrustedFileError(errors.StorageCtlError):
+    template = "%(path)s %(reason)s"
+
+
+def read_untrusted(path: str, limit: int) -> bytes | None:
+    """The bytes of a file a guest or Nova's user could have planted: None if absent.
+
+    O_NOFOLLOW | O_NONBLOCK, then fstat: a regular file only, at most ``limit`` bytes.
+    Raises :class:`UntrustedFileError` (one line naming the file) otherwise.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        why = (
+            "is a symbolic link" if exc.errno == errno.ELOOP else f"cannot be read: {exc.strerror}"
+        )
+        raise UntrustedFileError(path=path, reason=why) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UntrustedFileError(path=path, reason="is not a regular file")
+        if st.st_size > limit:
+            raise UntrustedFileError(path=path, reason=f"is larger than {limit} bytes")
+        data = os.read(fd, limit + 1)
+        if len(data) > limit:
+            raise UntrustedFileError(path=path, reason=f"is larger than {limit} bytes")
+        return data
+    except OSError as exc:
+        raise UntrustedFileError(path=path, reason=f"cannot be read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def check_disk_info(disks: list[DiskLayout], chk: Checker) -> None:

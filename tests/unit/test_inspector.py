@@ -689,12 +689,15 @@ def test_inspect_file(tmp_path) -> None:
     assert report.backing_file == "base"
 
 
-def test_inspect_file_follows_symlinks(tmp_path) -> None:
+def test_inspect_file_refuses_symlinks(tmp_path) -> None:
+    """Callers resolve and vet a path first; a symlink swapped in since is refused."""
     target = tmp_path / "real"
     target.write_bytes(h.vdi())
     link = tmp_path / "link"
     link.symlink_to(target)
-    assert inspect_file(link, "vdi").detected == ("vdi",)
+    assert inspect_file(target, "vdi").detected == ("vdi",)
+    with pytest.raises(InspectorError, match="is a symbolic link"):
+        inspect_file(link, "vdi")
 
 
 def test_missing_file_is_an_error(tmp_path) -> None:

@@ -7,6 +7,7 @@ such presence is reported, never acted on.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import struct
@@ -107,19 +108,22 @@ def inspect_bytes(
 def inspect_file(path: str | os.PathLike[str], declared_format: str) -> InspectionReport:
     """Inspect the header of a disk file or block device against its declared format.
 
-    Opens ``path`` read-only (``O_RDONLY|O_NOCTTY|O_NONBLOCK``), refuses anything
-    but a regular file or a block device, and reads at most ``MAX_READ`` bytes
-    with positional reads. Symlinks are followed: callers resolve and vet the
+    Opens ``path`` read-only (``O_RDONLY|O_NOCTTY|O_NONBLOCK|O_NOFOLLOW``), refuses
+    anything but a regular file or a block device, and reads at most ``MAX_READ``
+    bytes with positional reads. A symlink is refused: callers resolve and vet the
     path first. No path named inside the image is ever opened.
 
     Raises :class:`InspectorError` if the file cannot be opened or read.
     """
     name = os.fspath(path)
-    flags = os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
+    flags = os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(name, flags)
     except OSError as exc:
-        raise InspectorError(path=name, reason=exc.strerror or str(exc)) from exc
+        why = "is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+        raise InspectorError(path=name, reason=why) from exc
+    except ValueError as exc:  # a NUL in the name
+        raise InspectorError(path=repr(name), reason=str(exc)) from exc
     try:
         st = os.fstat(fd)
         if stat.S_ISREG(st.st_mode):
