@@ -11,7 +11,7 @@ import json
 import re
 from pathlib import Path
 
-from tests.migrate_support import Node, disk_element, guest_view
+from tests.migrate_support import Node, disk_element, guest_sha, rbd_sha
 
 #: The backend a disk element of the persistent XML is on, from its type and format.
 _KIND = {("file", "raw"): "flat", ("file", "qcow2"): "qcow2", ("block", "raw"): "lvm"}
@@ -39,6 +39,15 @@ def record_location(disk: dict) -> str:
     return loc["path"]
 
 
+def seen(node: Node, uuid: str, target: str, scratch: Path) -> str:
+    """sha256 of what ``target`` shows the guest, wherever the XML points it (a file in
+    its format, an LV, an RBD image)."""
+    kind, fmt, where = xml_backend(node, uuid, target)
+    if kind == "rbd":
+        return rbd_sha(node.cluster, where.split("/", 1)[1], scratch)
+    return guest_sha(where, fmt, scratch)
+
+
 def audit_findings(node: Node, uuid: str) -> list[dict]:
     """This instance's audit findings worse than info (``audit -o json``)."""
     res = node.run("audit", "-o", "json")
@@ -61,7 +70,7 @@ def check_leg(
         kind, fmt, where = xml_backend(node, uuid, target)
         disk = by_target[target]
         assert (kind, fmt, where) == (disk["backend"], disk["format"], record_location(disk))
-        assert guest_view(node, uuid, scratch, target) == sha, (target, kind)
+        assert seen(node, uuid, target, scratch) == sha, (target, kind)
     assert by_target["vda"]["backend"] == backend
     assert audit_findings(node, uuid) == []
     live = {record_location(d) for d in rec["disks"]}
