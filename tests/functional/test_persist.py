@@ -152,8 +152,9 @@ def test_usage_errors(mini_node):
     assert code == 2 and "--all" in err
     code, _, err = persist(mini_node, "--all", "x")
     assert code == 2
+    # an unknown instance is not told to run persist (#12 item 13)
     code, _, err = mini_node.run("show", "00000000-0000-0000-0000-0000000000ff")
-    assert code == 1 and "RecordNotFound" in err and "storagectl persist" in err
+    assert code == 1 and "NoSuchInstance: no such instance" in err and "persist" not in err
 
 
 def test_invalid_record_is_flagged_and_left_alone(mini_node):
