@@ -33,6 +33,10 @@ class DomainDisk:
     secret_uuid: str | None = None
     hosts: tuple[tuple[str, str | None], ...] = ()
     backing_format: str | None = None  # <backingStore><format type=...> in live XML
+    #: Every ``<backingStore>`` level's source (file path, block dev, or
+    #: ``protocol:name`` for a network source), top down: libvirt with -blockdev opens
+    #: exactly these, whatever the image headers say.
+    backing_sources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,26 @@ def _disk(el: ET.Element) -> DomainDisk:
         secret_uuid=secret.get("uuid") if secret is not None else None,
         hosts=hosts,
         backing_format=backing_fmt.get("type") if backing_fmt is not None else None,
+        backing_sources=_backing_sources(el),
     )
+
+
+#: More ``<backingStore>`` levels than any sane chain; the rest are not read.
+MAX_BACKING_STORES = 64
+
+
+def _backing_sources(el: ET.Element) -> tuple[str, ...]:
+    out: list[str] = []
+    store = el.find("backingStore")
+    while store is not None and len(out) < MAX_BACKING_STORES:
+        src = store.find("source")
+        if src is not None:
+            if store.get("type") == "network":
+                out.append(f"{src.get('protocol') or 'network'}:{src.get('name') or ''}")
+            else:
+                out.append(src.get("file") or src.get("dev") or src.get("dir") or "")
+        store = store.find("backingStore")
+    return tuple(out)
 
 
 class DomainXMLError(errors.StorageCtlError):

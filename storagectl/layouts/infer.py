@@ -23,6 +23,7 @@ from storagectl.config import NovaConfig
 from storagectl.layouts import naming
 from storagectl.layouts.domain import DomainDisk, DomainInfo
 from storagectl.layouts.hosts import ScannedDomain
+from storagectl.layouts.inspector import chain
 from storagectl.layouts.model import Backend, Code, DiskLayout, InstanceLayout, Role
 from storagectl.layouts.storage import StorageView
 from storagectl.layouts.verify import Checker, check_disk_info, inside, verify_disk
@@ -75,11 +76,32 @@ def classify_domain(info: DomainInfo, chk: Checker) -> list[tuple[DiskLayout, Do
         if disk is None:
             continue
         disk.name = _unique(disk.name, used)
+        _check_backing_store(disk, ddisk, chk)
         out.append((disk, ddisk))
     for path, role in ((info.kernel, Role.KERNEL), (info.initrd, Role.RAMDISK)):
         if path:
             out.append((_boot_file(path, role, chk), None))
     return out
+
+
+def _check_backing_store(disk: DiskLayout, d: DomainDisk, chk: Checker) -> None:
+    """``<backingStore>``: what libvirt (with -blockdev) tells qemu to open below the
+    disk. Every level must be a plain file path inside the image cache (symlinks
+    resolved): anything else exposes that file or service to the guest."""
+    for source in d.backing_sources:
+        why = chain.not_a_path(source) if source else "it names no source"
+        if why is None and not source.startswith("/"):
+            why = "it is not an absolute path"
+        real = os.path.realpath(source) if why is None else ""
+        if why is None and not inside(real, chk.cache_real):
+            shown = source if real == os.path.normpath(source) else f"{source} (really {real})"
+            why = f"{shown} is outside the image cache {chk.nova.image_cache_path}"
+        if why is not None:
+            chk.add(
+                Code.BACKING_FILE_OUTSIDE_CACHE,
+                disk.name,
+                f"the domain XML gives disk {d.target} a <backingStore> {source!r}: {why}",
+            )
 
 
 def _unique(name: str, used: set[str]) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from storagectl import errors
 from storagectl.config import NovaConfig
 from storagectl.layouts.hosts import HostScan, ScannedDomain, is_local_uri, scan_hosts
-from storagectl.layouts.infer import infer_instance
+from storagectl.layouts.infer import classify_domain, infer_instance
 from storagectl.layouts.model import (
     HOSTILE_CONTENT_ERRORS,
     Code,
@@ -28,6 +28,7 @@ from storagectl.layouts.prefetch import RecordPrefetch
 from storagectl.layouts.record import Record, read_record
 from storagectl.layouts.recorded import Drift, layout_from_record
 from storagectl.layouts.storage import StorageView
+from storagectl.layouts.verify import Checker, verify_disk
 from storagectl.process import Runner
 
 LOG = logging.getLogger(__name__)
@@ -180,6 +181,8 @@ def _layout_of(
             record = None
         if isinstance(record, Record):
             layout, drift = layout_from_record(record, dom, host, nova, storage, local=local)
+            if local:
+                _verify_unrecorded(layout, drift, dom, nova, storage)
             result.drift[layout.uuid] = drift
             result.retained[layout.uuid] = record.retained_sources
             return layout
@@ -190,6 +193,30 @@ def _layout_of(
 
 
 _UNREAD = object()
+
+
+def _verify_unrecorded(
+    layout: InstanceLayout,
+    drift: list[Drift],
+    dom: ScannedDomain,
+    nova: NovaConfig,
+    storage: StorageView,
+) -> None:
+    """The record is checked against the domain XML in both directions: a disk that the
+    domain has and the record omits (or places elsewhere) is what qemu really opens, so
+    it is inspected as well, with the same checks, and listed."""
+    names = {d.disk for d in drift if d.what in ("added", "moved", "backend")}
+    if not names:
+        return
+    chk = Checker(layout.uuid, nova, storage, True)
+    recorded = {d.name for d in layout.disks}
+    for disk, ddisk in classify_domain(dom.info, chk):
+        if disk.name in names:
+            verify_disk(disk, chk, backing_hint=ddisk.backing_format if ddisk else None)
+            if disk.name not in recorded:
+                layout.disks.append(disk)
+    seen = {(f.code, f.disk, f.message) for f in layout.findings}
+    layout.findings += [f for f in chk.findings if (f.code, f.disk, f.message) not in seen]
 
 
 def _read(nova: NovaConfig, uuid: str) -> Record | errors.StorageCtlError | None:

@@ -96,7 +96,7 @@ SEVERITY: dict[Code, Severity] = {
     Code.QCOW2_DATA_FILE: Severity.CRITICAL,
     Code.UNSAFE_IMAGE_FORMAT: Severity.CRITICAL,
     Code.FORMAT_MISMATCH: Severity.CRITICAL,
-    Code.DISK_OUTSIDE_INSTANCE_DIR: Severity.WARNING,
+    Code.DISK_OUTSIDE_INSTANCE_DIR: Severity.CRITICAL,  # issue #13: a host file, a device
     Code.DISK_MISSING: Severity.CRITICAL,
     Code.UNKNOWN_LAYOUT: Severity.WARNING,
     Code.METADATA_INVALID: Severity.CRITICAL,

@@ -67,9 +67,11 @@ class Checker:
 def verify_disk(disk: DiskLayout, chk: Checker, *, backing_hint: str | None = None) -> None:
     """Existence, sizes and safety of one disk. ``backing_hint``: the XML's backingStore
     format, used only when the qcow2 header records none."""
-    if disk.backend is Backend.VOLUME or not chk.local:
+    if not chk.local:
         return
-    if disk.backend is Backend.LVM:
+    if disk.backend is Backend.VOLUME:
+        _verify_foreign(disk, chk, volume=True)
+    elif disk.backend is Backend.LVM:
         _verify_lvm(disk, chk)
     elif disk.backend is Backend.RBD:
         _verify_rbd(disk, chk)
@@ -77,17 +79,81 @@ def verify_disk(disk: DiskLayout, chk: Checker, *, backing_hint: str | None = No
         _verify_boot_file(disk, chk)
     elif disk.path and os.path.dirname(disk.path) == chk.inst_dir:
         _verify_file(disk, chk, backing_hint)
+    elif disk.backend in (Backend.QCOW2, Backend.FLAT, Backend.PLOOP):
+        # Only a record can say this (inference never calls such a disk instance storage):
+        # a hand-edited record must not point storagectl at a file elsewhere.
+        chk.add(
+            Code.DISK_OUTSIDE_INSTANCE_DIR,
+            disk.name,
+            f"{disk.backend.value} disk {disk.name} is at {disk.path}, outside its instance "
+            f"directory {chk.inst_dir}",
+        )
+    elif disk.path:
+        _verify_foreign(disk, chk, volume=False)
+
+
+def _escapes(disk: DiskLayout, path: str, real: str, chk: Checker) -> bool:
+    """Flag (critical) a disk of the instance directory whose real path is elsewhere: a
+    host file, a device, another instance's disk, or a base other instances share."""
+    if inside(real, chk.inst_dir_real):
+        return False
+    if inside(real, chk.cache_real):
+        where = "into the image cache, where writes would change a base other disks read"
+    else:
+        where = "outside the instance directory and the image cache"
+    chk.add(
+        Code.DISK_OUTSIDE_INSTANCE_DIR,
+        disk.name,
+        f"disk {path} ({disk.target}) resolves to {real}, {where}",
+    )
+    return True
+
+
+def _verify_foreign(disk: DiskLayout, chk: Checker, *, volume: bool) -> None:
+    """A file disk that is not instance storage (a file volume on an NFS/Quobyte mount,
+    a ``volume-*`` file, a disk the XML puts elsewhere): never touched, but its header
+    is inspected like any other - qemu opens it with the same block layer. A qcow2
+    volume's snapshot chain lives in its own directory (Cinder's NFS driver)."""
+    path = disk.path or ""
+    try:
+        st = os.lstat(path)
+    except (OSError, ValueError):
+        return  # a block device path, a missing file: nothing to read here
+    real = os.path.realpath(path) if stat.S_ISLNK(st.st_mode) else path
+    try:
+        st = os.stat(real)
+    except OSError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        return
+    try:
+        report = inspect_file(real, disk.format or "raw")
+    except InspectorError as exc:
+        chk.add(Code.UNKNOWN_LAYOUT, disk.name, str(exc))
+        return
+    if volume:
+        disk.virtual_size = report.virtual_size
+    embedded = probe_danger(report)
+    if embedded:
+        chk.add(
+            Code.RAW_DISK_HAS_IMAGE_HEADER,
+            disk.name,
+            f"{path} is used as raw but begins with a {embedded} header",
+        )
+    _failures_to_findings(disk.name, path, report, chk)
+    if report.backing_file is not None and chain.canonical_format(disk.format or "") == "qcow2":
+        cache = os.path.dirname(real) if volume else chk.nova.image_cache_path
+        walked = chain.walk(
+            path, "qcow2", cache, top_report=report, inspect=chk.storage.inspect_cached
+        )
+        _chain_to_findings(disk, walked, chk)
 
 
 def _verify_file(disk: DiskLayout, chk: Checker, backing_hint: str | None) -> None:
     path = disk.path or ""
     real, lst = chk.storage.resolve(path)
-    if real != path and not (inside(real, chk.inst_dir_real) or inside(real, chk.cache_real)):
-        chk.add(
-            Code.DISK_OUTSIDE_INSTANCE_DIR,
-            disk.name,
-            f"disk {path} resolves to {real}, outside the instance directory and the image cache",
-        )
+    if _escapes(disk, path, real, chk):
+        return  # never inspected, sized or recorded as this instance's disk
     if disk.backend is Backend.PLOOP and os.path.isdir(real):
         real = os.path.join(real, "root.hds")  # ploop: a dir with root.hds + DiskDescriptor.xml
         lst = None
@@ -99,6 +165,13 @@ def _verify_file(disk: DiskLayout, chk: Checker, backing_hint: str | None) -> No
         return
     except OSError as exc:
         chk.add(Code.UNKNOWN_LAYOUT, disk.name, f"cannot stat {path}: {exc.strerror}")
+        return
+    if not stat.S_ISREG(st.st_mode):
+        chk.add(
+            Code.DISK_OUTSIDE_INSTANCE_DIR,
+            disk.name,
+            f"disk {path} ({disk.target}) is not a regular file (a device, FIFO or socket)",
+        )
         return
     disk.allocated_size = st.st_blocks * 512
     # Every existing file is inspected, whatever backend it maps to, so that an unsafe
@@ -151,8 +224,11 @@ def _verify_rbd(disk: DiskLayout, chk: Checker) -> None:
 
 
 def _verify_boot_file(disk: DiskLayout, chk: Checker) -> None:
+    path = disk.path or ""
+    if os.path.dirname(path) == chk.inst_dir and _escapes(disk, path, os.path.realpath(path), chk):
+        return
     try:
-        st = os.stat(disk.path or "")
+        st = os.stat(path)
     except FileNotFoundError:
         chk.add(Code.DISK_MISSING, disk.name, f"{disk.role.value} {disk.path} does not exist")
         return

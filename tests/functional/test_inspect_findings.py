@@ -186,7 +186,7 @@ def test_symlinked_disk_outside_instance_dir(mini_node, tmp_path):
     mini_node.add(u, [{"fmt": "raw", "src": d / "disk"}])
     inst = mini_node.instance(u)
     f = finding(inst, "disk-outside-instance-dir")
-    assert f["severity"] == "warning" and str(target) in f["message"]
+    assert f["severity"] == "critical" and str(target) in f["message"]
     assert inst["disks"][0]["backend"] == "flat"
 
 
@@ -218,13 +218,13 @@ def test_unknown_layout_for_unhandled_format(mini_node):
     assert "unknown-layout" in codes(inst) and inst["disks"][0]["backend"] == "unknown"
 
 
-def test_volumes_are_reported_not_inspected(mini_node, tmp_path):
+def test_volumes_are_reported_and_their_headers_inspected(mini_node, tmp_path):
     u = mini_node.new_uuid()
     mini_node.dir(u)
     mnt = tmp_path / "mnt" / "abc"
     mnt.mkdir(parents=True)
     vol = mnt / "volume-11111111-2222-3333-4444-555555555555"
-    vol.write_bytes(b"QFI\xfb" + b"\0" * 508)  # would be "unsafe" if it were ours to check
+    vol.write_bytes(b"QFI\xfb" + b"\0" * 508)  # a guest wrote a qcow2 magic into it
     mini_node.add(
         u,
         [
@@ -240,7 +240,11 @@ def test_volumes_are_reported_not_inspected(mini_node, tmp_path):
     inst = mini_node.instance(u)
     assert [d["backend"] for d in inst["disks"]] == ["volume"] * 3
     assert [d["role"] for d in inst["disks"]] == ["volume"] * 3
-    assert inst["findings"] == []
+    # Issue #13: a file volume is never touched, but qemu opens it like any disk, so its
+    # header is inspected (block and network volumes are not read from here).
+    assert [(f["code"], f["disk"]) for f in inst["findings"]] == [
+        ("raw-disk-has-image-header", vol.name)
+    ]
 
 
 def test_empty_cdrom_is_ignored_and_config_drive_is_a_disk(mini_node):
