@@ -12,6 +12,7 @@ prints the exact --resume/--rollback commands.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import signal
 import time
 from pathlib import Path
@@ -29,6 +30,14 @@ from tests.migrate_support import (
     new_node,
     snapshot,
 )
+
+
+def _hold(lock_path: str, uuid: str, ready, release) -> None:  # noqa: ANN001
+    from storagectl.layouts.locks import instance_lock
+
+    with instance_lock(lock_path, uuid):
+        ready.set()
+        release.wait(30)
 
 
 @pytest.fixture
@@ -91,6 +100,21 @@ def test_dry_runs_refusals_status_and_audit_of_an_interrupted_migration(
     assert uuid in res.stdout and "interrupted" in res.stdout
     assert f"pid {dead_pid} is gone" in res.stdout.replace("\n", " ")
     assert f"migrate --resume {uuid}" in res.stderr and f"migrate --rollback {uuid}" in res.stderr
+    # the same journal while another process holds the instance lock: running, not dead
+    ctx = multiprocessing.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold, args=(str(node.root / "locks"), uuid, ready, release))
+    holder.start()
+    try:
+        assert ready.wait(10)
+        res = node.run("migrate", "--status", uuid)
+        assert res.returncode == 0, res.stderr
+        flat = res.stdout.replace("\n", " ")
+        assert f"running: pid {holder.pid} holds the instance lock" in flat
+        assert "interrupted" not in flat and "--resume" not in res.stderr
+    finally:
+        release.set()
+        holder.join(10)
     prom = tmp_path / "storagectl.prom"
     res = node.run("audit", "-o", "json", "--prometheus", str(prom))
     ours = [f for f in json.loads(res.stdout)["findings"] if f["instance"] == uuid]
