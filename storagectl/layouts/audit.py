@@ -49,12 +49,12 @@ from storagectl.config import NovaConfig
 from storagectl.layouts import naming, ownership
 from storagectl.layouts.hosts import is_local_uri
 from storagectl.layouts.inspection import InspectionResult, inspect_hosts
-from storagectl.layouts.inspector import InspectorError, inspect_file
 from storagectl.layouts.interrupted import interrupted_findings
 from storagectl.layouts.mirror import mirror_items, read_mirror
 from storagectl.layouts.model import Backend, DiskLayout, Finding, InstanceLayout, Severity
 from storagectl.layouts.record import RECORD_NAME, read_record
 from storagectl.layouts.storage import StorageView
+from storagectl.layouts.verify import inspect_cache_entry
 from storagectl.migrate.roundtrip import entry_key, live_message, live_retained
 from storagectl.process import Runner
 
@@ -457,6 +457,7 @@ def _recorded_host(instance_dir: str, uuid: str) -> str | None:
 
 
 def _image_cache(result: InspectionResult, nova: NovaConfig, storage: StorageView) -> list[Finding]:
+    """Every entry of the image cache, whatever its name (verify.inspect_cache_entry)."""
     cache = nova.image_cache_path
     try:
         entries = sorted(os.scandir(cache), key=lambda e: e.name)
@@ -464,21 +465,27 @@ def _image_cache(result: InspectionResult, nova: NovaConfig, storage: StorageVie
         return []
     real = lambda path: storage.resolve(path)[0]  # noqa: E731 - realpath, cached dirs
     used = {real(d.backing.path) for i in result.instances for d in i.disks if d.backing}
+    scanned = {e.path: inspect_cache_entry(e.path, cache, storage.inspect_cached) for e in entries}
+    below = {real(path): found.below for path, found in scanned.items()}
+    todo = list(used)
+    while todo:  # the bases below a used base are used too
+        for base in below.get(todo.pop(), ()):
+            if base not in used:
+                used.add(base)
+                todo.append(base)
     out: list[Finding] = []
     for entry in entries:
-        if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
-            continue
-        problem = _unsafe_base(entry.path)
-        if problem:
+        problems = scanned[entry.path].problems
+        if problems:
             out.append(
                 _finding(
                     AuditCode.BASE_IMAGE_UNSAFE,
                     None,
                     entry.name,
-                    f"image cache entry {entry.path}: {problem}",
+                    f"image cache entry {entry.path}: {'; '.join(problems)}",
                 )
             )
-        if real(entry.path) not in used:
+        if entry.is_file(follow_symlinks=False) and real(entry.path) not in used:
             out.append(
                 _finding(
                     AuditCode.BASE_IMAGE_UNUSED,
@@ -488,25 +495,3 @@ def _image_cache(result: InspectionResult, nova: NovaConfig, storage: StorageVie
                 )
             )
     return out
-
-
-def _unsafe_base(path: str) -> str | None:
-    """Why a cache entry is unsafe for qemu to open, or None.
-
-    Entries are inspected as raw (what ``force_raw_images`` makes them); a container
-    header is acceptable only when it is a plain image with no backing file, no data file,
-    no failed safety check (a qcow2 base when ``force_raw_images=False``).
-    """
-    try:
-        report = inspect_file(path, "raw")
-    except InspectorError as exc:
-        return str(exc)
-    problems = [f"{f.check}: {f.message}" for f in report.failures]
-    inner = report.embedded
-    if inner is not None:
-        problems += [f"{f.check}: {f.message}" for f in inner.failures]
-        if inner.backing_file and not any("backing" in p for p in problems):
-            problems.append(f"has backing file {inner.backing_file!r}")
-        if inner.data_file and not any("data-file" in p for p in problems):
-            problems.append(f"has external data file {inner.data_file!r}")
-    return "; ".join(problems) or None

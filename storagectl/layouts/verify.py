@@ -19,6 +19,7 @@ import json
 import os
 import stat
 from dataclasses import dataclass, field
+from typing import Any
 
 from storagectl import errors
 from storagectl.config import NovaConfig
@@ -510,3 +511,67 @@ def _recorded_cache(path: str) -> tuple[str | None, str | None]:
         if disk.path == path and disk.backing is not None:
             return os.path.dirname(disk.backing.path), disk.backing.format
     return None, None
+
+
+@dataclass
+class CacheEntry:
+    """What the cache scan found in one image-cache entry."""
+
+    problems: list[str]
+    below: list[str]  # real paths of the cache files its backing chain uses
+
+
+def inspect_cache_entry(path: str, cache_dir: str, inspect: Any = None) -> CacheEntry:
+    """Inspect one entry of the image cache, whatever its name (dot-files included).
+
+    A symlink is followed only inside the cache (leaving it is a problem in itself); a
+    container header (what ``force_raw_images=False`` keeps) is judged as qemu would
+    open it: its failed checks, its whole backing chain walked and judged as for a
+    disk, a backing file named without its format (qemu would probe it). Polyglots
+    (qcow2 + ISO 9660, qcow2 + GPT ...) fail the inspector's multiple-formats check.
+    """
+    inspect = inspect or inspect_file
+    cache_real = os.path.realpath(cache_dir)
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        return CacheEntry([f"cannot stat it: {exc.strerror}"], [])
+    real = os.path.join(cache_real, os.path.basename(path))
+    if stat.S_ISLNK(st.st_mode):
+        real = os.path.realpath(path)
+        if not inside(real, cache_real):
+            return CacheEntry([f"is a symbolic link to {real}, outside the image cache"], [])
+        try:
+            st = os.stat(real)
+        except OSError as exc:
+            return CacheEntry([f"is a symbolic link to {real}: {exc.strerror}"], [])
+    if stat.S_ISDIR(st.st_mode):
+        return CacheEntry([], [])
+    if not stat.S_ISREG(st.st_mode):
+        return CacheEntry(["is not a regular file (a device, FIFO or socket)"], [])
+    try:
+        report = inspect(real, "raw")
+    except InspectorError as exc:
+        return CacheEntry([str(exc)], [])
+    problems = [f"{f.check}: {f.message}" for f in report.failures]
+    inner = report.embedded
+    if inner is None or probe_danger(report) is None:
+        return CacheEntry(problems, [])
+    problems += [f"{f.check}: {f.message}" for f in inner.failures if f.check not in BENIGN]
+    fmt = chain.canonical_format(inner.declared_format)
+    if inner.backing_file is None or fmt not in chain.BACKED_FORMATS:
+        return CacheEntry(problems, [])
+    if inner.backing_format is None:
+        problems.append(
+            f"names backing file {inner.backing_file!r} without its format: qemu would probe it"
+        )
+    walked = chain.walk(real, fmt, cache_dir, top_report=inner, inspect=inspect)
+    problems += [p.message for p in walked.problems]
+    problems += [f"{link.real}: {why}" for link, why in walked.failures() if link.level > 0]
+    for base in walked.bases:
+        embedded = probe_danger(base.report)
+        if embedded and (base.probed or base.format == "raw"):
+            problems.append(
+                f"its base {base.real} is read as raw but begins with a {embedded} header"
+            )
+    return CacheEntry(problems, [b.real for b in walked.bases])
