@@ -304,6 +304,15 @@ _CHAIN_CODES = {
 
 def _chain_to_findings(disk: DiskLayout, walked: chain.Chain, chk: Checker) -> None:
     top = walked.top
+    if disk.backing is not None:  # from a record: it must name a file in the cache too
+        recorded = chk.storage.resolve(disk.backing.path)[0]
+        if not inside(recorded, chk.cache_real):
+            chk.add(
+                Code.BACKING_FILE_OUTSIDE_CACHE,
+                disk.name,
+                f"the record gives {disk.path} backing file {disk.backing.path}, outside "
+                f"the image cache {chk.nova.image_cache_path}",
+            )
     name = top.report.backing_file or ""
     first_format = top.report.backing_format or (walked.bases[0].format if walked.bases else None)
     if walked.bases:
@@ -509,7 +518,18 @@ def _recorded_cache(path: str) -> tuple[str | None, str | None]:
         raise chain.ChainRefused(path=path, reason=str(exc)) from exc
     for disk in record.disks if record else ():
         if disk.path == path and disk.backing is not None:
-            return os.path.dirname(disk.backing.path), disk.backing.format
+            cache = os.path.dirname(disk.backing.path)
+            # Nova's image cache is a directory of instances_path, the parent of the
+            # instance directory; a record naming any other place is not believed.
+            if os.path.dirname(os.path.realpath(cache)) != os.path.realpath(
+                os.path.dirname(inst_dir)
+            ):
+                raise chain.ChainRefused(
+                    path=path,
+                    reason=f"its record names backing file {disk.backing.path}, which is not "
+                    f"in an image cache of {os.path.dirname(inst_dir)}",
+                )
+            return cache, disk.backing.format
     return None, None
 
 

@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from storagectl.layouts.inspector import chain
 from storagectl.layouts.verify import copy_source
@@ -320,4 +321,25 @@ def test_a_disk_swapped_for_a_symlink_after_persist_is_refused(mini_node, tmp_pa
     disk.unlink()
     disk.symlink_to(host)
     with pytest.raises(chain.ChainRefused, match="not a regular file"):
+        convert_argv(move_to_flat(disk), Storage(Runner()), bwlimit=None)
+
+
+def test_a_record_naming_a_backing_file_elsewhere_is_not_believed(mini_node, tmp_path):
+    """storage.yaml is writable by Nova's user: a record giving the disk a backing file
+    in another directory must neither pass inspect nor move the copy's image cache."""
+    disk, _, _ = persisted_nested(mini_node)
+    host = host_file(tmp_path)
+    fake_base = tmp_path / "fake-cache" / "mid"
+    fake_base.parent.mkdir()
+    qcow2(fake_base, str(host))
+    record = disk.parent / "storage.yaml"
+    data = yaml.safe_load(record.read_text())
+    data["disks"][0]["backing"]["path"] = str(fake_base)
+    record.write_text(yaml.safe_dump(data))
+    qemu_img("rebase", "-q", "-u", "-f", "qcow2", "-b", str(fake_base), "-F", "qcow2", str(disk))
+    inst = mini_node.instance(disk.parent.name)
+    assert inst["source"] == "metadata"
+    hits = [f for f in inst["findings"] if f["code"] == "backing-file-outside-cache"]
+    assert hits and all(f["severity"] == "critical" for f in hits)
+    with pytest.raises(chain.ChainRefused, match="not in an image cache"):
         convert_argv(move_to_flat(disk), Storage(Runner()), bwlimit=None)
