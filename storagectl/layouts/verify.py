@@ -158,6 +158,8 @@ def _verify_file(disk: DiskLayout, chk: Checker, backing_hint: str | None) -> No
     if disk.backend is Backend.PLOOP and os.path.isdir(real):
         real = os.path.join(real, "root.hds")  # ploop: a dir with root.hds + DiskDescriptor.xml
         lst = None
+        if _escapes(disk, real, os.path.realpath(real), chk):
+            return
     try:
         # The lstat of a path that is not a symlink is its stat: one syscall saved per disk.
         st = lst if lst is not None and not stat.S_ISLNK(lst.st_mode) else os.stat(real)

@@ -240,3 +240,15 @@ def test_backing_store_inside_the_cache_is_fine(mini_node):
     mini_node.add(u, [{"fmt": "qcow2", "src": d / "disk"}])
     with_backing_store(mini_node, f"<source file='{base}'/>")
     assert codes(mini_node.instance(u)) == set()
+
+
+def test_ploop_root_hds_symlinked_to_a_host_file_is_critical(mini_node, tmp_path):
+    u = mini_node.new_uuid()
+    d = mini_node.dir(u)
+    target = host_file(tmp_path)
+    (d / "disk").mkdir()
+    (d / "disk" / "root.hds").symlink_to(target)
+    mini_node.add(u, [{"fmt": "ploop", "src": d / "disk"}])
+    hits = critical(mini_node.instance(u), "disk-outside-instance-dir", "disk")
+    assert any(str(target) in f["message"] for f in hits)
+    refused(mini_node, u)
