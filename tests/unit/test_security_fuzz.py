@@ -14,6 +14,7 @@ import struct
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -227,9 +228,11 @@ attr = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=30
 @given(st.text(max_size=2000))
 def test_domain_xml_reader_on_arbitrary_text(text: str) -> None:
     try:
-        parse_domain_xml(text, where="fuzz")
-    except DomainXMLError:
-        pass
+        info = parse_domain_xml(text, where="fuzz")
+    except DomainXMLError as exc:
+        assert "fuzz" in str(exc) and "\n" not in str(exc).split(": ", 1)[0]
+        return
+    assert info.uuid and info.name
 
 
 @FUZZ
@@ -247,14 +250,13 @@ def test_domain_xml_reader_on_hostile_disks(dtype: str, source: str, fmt: str, d
     )
     try:
         info = parse_domain_xml(xml, where="fuzz")
-    except DomainXMLError:
+    except DomainXMLError as exc:
+        assert "fuzz" in str(exc)
         return
-    assert info.uuid == UUID
+    assert info.uuid == UUID and len(info.disks) == 1
 
 
 def test_domain_xml_reader_on_deep_nesting() -> None:
     for xml in ("<domain>" + "<a>" * 100_000 + "</a>" * 100_000 + "</domain>", "<" * 10000):
-        try:
+        with pytest.raises(DomainXMLError, match="deep"):
             parse_domain_xml(xml, where="deep")
-        except DomainXMLError as exc:
-            assert "deep" in str(exc)
