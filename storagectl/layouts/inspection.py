@@ -141,8 +141,9 @@ def _layout(
             dom, host, nova, storage, result, local=local, use_records=use_records, record=record
         )
     except (*HOSTILE_CONTENT_ERRORS, OSError) as exc:
-        LOG.warning("instance %s on %s could not be inspected", dom.info.uuid, host, exc_info=True)
+        LOG.debug("instance %s on %s could not be inspected", dom.info.uuid, host, exc_info=True)
         why = content_error(exc) if not isinstance(exc, OSError) else str(exc)
+        LOG.warning("instance %s on %s could not be inspected: %s", dom.info.uuid, host, why)
         return InstanceLayout(
             uuid=dom.info.uuid,
             name=dom.info.name,

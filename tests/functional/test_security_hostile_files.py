@@ -146,3 +146,33 @@ def test_one_hostile_file_is_a_finding_about_its_instance(mini_node, case):
     status, out, err = mini_node.run("audit")
     assert status == 2, err  # every instance's criticals, not "could not audit"
     assert "raw-disk-has-image-header" in out and "Traceback" not in err
+
+
+def test_a_reader_failing_unexpectedly_is_inspection_failed_for_that_instance(
+    mini_node, monkeypatch
+):
+    """The net under every reader: content no check anticipated still becomes a critical
+    finding about its instance (here a reader made to hit the recursion limit)."""
+    from storagectl.layouts import inspection
+
+    good = clean_instance(mini_node)
+    victim = clean_instance(mini_node)
+    real_infer = inspection.infer_instance
+
+    def infer(dom, *args, **kwargs):
+        if dom.info.uuid == victim:
+            raise RecursionError("maximum recursion depth exceeded while decoding a JSON array")
+        return real_infer(dom, *args, **kwargs)
+
+    monkeypatch.setattr(inspection, "infer_instance", infer)
+    by_uuid = {i["uuid"]: i for i in mini_node.inspect()["instances"]}
+    assert codes(by_uuid[good]) == set()
+    (failed,) = by_uuid[victim]["findings"]
+    assert (failed["code"], failed["severity"]) == ("inspection-failed", "critical")
+    assert "RecursionError" in failed["message"] and "\n" not in failed["message"]
+    status, out, err = mini_node.run("audit")
+    assert status == 2 and "inspection-failed" in out and "Traceback" not in err
+    status, out, _ = mini_node.run("persist", "--all", "-o", "json")
+    assert status == 1
+    assert (mini_node.instances / good / "storage.yaml").is_file()
+    assert not (mini_node.instances / victim / "storage.yaml").exists()
