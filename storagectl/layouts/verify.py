@@ -316,7 +316,12 @@ def _chain_to_findings(disk: DiskLayout, walked: chain.Chain, chk: Checker) -> N
                 f"the image cache {chk.nova.image_cache_path}",
             )
     name = top.report.backing_file or ""
-    first_format = top.report.backing_format or (walked.bases[0].format if walked.bases else None)
+    first = walked.bases[0] if walked.bases else None
+    # The format the chain is opened with: recorded in the header or given by the XML;
+    # None when neither says (qemu probes), never the "raw" the inspector assumed.
+    first_format = top.report.backing_format or (
+        first.format if first is not None and not first.probed else None
+    )
     if walked.bases:
         disk.backing = Backing(path=os.path.normpath(walked.bases[0].path), format=first_format)
     elif chain.not_a_path(name) is None:

@@ -343,3 +343,17 @@ def test_a_record_naming_a_backing_file_elsewhere_is_not_believed(mini_node, tmp
     assert hits and all(f["severity"] == "critical" for f in hits)
     with pytest.raises(chain.ChainRefused, match="not in an image cache"):
         convert_argv(move_to_flat(disk), Storage(Runner()), bwlimit=None)
+
+
+def test_an_overlay_without_a_backing_format_records_none(mini_node):
+    """qemu probes such a base: the layout says so (format null), never the inspector's
+    own assumption (a base that probes as a qcow2: test_probed_base_is_followed...)."""
+    base = mini_node.base / "plain"
+    qemu_img("create", "-q", "-f", "raw", str(base), str(4 * MiB))
+    u = mini_node.new_uuid()
+    d = mini_node.dir(u)
+    qcow2_unformatted(d / "disk", str(base))
+    mini_node.add(u, [{"fmt": "qcow2", "src": d / "disk"}])
+    inst = mini_node.instance(u)
+    assert inst["findings"] == []
+    assert inst["disks"][0]["backing"] == {"path": str(base), "format": None}
