@@ -40,7 +40,12 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, qemu_img: str) -> Path:
 
 
 def run(*argv: str) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    for _ in range(3):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        # qemu's LUKS PBKDF benchmark fails on a loaded VM ("Unable to get accurate CPU
+        # usage"): a fault of the tool's timing, not of the image; try again.
+        if "Unable to get accurate CPU usage" not in done.stderr:
+            break
     if done.returncode != 0:
         pytest.fail(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
     return done.stdout
@@ -103,7 +108,7 @@ CASES = [
     Case(
         "qcow2-luks-encrypted",
         "qcow2",
-        ("-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10"),
+        ("-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=100"),
         objects=SECRET,
         failures=frozenset({"qcow2-encryption"}),
     ),
@@ -137,7 +142,7 @@ CASES = [
         backing_file="{work}/base.raw",
         backing_format="raw",
     ),
-    Case("luks", "luks", ("-o", "key-secret=sec0,iter-time=10"), objects=SECRET),
+    Case("luks", "luks", ("-o", "key-secret=sec0,iter-time=100"), objects=SECRET),
     Case("parallels", "parallels", ()),
 ]
 
