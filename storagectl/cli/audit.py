@@ -69,7 +69,9 @@ def audit_cmd(app: Application, fmt: str, quiet: bool, prom: str | None, complet
         if prom:
             check_textfile(prom)
         with host_lock(app.lock_path, "audit"):
-            report = run_audit(app.uris, app.nova, app.runner, complete=complete)
+            report = run_audit(
+                app.uris, app.nova, app.runner, complete=complete, lock_path=app.lock_path
+            )
             textfile_error = None
             if prom:
                 try:

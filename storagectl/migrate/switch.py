@@ -185,8 +185,12 @@ class Domains:
 
         libvirt.registerErrorHandler(lambda _c, _e: None, None)
         if self._conn is None:
+            from storagectl.layouts.hosts import ConnectTimeout, open_libvirt
+
             try:
-                self._conn = libvirt.open(self.uri)
+                self._conn = open_libvirt(self.uri, read_only=False)
+            except ConnectTimeout as exc:
+                raise errors.HostUnreachable(uri=self.uri, reason=str(exc)) from exc
             except libvirt.libvirtError as exc:
                 raise errors.HostUnreachable(uri=self.uri, reason=str(exc)) from exc
         return self._conn

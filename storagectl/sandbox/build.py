@@ -372,8 +372,12 @@ def define_domains(uri: str, xmls: list[str]) -> None:
     """Define (persistent, not started) each domain XML in the libvirtd at ``uri``."""
     import libvirt
 
+    from storagectl.layouts.hosts import ConnectTimeout, open_libvirt
+
     try:
-        conn = libvirt.open(uri)
+        conn = open_libvirt(uri, read_only=False)
+    except ConnectTimeout as exc:
+        raise errors.HostUnreachable(uri=uri, reason=str(exc)) from exc
     except libvirt.libvirtError as exc:
         raise errors.HostUnreachable(uri=uri, reason=exc.get_error_message()) from exc
     try:
