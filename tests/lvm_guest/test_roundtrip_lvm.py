@@ -38,7 +38,10 @@ def visible(names: set[str]) -> set[str]:
     return {n for n in names if not n.endswith(("_tdata", "_tmeta"))}
 
 
-@pytest.mark.parametrize("sparse", [False, True], ids=["thick", "sparse"])
+# Sparse only: it renames the LV *and* its private thin pool, a superset of the thick
+# case's single lvrename (the same RetainedRename code path); each leg costs minutes
+# under TCG, and the thick variant added ~8.5 min to the guest tier for no new branch.
+@pytest.mark.parametrize("sparse", [True], ids=["sparse"])
 def test_qcow2_lvm_round_trip(node: Node, guest_vg: LvmEnv, tmp_path: Path, sparse: bool) -> None:
     if sparse:
         node.conf.write_text(node.conf.read_text() + "sparse_logical_volumes = True\n")
