@@ -12,7 +12,7 @@ import click
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from storagectl import errors
-from storagectl.cli.app import DEFAULT_LOCK_PATH, Application, DiskRoles
+from storagectl.cli.app import DEFAULT_LOCK_PATH, Application, DiskRoles, output_option
 from storagectl.cli.render import emit_table
 from storagectl.migrate.engine import Engine, Settings
 from storagectl.migrate.journal import check_fault
@@ -79,13 +79,13 @@ ACCEPTS = {
     "resume": {"dry_run", "yes", "ceph_timeout"},
     "rollback": {"dry_run", "yes", "ceph_timeout"},
     "delete_retained": {"dry_run", "yes", "ceph_timeout"},
-    "status": set(),
+    "status": {"fmt"},
 }
-_CHECKED = (*_RUN_ONLY, "dry_run", "yes", "ceph_timeout")
+_CHECKED = (*_RUN_ONLY, "dry_run", "yes", "ceph_timeout", "fmt")
 
 
 def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    return "--output" if name == "fmt" else "--" + name.replace("_", "-")
 
 
 def choose_mode(ctx: click.Context, given: dict[str, object]) -> str:
@@ -174,6 +174,7 @@ def choose_mode(ctx: click.Context, given: dict[str, object]) -> str:
     help="Undo an interrupted (or switched, not cleaned-up) migration.",
 )
 @click.option("--status", is_flag=True, help="Show migrations in progress, running or interrupted.")
+@output_option("table", "json", "yaml")
 @click.option(
     "--delete-retained",
     is_flag=True,
@@ -199,6 +200,7 @@ def migrate_cmd(
     rollback: bool,
     status: bool,
     delete_retained: bool,
+    fmt: str,
 ) -> None:
     """Move the disks of shut-off, persisted INSTANCEs to another backend.
 
@@ -238,7 +240,7 @@ def migrate_cmd(
     )
     engine = Engine(settings)
     if mode == "status":
-        _status(app, engine, instances)
+        _status(app, engine, instances, fmt)
         return
     if mode != "to":
         if len(instances) != 1:
@@ -292,10 +294,13 @@ def migrate_cmd(
     raise click.exceptions.Exit(code)
 
 
-def _status(app: Application, engine: Engine, instances: tuple[str, ...]) -> None:
+def _status(app: Application, engine: Engine, instances: tuple[str, ...], fmt: str) -> None:
     if len(instances) > 1:
         raise errors.UsageError(reason="--status takes at most one INSTANCE")
     rows = engine.status(instances[0] if instances else None)
+    if fmt != "table":
+        app.print_data({"host": app.uris[0], "migrations": rows}, fmt)
+        return
     if not rows:
         click.echo("no migration in progress")
         return

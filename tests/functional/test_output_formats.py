@@ -1,0 +1,53 @@
+"""Every command that prints data takes -o: show (yaml|json|table), migrate --status
+(table|json|yaml); an -o that a migrate mode does not print is refused, not ignored."""
+
+import json
+
+import yaml
+
+from tests.functional.test_persist import legacy_instance, persist_json
+
+
+def test_show_prints_a_table_of_the_record(mini_node):
+    u = legacy_instance(mini_node)
+    code, _, err = persist_json(mini_node, u)
+    assert code == 0, err
+    code, out, err = mini_node.run("show", u, "-o", "table")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith(f"instance {u} (instance-00000001) on ")
+    assert lines[1].split() == [
+        "DISK",
+        "ROLE",
+        "TARGET",
+        "BACKEND",
+        "FORMAT",
+        "LOCATION",
+        "VSIZE",
+        "BACKING",
+    ]
+    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    root = rows["disk"]
+    assert root[1:6] == ["root", "vda", "qcow2", "qcow2", str(mini_node.instances / u / "disk")]
+    assert root[7].startswith(str(mini_node.instances / "_base"))
+    # the same record as the yaml output
+    code, out_yaml, _ = mini_node.run("show", u)
+    data = yaml.safe_load(out_yaml)
+    assert set(rows) == {d["name"] for d in data["disks"]}
+
+
+def test_migrate_status_speaks_json_and_yaml(mini_node):
+    code, out, err = mini_node.run("migrate", "--status", "-o", "json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["migrations"] == [] and data["host"].startswith("test:///")
+    code, out, err = mini_node.run("migrate", "--status", "-o", "yaml")
+    assert code == 0, err
+    assert yaml.safe_load(out)["migrations"] == []
+
+
+def test_output_with_a_mode_that_prints_no_data_is_refused(mini_node):
+    u = legacy_instance(mini_node)
+    code, _, err = mini_node.run("migrate", u, "--rollback", "-o", "json")
+    assert code == 2
+    assert "--output does not apply to --rollback (it is an option of --status)" in err
