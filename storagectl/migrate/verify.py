@@ -32,6 +32,7 @@ import logging
 
 from storagectl import errors, fsutil
 from storagectl.layouts.model import Backend
+from storagectl.layouts.verify import copy_source
 from storagectl.migrate.plan import DiskMove
 from storagectl.migrate.targets import Storage
 from storagectl.process import Runner
@@ -51,7 +52,10 @@ def compare_argv(move: DiskMove, storage: Storage) -> list[str]:
         dst = storage.qemu_spec(dst_loc, size=move.virtual_size)
         return ["qemu-img", "compare", "--image-opts", src.image_opts, dst.image_opts]
     src, dst = storage.qemu_spec(src_loc), storage.qemu_spec(dst_loc)
-    return ["qemu-img", "compare", "-f", src.format, "-F", dst.format, src.filename, dst.filename]
+    # The source's chain is vetted again and named explicitly, as for the copy: qemu-img
+    # never follows a backing name from a header (storagectl.layouts.verify.copy_source).
+    source = copy_source(src.filename, src.format) if src_loc.is_file else src.filename
+    return ["qemu-img", "compare", "-f", src.format, "-F", dst.format, source, dst.filename]
 
 
 def verify_disk(move: DiskMove, storage: Storage, runner: Runner) -> None:

@@ -357,3 +357,24 @@ def test_an_overlay_without_a_backing_format_records_none(mini_node):
     inst = mini_node.instance(u)
     assert inst["findings"] == []
     assert inst["disks"][0]["backing"] == {"path": str(base), "format": None}
+
+
+def test_verify_compares_through_the_vetted_chain_too(mini_node, tmp_path):
+    """The verify step's ``qemu-img compare`` opens the source like the copy: every file
+    named explicitly, a cache changed since persist refused, a header rewritten after the
+    vetting not followed (the copy then compares equal to the guest's view, not the host
+    file's)."""
+    from storagectl.migrate.verify import compare_argv
+
+    disk, mid, _leaf = persisted_nested(mini_node)
+    move = move_to_flat(disk)
+    qemu_img("create", "-q", "-f", "raw", move.temp_path, str(4 * MiB))
+    subprocess.run(convert_argv(move, Storage(Runner()), bwlimit=None), check=True)
+    argv = compare_argv(move, Storage(Runner()))
+    assert any(a.startswith("json:") and str(mid) in a for a in argv)
+    host = host_file(tmp_path)
+    qemu_img("rebase", "-q", "-u", "-f", "qcow2", "-b", str(host), "-F", "raw", str(mid))
+    same = subprocess.run(argv, capture_output=True, text=True)
+    assert same.returncode == 0, same.stdout + same.stderr  # the vetted chain, not the host file
+    with pytest.raises(chain.ChainRefused):
+        compare_argv(move, Storage(Runner()))
