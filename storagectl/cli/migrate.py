@@ -298,8 +298,13 @@ def _status(app: Application, engine: Engine, instances: tuple[str, ...], fmt: s
     if len(instances) > 1:
         raise errors.UsageError(reason="--status takes at most one INSTANCE")
     rows = engine.status(instances[0] if instances else None)
+    unreadable = [r for r in rows if r["state"] == "unreadable"]
     if fmt != "table":
         app.print_data({"host": app.uris[0], "migrations": rows}, fmt)
+        for r in unreadable:
+            app.info(f"{r['uuid']}: {r['error']}")
+        if unreadable:
+            sys.exit(1)
         return
     if not rows:
         click.echo("no migration in progress")
@@ -318,11 +323,15 @@ def _status(app: Application, engine: Engine, instances: tuple[str, ...], fmt: s
                     ",".join(r["disks"]),
                     r["error"] or "-",
                 ),
-                "red" if r["state"] == "interrupted" else None,
+                "red" if r["state"] in ("interrupted", "unreadable") else None,
             )
             for r in rows
         ],
     )
+    if unreadable:
+        for r in unreadable:
+            app.info(f"{r['uuid']}: {r['error']}")
+        sys.exit(1)
     for r in rows:
         if r["state"] == "interrupted":
             app.info(

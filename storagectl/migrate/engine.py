@@ -31,7 +31,7 @@ from storagectl.layouts.mirror import write_mirror
 from storagectl.layouts.model import Code, Severity
 from storagectl.migrate import roundtrip, switch
 from storagectl.migrate.copy import NullProgress, Progress, copy_all
-from storagectl.migrate.journal import STEPS, Journal, journal_path, read_journal
+from storagectl.migrate.journal import STEPS, Journal, JournalInvalid, journal_path, read_journal
 from storagectl.migrate.plan import (
     Location,
     MigrationRefused,
@@ -243,7 +243,27 @@ class Engine:
             )
         out = []
         for d in dirs:
-            j = read_journal(d)
+            try:
+                j = read_journal(d)
+            except JournalInvalid as exc:
+                # One bad journal is a row of its own, never the end of the listing.
+                out.append(
+                    {
+                        "uuid": os.path.basename(d),
+                        "name": "-",
+                        "to": "-",
+                        "step": "-",
+                        "phase": "-",
+                        "done": [],
+                        "started_at": "",
+                        "pid": 0,
+                        "state": "unreadable",
+                        "state_detail": "unreadable journal",
+                        "error": str(exc),
+                        "disks": [],
+                    }
+                )
+                continue
             if j is not None:
                 state, detail = migration_state(j.pid, self.s.lock_path, j.plan.uuid)
                 out.append(

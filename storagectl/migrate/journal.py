@@ -18,10 +18,12 @@ that boundary, to prove the invariants of an interrupted migration.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import signal
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,19 +130,44 @@ def read_journal(instance_dir: str | os.PathLike[str]) -> Journal | None:
     """The journal of an in-progress migration, or None."""
     path = journal_path(instance_dir)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise JournalInvalid(path=str(path), reason=exc.strerror) from exc
+        why = "a symlink" if exc.errno == errno.ELOOP else exc.strerror or str(exc)
+        raise JournalInvalid(path=str(path), reason=why) from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise JournalInvalid(path=str(path), reason="not a regular file")
     with os.fdopen(fd, "rb") as handle:
-        raw = handle.read(MAX_JOURNAL_BYTES + 1)
+        try:
+            raw = handle.read(MAX_JOURNAL_BYTES + 1)
+        except OSError as exc:
+            raise JournalInvalid(path=str(path), reason=exc.strerror or str(exc)) from exc
     if len(raw) > MAX_JOURNAL_BYTES:
         raise JournalInvalid(path=str(path), reason="too large")
     try:
-        return Journal.from_dict(json.loads(raw))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise JournalInvalid(path=str(path), reason=str(exc)) from exc
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise JournalInvalid(path=str(path), reason=f"not UTF-8 (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno}, column {exc.colno}"
+        raise JournalInvalid(path=str(path), reason=f"not JSON: {exc.msg} ({where})") from None
+    except RecursionError:
+        raise JournalInvalid(path=str(path), reason="not JSON: nested too deeply") from None
+    if not isinstance(data, dict):
+        raise JournalInvalid(
+            path=str(path), reason=f"expected a JSON object, got {type(data).__name__}"
+        )
+    try:
+        return Journal.from_dict(data)
+    except KeyError as exc:
+        raise JournalInvalid(path=str(path), reason=f"field {exc.args[0]!r} missing") from None
+    except Exception:  # noqa: BLE001 - any shape from_dict cannot take
+        LOG.debug("journal %s refused", path, exc_info=True)
+        raise JournalInvalid(
+            path=str(path), reason="not a storagectl journal (a field of the wrong type or shape)"
+        ) from None
 
 
 def check_fault(value: str | None) -> str | None:
