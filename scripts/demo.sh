@@ -16,7 +16,11 @@ cleanup() {
   for u in $(cat "$DEMO/defined" 2>/dev/null); do
     virsh -q -c qemu:///system undefine "$u" >/dev/null 2>&1 || true
   done
-  $PY -m tests.env.libvirtd stop >/dev/null 2>&1 || true
+  # Only a daemon this demo started itself: one that was already running (an operator's,
+  # or a test run's) is left alone.
+  if [ "${LIBVIRTD_STARTED:-0}" = 1 ]; then
+    $PY -m tests.env.libvirtd stop >/dev/null 2>&1 || true
+  fi
   rm -rf "$DEMO"
 }
 trap cleanup EXIT
@@ -87,7 +91,9 @@ show $SC "${G[@]}" audit --prometheus "$DEMO/storagectl.prom"
 grep -v '^#' "$DEMO/storagectl.prom" | grep -v ' 0$'
 
 step "migrate: move a shut-off qcow2 instance to a flat raw file, on a real libvirtd"
-$PY -m tests.env.libvirtd start || { echo "libvirtd did not start"; exit 1; }
+started=$($PY -m tests.env.libvirtd start) || { echo "libvirtd did not start"; exit 1; }
+echo "$started"
+case "$started" in "libvirtd started"*) LIBVIRTD_STARTED=1 ;; esac
 $SC sandbox create "$DEMO/node2" --instances 2 --seed 7 \
   --define qemu:///system --domain-type qemu >/dev/null || { echo "sandbox failed"; exit 1; }
 M=(-c qemu:///system --nova-conf "$DEMO/node2/etc/nova/nova.conf" --lock-path "$DEMO/locks")
