@@ -75,7 +75,7 @@ MODES = ("to", "resume", "rollback", "status", "delete_retained")
 #: Options each mode uses; any other given on the command line is refused, never ignored.
 _RUN_ONLY = ("disks", "volume_group", "pool", "secret_uuid", "delete_source", "parallel", "bwlimit")
 ACCEPTS = {
-    "to": {*_RUN_ONLY, "dry_run", "yes", "ceph_timeout"},
+    "to": {*_RUN_ONLY, "dry_run", "yes", "ceph_timeout", "fmt"},
     "resume": {"dry_run", "yes", "ceph_timeout"},
     "rollback": {"dry_run", "yes", "ceph_timeout"},
     "delete_retained": {"dry_run", "yes", "ceph_timeout"},
@@ -264,6 +264,10 @@ def migrate_cmd(
         bwlimit=bwlimit,
         sparse_lvs=app.nova.sparse_logical_volumes,
     )
+    if fmt != "table" and not dry_run:
+        raise errors.UsageError(
+            reason=f"--output {fmt} with --to prints the plan as data: add --dry-run"
+        )
     _needs_terminal(dry_run, yes)
     engine.check_driver()
     plans, code = [], 0
@@ -273,8 +277,11 @@ def migrate_cmd(
         except errors.StorageCtlError as exc:
             click.secho(f"--> {type(exc).__name__}: {exc}", fg="red", err=True)
             code = exc.exit_code
-    for plan in plans:
-        click.echo("\n".join(describe(plan)))
+    if fmt != "table":
+        app.print_data({"host": app.uris[0], "plans": [p.to_dict() for p in plans]}, fmt)
+    else:
+        for plan in plans:
+            click.echo("\n".join(describe(plan)))
     if dry_run or not plans:
         if dry_run and plans:
             app.info("dry run: nothing was changed")

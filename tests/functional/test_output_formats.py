@@ -52,7 +52,7 @@ def test_output_with_a_mode_that_prints_no_data_is_refused(mini_node):
     u = legacy_instance(mini_node)
     code, _, err = mini_node.run("migrate", u, "--rollback", "-o", "json")
     assert code == 2
-    assert "--output does not apply to --rollback (it is an option of --status)" in err
+    assert "--output does not apply to --rollback (it is an option of --to and --status)" in err
 
 
 @pytest.mark.parametrize(

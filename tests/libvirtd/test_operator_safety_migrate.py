@@ -204,3 +204,24 @@ def test_declining_at_a_terminal_says_so_and_changes_nothing(
     assert f"{question} [y/N]" in res.stderr
     assert res.stderr.strip().endswith("--> Declined: not confirmed, nothing was changed")
     assert snapshot(node, uuid) == before and journal.exists() == had_journal
+
+
+def test_the_plan_as_data_with_dry_run(node: Node) -> None:
+    """``migrate --to X --dry-run -o json|yaml``: the plan as data, nothing changed; without
+    --dry-run an -o json is a usage error (the run itself prints progress, not data)."""
+    import yaml
+
+    uuid = make_instance(node, root="qcow2", data_mib=1)
+    before = snapshot(node, uuid)
+    res = node.run("migrate", uuid, "--to", "flat", "--dry-run", "-o", "json")
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["host"] == node.libvirtd.uri
+    [plan] = data["plans"]
+    assert plan["uuid"] == uuid and plan["options"]["to"] == "flat"
+    assert [m["name"] for m in plan["moves"]] == ["disk"]
+    res = node.run("migrate", uuid, "--to", "flat", "--dry-run", "-o", "yaml")
+    assert res.returncode == 0 and yaml.safe_load(res.stdout)["plans"][0]["uuid"] == uuid
+    res = node.run("migrate", uuid, "--to", "flat", "--yes", "-o", "json")
+    assert res.returncode == 2 and "add --dry-run" in res.stderr
+    assert snapshot(node, uuid) == before
