@@ -137,12 +137,15 @@ def test_flat_to_lvm_and_back_to_flat(node: Node, guest_vg: LvmEnv, tmp_path: Pa
     inst = json.loads(node.run("inspect", "-o", "json", uuid).stdout)["instances"][0]
     assert inst["source"] == "metadata" and inst["findings"] == [], inst
 
-    # back to flat files: the retained flat sources are in the way until deleted
-    refused(node.run("migrate", uuid, "--to", "flat", "--yes"), "already exists")
-    res = node.run("migrate", "--delete-retained", uuid, "--yes")
+    # back to flat files, where the retained flat sources sit (a round trip): the plan
+    # says they are moved aside, and with --delete-retained deleted at cleanup
+    res = node.run("migrate", uuid, "--to", "flat", "--dry-run")
     assert res.returncode == 0, res.stderr
-    assert dir_names(d) == ["disk.info", "storage.yaml"]
-    res = node.run("migrate", uuid, "--to", "flat", "--yes", "--delete-source")
+    assert "kept, renamed to" in res.stdout, res.stdout
+    res = node.run("migrate", uuid, "--to", "flat", "--dry-run", "--delete-retained")
+    assert res.returncode == 0 and "deleted at cleanup (--delete-retained)" in res.stdout
+    assert sorted(dir_names(d)) == sorted(["disk", "disk.info", "disk.local", "storage.yaml"])
+    res = node.run("migrate", uuid, "--to", "flat", "--yes", "--delete-source", "--delete-retained")
     assert res.returncode == 0, res.stderr
     for name in ("disk", "disk.local"):
         assert guest_sha(d / name, "raw", tmp_path) == shas[name], name
