@@ -176,9 +176,14 @@ class Storage:
         ``required`` for a qcow2 output counts only allocated clusters (plus a little
         metadata), which is what a sparse raw file, a qcow2 or an RBD image will use.
         """
+        from storagectl.layouts.verify import copy_source
+
         spec = self.qemu_spec(loc)
+        # A file's chain is vetted and named explicitly, as for the copy: measure runs in
+        # preflight (and under --dry-run), before any other step has looked at the files.
+        name = copy_source(spec.filename, spec.format) if loc.is_file else spec.filename
         out = self.runner.run(
-            "qemu-img", "measure", "-f", spec.format, "-O", "qcow2", "--output=json", spec.filename
+            "qemu-img", "measure", "-f", spec.format, "-O", "qcow2", "--output=json", name
         ).stdout
         try:
             return int(json.loads(out)["required"])

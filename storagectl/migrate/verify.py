@@ -28,6 +28,7 @@ job.
 
 from __future__ import annotations
 
+import json
 import logging
 
 from storagectl import errors, fsutil
@@ -47,15 +48,40 @@ class VerifyFailed(errors.StorageCtlError):
 
 def compare_argv(move: DiskMove, storage: Storage) -> list[str]:
     src_loc, dst_loc = move.source, move.copy_dest
-    if Backend.LVM in (src_loc.kind, dst_loc.kind):
+    if Backend.LVM in (src_loc.kind, dst_loc.kind) and not src_loc.is_file:
+        # lvm <-> rbd: no file header anywhere; --image-opts carries the size limit.
         src = storage.qemu_spec(src_loc, size=move.virtual_size)
         dst = storage.qemu_spec(dst_loc, size=move.virtual_size)
         return ["qemu-img", "compare", "--image-opts", src.image_opts, dst.image_opts]
+    if Backend.LVM in (src_loc.kind, dst_loc.kind):
+        # A file and an LV: json: names on both sides, so the file's chain is the vetted
+        # one (copy_source) and the LV is still cut to the disk's size.
+        src = storage.qemu_spec(src_loc)
+        dst = storage.qemu_spec(dst_loc, size=move.virtual_size)
+        return [
+            "qemu-img",
+            "compare",
+            "-f",
+            src.format,
+            "-F",
+            dst.format,
+            copy_source(src.filename, src.format),
+            _sized_block_device(dst.filename, move.virtual_size)
+            if dst_loc.kind is Backend.LVM
+            else dst.filename,
+        ]
     src, dst = storage.qemu_spec(src_loc), storage.qemu_spec(dst_loc)
     # The source's chain is vetted again and named explicitly, as for the copy: qemu-img
     # never follows a backing name from a header (storagectl.layouts.verify.copy_source).
     source = copy_source(src.filename, src.format) if src_loc.is_file else src.filename
     return ["qemu-img", "compare", "-f", src.format, "-F", dst.format, source, dst.filename]
+
+
+def _sized_block_device(path: str, size: int) -> str:
+    """An LV opened raw and cut to ``size`` (its extents round it up, the tail is not
+    zeroed), as a ``json:`` name qemu-img takes beside another ``json:`` name."""
+    spec = {"driver": "raw", "size": size, "file": {"driver": "host_device", "filename": path}}
+    return "json:" + json.dumps(spec, separators=(",", ":"))
 
 
 def verify_disk(move: DiskMove, storage: Storage, runner: Runner) -> None:

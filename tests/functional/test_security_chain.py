@@ -378,3 +378,58 @@ def test_verify_compares_through_the_vetted_chain_too(mini_node, tmp_path):
     assert same.returncode == 0, same.stdout + same.stderr  # the vetted chain, not the host file
     with pytest.raises(chain.ChainRefused):
         compare_argv(move, Storage(Runner()))
+
+
+def test_verify_into_an_lv_compares_through_the_vetted_chain(mini_node, tmp_path):
+    """qcow2 -> LV (a loop device stands in for the LV, a real block device): the compare
+    names the vetted chain and the device cut to the disk's size, both as json: names;
+    a header rewritten after vetting is not followed, and a wrong byte is still seen."""
+    from storagectl.migrate.verify import compare_argv
+
+    disk, mid, _leaf = persisted_nested(mini_node)
+    backing = tmp_path / "lv.img"
+    backing.write_bytes(b"\xee" * (5 * MiB))  # an extent-rounded LV with a dirty tail
+    dev = subprocess.run(
+        ["losetup", "--find", "--show", str(backing)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    try:
+        move = DiskMove(
+            name="disk",
+            role="root",
+            target_dev="vda",
+            virtual_size=4 * MiB,
+            source=Location("qcow2", "qcow2", path=str(disk)),
+            dest=Location("lvm", "raw", path=dev, volume_group="vg", volume="v"),
+        )
+        subprocess.run(convert_argv(move, Storage(Runner()), bwlimit=None), check=True)
+        argv = compare_argv(move, Storage(Runner()))
+        assert "--image-opts" not in argv
+        assert any(a.startswith("json:") and str(mid) in a for a in argv)
+        assert any(a.startswith("json:") and dev in a and '"size":4194304' in a for a in argv)
+        host = host_file(tmp_path)
+        qemu_img("rebase", "-q", "-u", "-f", "qcow2", "-b", str(host), "-F", "raw", str(mid))
+        same = subprocess.run(argv, capture_output=True, text=True)
+        assert same.returncode == 0, same.stdout + same.stderr
+        with open(dev, "r+b") as f:  # one byte of the copy changed: verify must see it
+            f.seek(MiB + 7)
+            f.write(b"\x00")
+            os.fsync(f.fileno())
+        differs = subprocess.run(argv, capture_output=True, text=True)
+        assert differs.returncode == 1, differs.stdout + differs.stderr
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
+
+
+def test_preflight_measure_never_opens_an_unvetted_chain(mini_node, tmp_path):
+    """``qemu-img measure`` (preflight, also under --dry-run and on a --resume that starts
+    before preflight) goes through the same vetting: the vetted chain's size is measured,
+    and a cache changed since persist is refused before qemu-img runs."""
+    disk, mid, _leaf = persisted_nested(mini_node)
+    storage = Storage(Runner())
+    loc = Location("qcow2", "qcow2", path=str(disk))
+    assert storage.data_bytes(loc) >= 2 * MiB  # 1 MiB in mid + 1 MiB in leaf
+    name = f'json:{{"driver":"file","filename":"{host_file(tmp_path)}"}}'
+    qemu_img("rebase", "-q", "-u", "-f", "qcow2", "-b", name, "-F", "raw", str(mid))
+    with pytest.raises(chain.ChainRefused) as refused:
+        storage.data_bytes(loc)
+    assert str(disk) in str(refused.value) and "\n" not in str(refused.value)

@@ -225,12 +225,26 @@ def test_convert_and_compare_command_lines() -> None:
     storage = Storage(Runner(CapturedLvs()), ceph_timeout=7)
     argv = convert_argv(lv, storage, bwlimit=None)
     assert "--target-is-zero" not in argv and argv[-1] == f"/dev/vg/{UUID}_disk"
+    # A file source is named as copy_source vets it (here: no such file, so its plain
+    # name); the LV as a json: raw node cut to the disk's size (never --image-opts, which
+    # would let qemu-img follow the qcow2 header's own backing name).
     assert compare_argv(lv, storage) == [
         "qemu-img",
         "compare",
-        "--image-opts",
-        f"driver=qcow2,file.driver=file,file.filename={INST}/disk",
-        f"driver=raw,size={1 << 30},file.driver=host_device,file.filename=/dev/vg/{UUID}_disk",
+        "-f",
+        "qcow2",
+        "-F",
+        "raw",
+        f"{INST}/disk",
+        "json:"
+        + json.dumps(
+            {
+                "driver": "raw",
+                "size": 1 << 30,
+                "file": {"driver": "host_device", "filename": f"/dev/vg/{UUID}_disk"},
+            },
+            separators=(",", ":"),
+        ),
     ]
 
 
