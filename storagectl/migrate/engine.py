@@ -40,7 +40,7 @@ from storagectl.migrate.plan import (
     describe,
     make_plan,
 )
-from storagectl.migrate.preflight import preflight
+from storagectl.migrate.preflight import preflight, remove_command
 from storagectl.migrate.retained import delete_retained, retained_locations
 from storagectl.migrate.targets import Storage
 from storagectl.migrate.verify import verify_disk
@@ -97,6 +97,7 @@ class Settings:
 
 class Engine:
     def __init__(self, settings: Settings) -> None:
+        self._reentered = False
         self.s = settings
         self.storage = Storage(settings.runner, ceph_timeout=settings.ceph_timeout)
         # Plans this engine preflighted in prepare(): the journaled preflight step then
@@ -380,6 +381,8 @@ class Engine:
         for step in STEPS:
             if step in j.done:
                 continue
+            # Whether an earlier run already began this step (its leftovers are its own).
+            self._reentered = j.step == step
             j.mark(step, "before", self.s.fault)
             try:
                 getattr(self, f"_{step}")(j, domains)
@@ -393,6 +396,12 @@ class Engine:
         who = f"{j.plan.name} ({j.plan.uuid})"
         if isinstance(exc, MigrationRefused) and step == "preflight":
             j.remove()  # nothing was changed yet
+            raise exc
+        if isinstance(exc, MigrationRefused) and step == "create":
+            # Refused before anything was created (a name taken since preflight): undo
+            # the journaled renames only, never remove what holds the name.
+            roundtrip.restore(j.plan, self.storage)
+            j.remove()
             raise exc
         j.error = f"{step}: {exc}"
         try:
@@ -431,10 +440,28 @@ class Engine:
         preflight(j.plan, self.storage, names_only=j.plan.uuid in self._checked)
 
     def _create(self, j: Journal, domains: switch.Domains) -> None:
-        roundtrip.displace(j.plan, self.storage)  # retained copies in the way, aside first
+        def refuse(reason: str) -> MigrationRefused:
+            return MigrationRefused(instance=f"{j.plan.name} ({j.plan.uuid})", reason=reason)
+
+        try:  # retained copies in the way, aside first (each rename journaled)
+            roundtrip.displace(j.plan, self.storage, save=j.save)
+        except roundtrip.DisplaceRefused as exc:
+            raise refuse(f"{exc}; run the migration again (it picks another name)") from None
+        if not self._reentered:
+            # Create never ran before: preflight found every name free, so whatever holds
+            # one now is not this migration's; refused before anything is created, and
+            # never removed (_failed undoes the renames above and drops the journal).
+            for m in j.plan.moves:
+                if self.storage.exists(m.copy_dest):
+                    loc = m.copy_dest
+                    raise refuse(
+                        f"{loc.describe()} appeared after preflight and is not this "
+                        f"migration's; if nothing needs it, remove it ({remove_command(loc)}) "
+                        "and run the migration again"
+                    )
         for m in j.plan.moves:
             loc = m.copy_dest
-            if self.storage.exists(loc):  # left by an interrupted create: ours
+            if self.storage.exists(loc):  # left by this create, interrupted: ours
                 self.storage.remove(loc, ours=True)
             self.storage.create(loc, m.virtual_size, sparse_lv=j.plan.options.sparse_lvs)
 

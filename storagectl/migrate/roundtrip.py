@@ -244,17 +244,43 @@ def describe_lines(m, delete: bool) -> list[str]:  # noqa: ANN001
 # -- the steps ----------------------------------------------------------------------------
 
 
-def displace(plan, storage) -> None:  # noqa: ANN001
-    """Rename each displaced copy to its new name (create step; idempotent).
+class DisplaceRefused(Exception):
+    """The new name of a retained copy was taken by something else: nothing renamed."""
 
-    Done when the new name exists - the old one may then already hold this migration's
-    own target, whose create was interrupted.
-    """
-    for _m, _d, at, to in _pairs(plan):
-        if not storage.exists(to) and not storage.exists(at):
+
+def was_moved(d: dict, at, to, storage) -> bool:  # noqa: ANN001
+    """Whether the retained copy ``at`` of entry ``d`` was moved to ``to``: journaled
+    (``d["moved"]``), or - a crash between the rename and the journal write - its old
+    name is free and its new name taken (nothing else creates ``at`` before the flag)."""
+    return bool(d.get("moved")) or (storage.exists(to) and not storage.exists(at))
+
+
+def displace(plan, storage, save=None) -> None:  # noqa: ANN001
+    """Rename each displaced copy to its new name (create step; idempotent), and journal
+    each rename (``d["moved"]``, then ``save()``) before anything is created at its old
+    name: later steps, resume and rollback act on that flag, never on a guess from which
+    names exist. A new name taken meanwhile by anything else refuses (nothing is renamed
+    onto it, and the retained copy keeps its name)."""
+    for _m, d, at, to in _pairs(plan):
+        if d.get("moved"):
+            continue
+        if was_moved(d, at, to, storage):
+            d["moved"] = True  # renamed before a crash, not yet journaled
+        elif not storage.exists(at):
             LOG.warning("retained copy %s is gone; nothing to move aside", at.describe())
             continue
-        storage.rename(at, to)  # idempotent: never onto an existing name
+        elif storage.exists(to):
+            raise DisplaceRefused(
+                f"{to.describe()}, the new name of the retained copy {at.describe()}, was "
+                "taken meanwhile by something that is not this migration's"
+            )
+        else:
+            storage.rename(at, to)
+            if storage.exists(at) or not storage.exists(to):
+                raise DisplaceRefused(f"{at.describe()} was not renamed to {to.describe()}")
+            d["moved"] = True
+        if save is not None:
+            save()
 
 
 def holds_retained(m, storage) -> bool:  # noqa: ANN001
@@ -265,21 +291,26 @@ def holds_retained(m, storage) -> bool:  # noqa: ANN001
 
     for d in getattr(m, "displaced", None) or ():
         at, to = Location.from_dict(d["at"]), Location.from_dict(d["to"])
-        if loc_key(at) == target and not storage.exists(to):
+        if loc_key(at) == target and not was_moved(d, at, to, storage):
             return True
     return False
 
 
 def restore(plan, storage) -> None:  # noqa: ANN001
     """Rollback: rename the displaced copies back (after the targets are removed)."""
-    for _m, _d, at, to in _pairs(plan):
-        if storage.exists(to):
-            storage.rename(to, at)  # idempotent: never onto an existing name
+    for _m, d, at, to in _pairs(plan):
+        if d.get("moved") and storage.exists(to) and not storage.exists(at):
+            storage.rename(to, at)  # only what this migration moved, never onto a name
+        elif not d.get("moved") and storage.exists(to) and not storage.exists(at):
+            storage.rename(to, at)  # renamed, then a crash before the journal said so
 
 
 def remove_displaced(plan, storage) -> list[str]:  # noqa: ANN001
     """Cleanup with ``--delete-retained``: remove the displaced copies (idempotent)."""
-    return [to.describe() for _m, _d, _at, to in _pairs(plan) if storage.remove(to)]
+    # Only copies the journal says were moved: ``to`` is then the retained copy itself.
+    return [
+        to.describe() for _m, d, _at, to in _pairs(plan) if d.get("moved") and storage.remove(to)
+    ]
 
 
 def retained_after(

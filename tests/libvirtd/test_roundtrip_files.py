@@ -209,3 +209,40 @@ def test_stranded_record_is_reported_and_repaired(node: Node, tmp_path: Path) ->
     assert res.returncode == 0, res.stdout + res.stderr
     assert not (d / "disk.retained-flat").exists() and (d / "disk").exists()
     check_leg(node, uuid, "qcow2", refs, tmp_path)
+
+
+@pytest.mark.parametrize("taken", ["new-name", "copy-target"])
+def test_a_name_taken_after_preflight_is_never_removed(
+    node: Node, tmp_path: Path, taken: str
+) -> None:
+    """Stopped right after preflight (kill -9), then something else takes a name the leg
+    needs - the new name of the retained copy in the way, or the copy's own target: the
+    resume refuses before creating anything, removes nothing of the other's, puts back
+    every rename, and the retained copy keeps its data and its place in the record."""
+    uuid = make_instance(node, root="flat", local_mib=None)
+    d = node.instances / uuid
+    refs = {"vda": guest_view(node, uuid, tmp_path, "vda")}
+    for to in ("qcow2", "flat"):
+        assert node.run("migrate", uuid, "--to", to, "--yes").returncode == 0
+    kept = d / "disk.retained-flat"
+    kept_bytes = kept.read_bytes()
+    res = node.killed("migrate", uuid, "--to", "qcow2", "--yes", fault="preflight:after")
+    assert res.returncode == -9, res.stderr
+    foreign = d / ("disk.retained-flat-1" if taken == "new-name" else "disk.migrating")
+    foreign.write_bytes(b"not storagectl's" * 64)
+    before = snapshot(node, uuid)
+    res = node.run("migrate", "--resume", uuid, "--yes")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "taken meanwhile" in res.stderr or "appeared after preflight" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert foreign.read_bytes() == b"not storagectl's" * 64  # never removed
+    assert kept.read_bytes() == kept_bytes  # the retained copy: same name, same bytes
+    assert not (d / "storage.migration.json").exists()  # nothing left to resume
+    before["files"].remove("storage.migration.json")
+    assert snapshot(node, uuid) == before
+    foreign.unlink()
+    check_leg(node, uuid, "flat", refs, tmp_path)
+    res = node.run("migrate", uuid, "--to", "qcow2", "--yes")  # and the leg goes through
+    assert res.returncode == 0, res.stdout + res.stderr
+    rec = check_leg(node, uuid, "qcow2", refs, tmp_path)
+    assert ("disk", "flat", "disk.retained-flat-1") in retained(rec)
