@@ -79,7 +79,7 @@ GUEST_MEMORY = "2G"
 MOUNT = Path("/tmp/powercut-fs")  # the ext4 image, in the guest
 VG = "plvg"
 CUT_MARK = "cut-now"
-BOOT_TIMEOUT = 900.0
+BOOT_TIMEOUT = 1500.0  # one guest phase under TCG: ~6 min alone, 15+ min beside another guest
 CONTROL_MIB = 4
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 #: What each instance does after the cut, per boundary: both targets get a resume and a
