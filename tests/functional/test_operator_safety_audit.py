@@ -41,15 +41,21 @@ def tree_state(root: Path) -> dict[str, tuple[int, int, bytes | None]]:
     return out
 
 
-def storagectl(*args: str, node=None, preexec=None, timeout: float = 60):
-    """storagectl in a child process (``python -m storagectl``) against ``node``."""
+#: Run as root without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH: file modes then bind as for
+#: an unprivileged user, so permission errors are real (``storagectl(..., prefix=...)``).
+WITHOUT_DAC = ("setpriv", "--bounding-set=-dac_override,-dac_read_search")
+
+
+def storagectl(*args: str, node=None, preexec=None, timeout: float = 60, prefix=()):
+    """storagectl in a child process (``python -m storagectl``) against ``node``, its
+    command line behind ``prefix`` (e.g. :data:`WITHOUT_DAC`)."""
     base = []
     if node is not None:
         base = ["-c", node.uri, "--nova-conf", str(node.conf)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("STORAGECTL_DEBUG", None)
     return subprocess.run(
-        [sys.executable, "-m", "storagectl", *base, *args],
+        [*prefix, sys.executable, "-m", "storagectl", *base, *args],
         capture_output=True,
         text=True,
         env=env,
@@ -109,31 +115,16 @@ def test_lock_file_permission_denied_is_3_without_python_bytes(mini_node, tmp_pa
     locks.mkdir(mode=0o500)
     prom = tmp_path / "p.prom"
     last = a_good_textfile(mini_node, prom)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    res = subprocess.run(
-        [
-            "setpriv",
-            "--bounding-set=-dac_override,-dac_read_search",
-            sys.executable,
-            "-m",
-            "storagectl",
-            "-c",
-            mini_node.uri,
-            "--nova-conf",
-            str(mini_node.conf),
-            "--log-file",
-            str(tmp_path / "log"),
-            "--lock-path",
-            str(locks),
-            "audit",
-            "--prometheus",
-            str(prom),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        cwd=REPO,
+    res = storagectl(
+        "--log-file",
+        str(tmp_path / "log"),
+        "--lock-path",
+        str(locks),
+        "audit",
+        "--prometheus",
+        str(prom),
+        node=mini_node,
+        prefix=WITHOUT_DAC,
     )
     assert res.returncode == 3, res.stderr
     line = one_line(res.stderr)
@@ -171,30 +162,16 @@ def test_textfile_directory_not_writable_is_3_permission_denied(mini_node, tmp_p
     recorded_node(mini_node, 1)
     where = tmp_path / "textfiles"
     where.mkdir(mode=0o555)
-    res = subprocess.run(
-        [
-            "setpriv",
-            "--bounding-set=-dac_override,-dac_read_search",
-            sys.executable,
-            "-m",
-            "storagectl",
-            "-c",
-            mini_node.uri,
-            "--nova-conf",
-            str(mini_node.conf),
-            "--log-file",
-            str(tmp_path / "log"),
-            "--lock-path",
-            str(tmp_path / "locks"),
-            "audit",
-            "--prometheus",
-            str(where / "storagectl.prom"),
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        timeout=60,
-        cwd=REPO,
+    res = storagectl(
+        "--log-file",
+        str(tmp_path / "log"),
+        "--lock-path",
+        str(tmp_path / "locks"),
+        "audit",
+        "--prometheus",
+        str(where / "storagectl.prom"),
+        node=mini_node,
+        prefix=WITHOUT_DAC,
     )
     assert res.returncode == 3, res.stderr
     line = one_line(res.stderr)

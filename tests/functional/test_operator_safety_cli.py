@@ -15,7 +15,13 @@ import pytest
 import yaml
 
 from tests.functional.test_audit import audit, recorded_node
-from tests.functional.test_operator_safety_audit import REPO, one_line, storagectl, tree_state
+from tests.functional.test_operator_safety_audit import (
+    REPO,
+    WITHOUT_DAC,
+    one_line,
+    storagectl,
+    tree_state,
+)
 from tests.functional.test_persist import legacy_instance
 
 # -- item 8: instances_path ------------------------------------------------------------------
@@ -51,28 +57,14 @@ def test_unreadable_instances_path_is_permission_denied(mini_node, tmp_path):
     legacy_instance(mini_node)
     mini_node.instances.chmod(0)
     try:
-        res = subprocess.run(
-            [
-                "setpriv",
-                "--bounding-set=-dac_override,-dac_read_search",
-                sys.executable,
-                "-m",
-                "storagectl",
-                "-c",
-                mini_node.uri,
-                "--nova-conf",
-                str(mini_node.conf),
-                "--log-file",
-                str(tmp_path / "log"),
-                "--lock-path",
-                str(tmp_path / "locks"),
-                "audit",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-            cwd=REPO,
+        res = storagectl(
+            "--log-file",
+            str(tmp_path / "log"),
+            "--lock-path",
+            str(tmp_path / "locks"),
+            "audit",
+            node=mini_node,
+            prefix=WITHOUT_DAC,
         )
     finally:
         mini_node.instances.chmod(0o755)
