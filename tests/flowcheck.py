@@ -17,7 +17,8 @@ BACKEND = {
 }
 
 
-def run(sandbox: Sandbox, *args: str) -> tuple[int, str, str]:
+def run(sandbox: Sandbox, *args: str, input: str | None = None) -> tuple[int, str, str]:
+    """The CLI against ``sandbox``; ``input``: what a person types at its prompts."""
     res = CliRunner().invoke(
         cli,
         [
@@ -31,6 +32,7 @@ def run(sandbox: Sandbox, *args: str) -> tuple[int, str, str]:
             str(sandbox.root / "log"),
             *args,
         ],
+        input=input,
     )
     if res.exception and not isinstance(res.exception, SystemExit):
         raise res.exception

@@ -119,30 +119,10 @@ def test_delete_retained_declined_says_so_and_deletes_nothing(sandbox, monkeypat
     # a terminal that answers "n"
     monkeypatch.setattr(migrate_cli, "stdin_is_terminal", lambda: True, raising=False)
     monkeypatch.setattr("sys.stdin.isatty", lambda: True, raising=False)
-    from click.testing import CliRunner
-
-    from storagectl.cli import cli
-
-    res = CliRunner().invoke(
-        cli,
-        [
-            "-c",
-            sandbox.uri,
-            "--nova-conf",
-            str(sandbox.nova_conf),
-            "--lock-path",
-            str(sandbox.root / "locks"),
-            "--log-file",
-            str(sandbox.root / "log"),
-            "migrate",
-            "--delete-retained",
-            uuid,
-        ],
-        input="n\n",
-    )
-    assert res.exit_code == 1, res.output
-    assert "Delete? [y/N]" in res.stderr
-    assert "--> Declined: not confirmed, nothing was changed" in res.stderr
+    code, out, err = run(sandbox, "migrate", "--delete-retained", uuid, input="n\n")
+    assert code == 1, out + err
+    assert "Delete? [y/N]" in err
+    assert "--> Declined: not confirmed, nothing was changed" in err
     assert tree(sandbox.instances_path) == before
     # and with --yes it does delete, and says what
     code, out, err = run(sandbox, "migrate", "--delete-retained", uuid, "--yes")
