@@ -40,13 +40,23 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from storagectl import errors
+from storagectl import errors, fsutil
+from storagectl.backends.base import DiskBackend, QemuSpec, Refusal, TargetSettings
+from storagectl.layouts import naming
+from storagectl.layouts.model import Backend, Code, DiskLayout
+from storagectl.model.location import Location, required
 from storagectl.process import Runner
+
+if TYPE_CHECKING:
+    from storagectl.layouts.domain import DomainDisk
+    from storagectl.layouts.verify import Checker
 
 LOG = logging.getLogger(__name__)
 
@@ -313,7 +323,7 @@ class LVM:
         >>> LVM.volume_name("9d6c3e7a-0f1b-4c2d-8e3f-4a5b6c7d8e9f", "disk_eph0")
         '9d6c3e7a-0f1b-4c2d-8e3f-4a5b6c7d8e9f_disk__eph0'
         """
-        return f"{instance_uuid}_{disk_name.replace('_', '__')}"
+        return naming.lv_name(instance_uuid, disk_name)
 
     @staticmethod
     def parse_volume_name(lv_name: str) -> tuple[str, str] | None:
@@ -327,12 +337,7 @@ class LVM:
         >>> LVM.parse_volume_name("lvol0") is None
         True
         """
-        uuid, sep, escaped = lv_name[:36], lv_name[36:37], lv_name[37:]
-        if sep != "_" or not escaped or not _UUID_RE.fullmatch(uuid):
-            return None
-        if any(len(run) % 2 for run in re.findall(r"_+", escaped)):
-            return None
-        return uuid, escaped.replace("__", "_")
+        return naming.parse_lv_name(lv_name)
 
     # -- internals ----------------------------------------------------------
 
@@ -500,3 +505,327 @@ def _volume(vg: str, row: dict[str, Any]) -> LogicalVolume:
         attr=attr,
         thin=thin,
     )
+
+
+# -- the disk backend -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LVMLocation(Location):
+    """``/dev/<volume_group>/<volume>``, opened raw. ``path`` is the device node qemu
+    opens (``/dev/VG/LV`` unless given: a mapped device in front of the LV)."""
+
+    volume_group: str
+    volume: str
+    format: str = "raw"
+    backend: str = "lvm"
+    path: str = ""
+
+    BACKENDS: ClassVar[tuple[str, ...]] = ("lvm",)
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            object.__setattr__(self, "path", f"/dev/{self.volume_group}/{self.volume}")
+
+    def describe(self) -> str:
+        return self.path
+
+    def key(self) -> str:
+        return f"/dev/{self.volume_group}/{self.volume}"
+
+    def label(self) -> str:
+        return f"{self.volume_group}/{self.volume}"
+
+    def disk_fields(self) -> dict[str, Any]:
+        return {"path": self.path, "volume_group": self.volume_group, "volume": self.volume}
+
+    @classmethod
+    def _from_record(cls, data: dict[str, Any]) -> LVMLocation:
+        vg, lv = required(data, "volume_group", "volume")
+        path = data.get("path")
+        return cls(vg, lv, format=str(data.get("format") or "raw"), path=str(path or ""))
+
+    @classmethod
+    def _of_disk(cls, disk: DiskLayout) -> LVMLocation:
+        if not (disk.volume_group and disk.volume):
+            raise ValueError(f"disk {disk.name} names no LV")
+        fmt = disk.format or "raw"
+        return cls(disk.volume_group, disk.volume, format=fmt, path=disk.path or "")
+
+
+class LVMBackend(DiskBackend):
+    """Nova's LVM disks; thin (``sparse_logical_volumes``: a private ``<lv>_pool``) or
+    thick. :class:`LVM` runs the commands."""
+
+    BACKENDS = LVMLocation.BACKENDS
+    XML_TYPES = ("block",)
+    CREATES = ("lvm",)
+    MIRRORED = True
+    LOCATION = LVMLocation
+    EVIDENCE = "lvm"
+    ROUNDED_SIZE = True
+
+    def __init__(self, runner: Runner, *, ceph_timeout: int = 60) -> None:
+        super().__init__(runner, ceph_timeout=ceph_timeout)
+        self.lvm = LVM(runner)
+
+    # -- record and naming --------------------------------------------------------------
+
+    @classmethod
+    def formats(cls, backend: str) -> tuple[str, ...]:
+        return ("raw",)
+
+    @classmethod
+    def record_location(cls, disk: DiskLayout) -> dict[str, Any]:
+        return {"volume_group": disk.volume_group, "volume": disk.volume}
+
+    @classmethod
+    def check_record_location(cls, value: Any, field: str) -> dict[str, Any]:
+        from storagectl.layouts import record_schema as schema
+
+        name = schema.LVM_NAME
+        return schema.mapping({"volume_group": name, "volume": name})(value, field)
+
+    @classmethod
+    def disk_fields_from_record(cls, location: dict[str, Any]) -> dict[str, Any]:
+        vg, lv = location["volume_group"], location["volume"]
+        return {"volume_group": vg, "volume": lv, "path": f"/dev/{vg}/{lv}"}
+
+    @classmethod
+    def record_owner_check(cls, disk: DiskLayout, uuid: str) -> tuple[bool, str, str]:
+        mine = naming.parse_lv_name(disk.volume or "") == (uuid, disk.name)
+        return mine, "volume", naming.lv_name(uuid, disk.name)
+
+    @classmethod
+    def target(cls, backend: str, uuid: str, disk_name: str, where: TargetSettings) -> Location:
+        if not where.volume_group:
+            raise errors.UsageError(
+                reason="--to lvm needs --volume-group (nova.conf has no images_volume_group)"
+            )
+        return LVMLocation(where.volume_group, naming.lv_name(uuid, disk_name))
+
+    @classmethod
+    def aside(cls, loc: Location, uuid: str, disk_name: str, n: int) -> Location:
+        assert isinstance(loc, LVMLocation)
+        return replace(loc, volume=naming.aside_name(naming.lv_name(uuid, disk_name), "lvm", n))
+
+    @classmethod
+    def owns_retained(cls, loc: Location, uuid: str, disk_name: str, instance_dir: str) -> bool:
+        assert isinstance(loc, LVMLocation)
+        base = naming.lv_name(uuid, disk_name)
+        ok = loc.volume == base or naming.is_aside_of(loc.volume, base, "lvm")
+        # the device node is the LV's own (an item's path is never believed)
+        return ok and naming.parse_lv_name(loc.volume) is not None and loc.path == loc.key()
+
+    @classmethod
+    def remove_command(cls, loc: Location) -> str:
+        assert isinstance(loc, LVMLocation)
+        return f"lvremove {loc.volume_group}/{loc.volume}"
+
+    @classmethod
+    def disk_info_keys(cls, loc: Location) -> list[str]:
+        assert isinstance(loc, LVMLocation)
+        return [loc.path]
+
+    # -- volumes ------------------------------------------------------------------------
+
+    def exists(self, loc: Location) -> bool:
+        assert isinstance(loc, LVMLocation)
+        return self.lvm.get_volume(loc.volume_group, loc.volume) is not None
+
+    def create(self, loc: Location, size: int, *, sparse: bool = False) -> None:
+        """``lvcreate``, rounded up to whole extents (see :meth:`LVM.create`)."""
+        assert isinstance(loc, LVMLocation)
+        self.lvm.create(loc.volume_group, loc.volume, size, sparse=sparse)
+
+    def remove(self, loc: Location, *, ours: bool = False) -> None:
+        assert isinstance(loc, LVMLocation)
+        self.lvm.remove(loc.volume_group, loc.volume)
+
+    def rename(self, src: Location, dst: Location) -> None:
+        """``lvrename VG SRC DST`` and, in a second step, its private thin pool
+        ``SRC_pool`` (which ``remove`` and a new sparse ``SRC`` need). Idempotent: an LV
+        renamed without its pool gets its pool renamed."""
+        assert isinstance(src, LVMLocation) and isinstance(dst, LVMLocation)
+        vg, old, new = src.volume_group, src.volume, dst.volume
+        rows = {r.get("lv_name"): r for r in self.lvm._lv_rows(vg)}  # noqa: SLF001
+        if old in rows and new not in rows:
+            self.runner.run("lvrename", vg, old, new)
+            rows[new] = rows.pop(old)
+        pool_old, pool_new = old + POOL_SUFFIX, new + POOL_SUFFIX
+        pool = (rows.get(new) or {}).get("pool_lv")
+        if pool == pool_old and pool_new not in rows:
+            self.runner.run("lvrename", vg, pool_old, pool_new)
+
+    def target_is_zero(self, loc: Location) -> bool:
+        """A thick LV holds whatever its extents held before. A thin LV reads
+        unprovisioned blocks as zeros, and newly provisioned ones too when its pool
+        zeroes them (``z``, the 8th ``lv_attr`` character; lvm2's default
+        ``allocation/thin_pool_zero = 1``)::
+
+            {"lv_name":"U_disk", "lv_attr":"Vwi-a-tz--", "segtype":"thin", ...}
+
+        Skipping zeros is what keeps a sparse disk sparse: writing them would provision
+        the whole thin pool, which can run out of space (and then writes are lost).
+        """
+        assert isinstance(loc, LVMLocation)
+        try:
+            lv = self.lvm.get_volume(loc.volume_group, loc.volume)
+        except errors.StorageCtlError as exc:
+            # Writing the zeros is always correct, only slower (and the verify step
+            # would catch a thin pool that ran out of space).
+            LOG.warning("cannot tell whether %s reads as zeros: %s", loc.describe(), exc)
+            return False
+        return lv is not None and lv.attr[:1] == "V" and lv.attr[7:8] == "z"
+
+    def free_bytes(self, loc: Location) -> int | None:
+        assert isinstance(loc, LVMLocation)
+        return self.lvm.volume_group(loc.volume_group).free
+
+    @classmethod
+    def space_name(cls, loc: Location) -> str:
+        assert isinstance(loc, LVMLocation)
+        return f"volume group {loc.volume_group}"
+
+    @classmethod
+    def bytes_needed(cls, virtual_size: int, *, sparse: bool) -> int | None:
+        return SPARSE_PREALLOCATED if sparse else virtual_size
+
+    def check(self, loc: Location, *, target: bool) -> None:
+        assert isinstance(loc, LVMLocation)
+        if not target:
+            return
+        try:
+            self.lvm.volume_group(loc.volume_group)
+        except errors.VolumeGroupNotFound as exc:
+            raise Refusal(reason=f"{exc} (--volume-group)") from exc
+
+    def check_key(self, loc: Location) -> Any:
+        assert isinstance(loc, LVMLocation)
+        return loc.volume_group
+
+    # -- qemu and libvirt ---------------------------------------------------------------
+
+    def qemu_spec(self, loc: Location, *, size: int | None = None) -> QemuSpec:
+        assert isinstance(loc, LVMLocation)
+        from storagectl.backends.files import opt
+
+        path = loc.path
+        sized = f"size={size}," if size is not None else ""
+        return QemuSpec(
+            "raw", path, f"driver=raw,{sized}file.driver=host_device,file.filename={opt(path)}"
+        )
+
+    def sized_name(self, loc: Location, size: int) -> str:
+        """The LV opened raw and cut to ``size`` (its extents round it up, the tail is not
+        zeroed), as a ``json:`` name qemu-img takes beside another ``json:`` name."""
+        assert isinstance(loc, LVMLocation)
+        spec = {
+            "driver": "raw",
+            "size": size,
+            "file": {"driver": "host_device", "filename": loc.path},
+        }
+        return "json:" + json.dumps(spec, separators=(",", ":"))
+
+    def make_durable(self, loc: Location) -> None:
+        assert isinstance(loc, LVMLocation)
+        fsutil.fsync_path(loc.path)
+
+    def before_compare(self, loc: Location) -> None:
+        assert isinstance(loc, LVMLocation)
+        fsutil.fsync_path(loc.path)
+        fsutil.drop_cache(loc.path)
+
+    def disk_xml(
+        self, loc: Location, context: Any
+    ) -> tuple[str, ET.Element, tuple[str, str] | None]:
+        """``<disk type='block'><source dev='/dev/nova/U_disk'/>``"""
+        assert isinstance(loc, LVMLocation)
+        return "block", ET.Element("source", {"dev": loc.path}), None
+
+    # -- the record's mirror: LVM tags ------------------------------------------------------
+
+    def write_mirror(self, disk: DiskLayout, items: dict[str, str], prefix: str) -> None:
+        vg, lv = disk.volume_group or "", disk.volume or ""
+        current = self.lvm.get_volume(vg, lv)
+        have = set(current.tags) if current else set()
+        wanted = {safe_tag(k, v) for k, v in items.items()}
+        stale = [
+            t for t in have if t not in wanted and (parse_tag(t) or ("",))[0].startswith(prefix)
+        ]
+        if stale:
+            self.lvm.remove_tags(vg, lv, stale)
+        missing = sorted(wanted - have)
+        if missing:
+            self.lvm.add_tags(vg, lv, missing)
+
+    def read_mirror(self, disk: DiskLayout, prefix: str) -> dict[str, str] | None:
+        lv = self.lvm.get_volume(disk.volume_group or "", disk.volume or "")
+        if lv is None:
+            return None
+        items = {}
+        for tag in lv.tags:
+            parsed = parse_tag(tag)
+            if parsed and parsed[0].startswith(prefix):
+                items[parsed[0]] = parsed[1]
+        return items
+
+    # -- inspection ---------------------------------------------------------------------
+
+    @classmethod
+    def classify(cls, d: DomainDisk, chk: Checker) -> DiskLayout | None:
+        """``/dev/<vg>/<uuid>_<name>``: Nova's LVM backend. ``/dev/mapper``,
+        ``/dev/disk/by-*`` and other instances' LVs are volumes."""
+        src = os.path.normpath(d.source or "")
+        parts = src.split("/")
+        if not (len(parts) == 4 and parts[1] == "dev" and parts[2] not in ("mapper", "disk")):
+            return None
+        vg, lv = parts[2], parts[3]
+        parsed = naming.parse_lv_name(lv)
+        if not parsed or parsed[0] != chk.uuid:
+            return None
+        name = parsed[1]
+        if d.driver_type != "raw":
+            chk.add(
+                Code.UNKNOWN_LAYOUT,
+                name,
+                f"LV {vg}/{lv} is opened as {d.driver_type!r}; Nova's LVM backend uses raw",
+            )
+        return DiskLayout(
+            name=name,
+            role=naming.role_of(name),
+            target=d.target,
+            backend=Backend.LVM,
+            format=d.driver_type,
+            path=src,
+            volume_group=vg,
+            volume=lv,
+            device=d.device,
+        )
+
+    @classmethod
+    def verify(cls, disk: DiskLayout, chk: Checker, *, backing_hint: str | None) -> None:
+        from storagectl.layouts.verify import check_image
+
+        vg, lv = disk.volume_group or "", disk.volume or ""
+        listing = chk.storage.lvm(vg)
+        if listing.error and not listing.missing:
+            chk.add(Code.NOT_INSPECTED, disk.name, f"cannot check LV {vg}/{lv}: {listing.error}")
+            return
+        vol = listing.volumes.get(lv)
+        if vol is None:
+            chk.add(Code.DISK_MISSING, disk.name, f"LV {vg}/{lv} ({disk.target}) does not exist")
+            return
+        disk.virtual_size = disk.allocated_size = vol.size
+        path = disk.path or f"/dev/{vg}/{lv}"
+        if not os.path.exists(path):
+            # Only an active LV has a device node to read the first bytes from.
+            chk.add(
+                Code.NOT_INSPECTED,
+                disk.name,
+                f"LV {vg}/{lv} is not active (no {path}): its contents were not inspected",
+            )
+        elif disk.format == "raw":
+            # /dev/VG/LV -> dm-N
+            check_image(disk, os.path.realpath(path), chk, declared="raw")
+            disk.virtual_size = vol.size

@@ -24,13 +24,23 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
-from dataclasses import dataclass
-from typing import Any
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from storagectl import errors
+from storagectl.backends.base import DiskBackend, QemuSpec, Refusal, TargetSettings
+from storagectl.layouts import naming
+from storagectl.layouts.model import Backend, Code, DiskLayout
+from storagectl.model.location import Location, required
 from storagectl.process import Runner
+
+if TYPE_CHECKING:
+    from storagectl.layouts.domain import DomainDisk
+    from storagectl.layouts.verify import Checker
 
 LOG = logging.getLogger(__name__)
 
@@ -386,7 +396,7 @@ class RBD:
         >>> RBD.volume_name("8e3b1b0e-4b7c-4c55-9a0f-2f9b6e1f7d10", "disk")
         '8e3b1b0e-4b7c-4c55-9a0f-2f9b6e1f7d10_disk'
         """
-        return f"{instance_uuid}_{disk_name}"
+        return naming.rbd_image_name(instance_uuid, disk_name)
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -564,3 +574,413 @@ def _reason(stderr: str) -> str:
 
 def _qemu_escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+# -- the disk backend -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RBDLocation(Location):
+    """``<pool>/<image>`` in the cluster of ``ceph_conf``, as ``user``."""
+
+    pool: str
+    image: str
+    ceph_conf: str | None = None
+    user: str | None = None
+    format: str = "raw"
+    backend: str = "rbd"
+
+    BACKENDS: ClassVar[tuple[str, ...]] = ("rbd",)
+
+    def describe(self) -> str:
+        return f"rbd:{self.pool}/{self.image}"
+
+    def label(self) -> str:
+        return f"{self.pool}/{self.image}"
+
+    def disk_fields(self) -> dict[str, Any]:
+        return {
+            "pool": self.pool,
+            "image": self.image,
+            "ceph_conf": self.ceph_conf,
+            "rbd_user": self.user,
+        }
+
+    @classmethod
+    def _from_record(cls, data: dict[str, Any]) -> RBDLocation:
+        pool, image = required(data, "pool", "image")
+        conf, user = data.get("ceph_conf"), data.get("user")
+        return cls(
+            pool,
+            image,
+            None if conf is None else str(conf),
+            None if user is None else str(user),
+            format=str(data.get("format") or "raw"),
+        )
+
+    @classmethod
+    def _of_disk(cls, disk: DiskLayout) -> RBDLocation:
+        if not (disk.pool and disk.image):
+            raise ValueError(f"disk {disk.name} names no RBD image")
+        return cls(
+            disk.pool, disk.image, disk.ceph_conf, disk.rbd_user, format=disk.format or "raw"
+        )
+
+
+class RBDBackend(DiskBackend):
+    """Nova's RBD disks. :class:`RBD` runs the commands; every librados wait of this
+    backend's commands (and of qemu-img on its images) gives up after ``ceph_timeout``."""
+
+    BACKENDS = RBDLocation.BACKENDS
+    XML_TYPES = ("network",)
+    CREATES = ("rbd",)
+    MIRRORED = True
+    LOCATION = RBDLocation
+    EVIDENCE = "rbd"
+
+    def client(self, loc: Location) -> RBD:
+        """The ``rbd`` CLI for ``loc``'s pool, cluster and user."""
+        assert isinstance(loc, RBDLocation)
+        return RBD(
+            _CephArgsRunner(self.runner, self.ceph_timeout),
+            pool=loc.pool,
+            ceph_conf=loc.ceph_conf or DEFAULT_CEPH_CONF,
+            user=loc.user,
+            connect_timeout=min(self.ceph_timeout, 10),
+        )
+
+    # -- record and naming --------------------------------------------------------------
+
+    @classmethod
+    def formats(cls, backend: str) -> tuple[str, ...]:
+        return ("raw",)
+
+    @classmethod
+    def record_location(cls, disk: DiskLayout) -> dict[str, Any]:
+        return {
+            "pool": disk.pool,
+            "image": disk.image,
+            "ceph_conf": disk.ceph_conf,
+            "user": disk.rbd_user,
+        }
+
+    @classmethod
+    def check_record_location(cls, value: Any, field: str) -> dict[str, Any]:
+        from storagectl.layouts import record_schema as schema
+
+        name = schema.like(r"[^/@\s]+", "a valid RBD name")
+        # Nova's default images_rbd_ceph_conf is "": librados then searches its defaults.
+        conf = schema.optional(lambda v, f: v if v == "" else schema.path(v, f))
+        spec = {
+            "pool": name,
+            "image": name,
+            "user": schema.optional(schema.string),
+            "ceph_conf": conf,
+        }
+        return schema.mapping(spec)(value, field)
+
+    @classmethod
+    def disk_fields_from_record(cls, location: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "pool": location["pool"],
+            "image": location["image"],
+            "ceph_conf": location.get("ceph_conf"),
+            "rbd_user": location.get("user"),
+        }
+
+    @classmethod
+    def record_owner_check(cls, disk: DiskLayout, uuid: str) -> tuple[bool, str, str]:
+        want = naming.rbd_image_name(uuid, disk.name)
+        return disk.image == want, "image", want
+
+    @classmethod
+    def target(cls, backend: str, uuid: str, disk_name: str, where: TargetSettings) -> Location:
+        image = naming.rbd_image_name(uuid, disk_name)
+        return RBDLocation(where.pool or "", image, where.ceph_conf, where.rbd_user)
+
+    @classmethod
+    def aside(cls, loc: Location, uuid: str, disk_name: str, n: int) -> Location:
+        assert isinstance(loc, RBDLocation)
+        base = naming.rbd_image_name(uuid, disk_name)
+        return replace(loc, image=naming.aside_name(base, "rbd", n))
+
+    @classmethod
+    def owns_retained(cls, loc: Location, uuid: str, disk_name: str, instance_dir: str) -> bool:
+        assert isinstance(loc, RBDLocation)
+        base = naming.rbd_image_name(uuid, disk_name)
+        return loc.image == base or naming.is_aside_of(loc.image, base, "rbd")
+
+    @classmethod
+    def remove_command(cls, loc: Location) -> str:
+        assert isinstance(loc, RBDLocation)
+        conf = f" --conf {loc.ceph_conf}" if loc.ceph_conf else ""
+        user = f" --id {loc.user}" if loc.user else ""
+        return f"rbd{conf}{user} rm {loc.pool}/{loc.image}"
+
+    @classmethod
+    def disk_info_keys(cls, loc: Location) -> list[str]:
+        assert isinstance(loc, RBDLocation)
+        return [f"rbd:{loc.pool}/{loc.image}", f"{loc.pool}/{loc.image}"]
+
+    # -- volumes ------------------------------------------------------------------------
+
+    def exists(self, loc: Location) -> bool:
+        assert isinstance(loc, RBDLocation)
+        return self.client(loc).exists(loc.image)
+
+    def create(self, loc: Location, size: int, *, sparse: bool = False) -> None:
+        """``rbd create --size SIZEB`` (thin, like every RBD image)."""
+        assert isinstance(loc, RBDLocation)
+        self.client(loc).create(loc.image, size)
+
+    def remove(self, loc: Location, *, ours: bool = False) -> None:
+        """``ours``: a copy target whose writer (a qemu-img the engine ran) is gone; its
+        watch may linger up to the OSDs' osd_client_watch_timeout, and the removal waits
+        it out (:data:`STALE_WATCH_WAIT`) instead of failing."""
+        assert isinstance(loc, RBDLocation)
+        wait = STALE_WATCH_WAIT if ours else 0.0
+        self.client(loc).remove(loc.image, stale_watch_wait=wait)
+
+    def rename(self, src: Location, dst: Location) -> None:
+        """``rbd rename POOL/SRC POOL/DST`` (idempotent)."""
+        assert isinstance(src, RBDLocation) and isinstance(dst, RBDLocation)
+        if self.exists(src) and not self.exists(dst):
+            spec_src, spec_dst = f"{src.pool}/{src.image}", f"{dst.pool}/{dst.image}"
+            self.client(src)._rbd("rename", spec_src, spec_dst, what=f"rename image {spec_src}")  # noqa: SLF001
+
+    def free_bytes(self, loc: Location) -> int | None:
+        return self.client(loc).free_bytes()
+
+    @classmethod
+    def space_name(cls, loc: Location) -> str:
+        assert isinstance(loc, RBDLocation)
+        return f"RBD pool {loc.pool}"
+
+    def check(self, loc: Location, *, target: bool) -> None:
+        assert isinstance(loc, RBDLocation)
+        try:
+            self.client(loc).ping()
+        except errors.CephUnreachable as exc:
+            raise Refusal(reason=f"Ceph is unreachable: {exc}") from exc
+        except errors.BackendError as exc:
+            raise Refusal(reason=f"pool {loc.pool}: {exc}") from exc
+
+    def check_key(self, loc: Location) -> Any:
+        assert isinstance(loc, RBDLocation)
+        return (loc.pool, loc.ceph_conf, loc.user)
+
+    # -- qemu and libvirt ---------------------------------------------------------------
+
+    def qemu_spec(self, loc: Location, *, size: int | None = None) -> QemuSpec:
+        assert isinstance(loc, RBDLocation)
+        from storagectl.backends.files import opt
+
+        uri = self.client(loc).qemu_uri(loc.image)
+        t = str(self.ceph_timeout)
+        # librados options ride in the filename; they bound hangs on a dying cluster. The
+        # rbd driver's structured options (pool, image, user, conf) have no room for
+        # librados settings; its legacy filename, parsed as on the command line, does.
+        uri += f":client_mount_timeout={t}:rados_mon_op_timeout={t}:rados_osd_op_timeout={t}"
+        # (``size`` is not needed: an RBD image is exactly the disk's size.)
+        return QemuSpec("raw", uri, f"driver=raw,file.driver=rbd,file.filename={opt(uri)}")
+
+    def domain_context(self, original_xml: str, plan: Any, *, resolve: bool) -> Any:
+        """``(username, secret uuid, monitors)`` for new rbd disks: the credentials of
+        :func:`rbd_credentials`, the monitors of an rbd disk the domain already has, else
+        (``resolve``) those of ``ceph mon dump``, as Nova does."""
+        user, secret = rbd_credentials(original_xml, plan)
+        hosts = rbd_auth(original_xml)[2]
+        dest = _first_rbd_dest(plan)
+        if resolve and dest is not None and not hosts:
+            hosts = self.mon_hosts(dest)
+        return user, secret, hosts
+
+    def disk_xml(
+        self, loc: Location, context: Any
+    ) -> tuple[str, ET.Element, tuple[str, str] | None]:
+        """``<disk type='network'><source protocol='rbd' name='vms/U_disk'><host .../>``,
+        with ``<auth>`` when there is a secret."""
+        assert isinstance(loc, RBDLocation)
+        user, secret, hosts = context if context is not None else (None, None, [])
+        src = ET.Element("source", {"protocol": "rbd", "name": f"{loc.pool}/{loc.image}"})
+        for name, port in hosts:
+            ET.SubElement(src, "host", {"name": name} | ({"port": port} if port else {}))
+        auth = (user or loc.user or "admin", secret) if secret else None
+        return "network", src, auth
+
+    def mon_hosts(self, loc: Location) -> list[tuple[str, str | None]]:
+        """Monitor addresses for a ``<source protocol='rbd'>``, as Nova writes them.
+
+        Runs ``ceph --conf C --id U mon dump --format json``::
+
+            {"epoch":1,"mons":[{"rank":0,"name":"a","public_addrs":{"addrvec":[
+              {"type":"v1","addr":"127.0.0.1:40113","nonce":0}]},"addr":"127.0.0.1:40113/0"}]}
+        """
+        assert isinstance(loc, RBDLocation)
+        argv = ["ceph", "--conf", loc.ceph_conf or DEFAULT_CEPH_CONF]
+        if loc.user:
+            argv += ["--id", loc.user]
+        wait = min(self.ceph_timeout, 10)
+        argv += ["--connect-timeout", str(wait), "mon", "dump", "--format", "json"]
+        try:
+            out = self.runner.run(*argv, timeout=3 * wait + 5).stdout
+            return parse_mon_hosts(json.loads(out))
+        except (errors.StorageCtlError, ValueError) as exc:
+            raise errors.CephUnreachable(
+                conf=loc.ceph_conf,
+                user=loc.user or "admin",
+                reason=f"cannot read the monitor map: {exc}",
+            ) from exc
+
+    # -- the record's mirror: image-meta ------------------------------------------------------
+
+    def _disk_client(self, disk: DiskLayout) -> RBD:
+        return RBD(
+            self.runner,
+            pool=disk.pool or "",
+            ceph_conf=disk.ceph_conf or DEFAULT_CEPH_CONF,
+            user=disk.rbd_user,
+        )
+
+    def write_mirror(self, disk: DiskLayout, items: dict[str, str], prefix: str) -> None:
+        rbd, image = self._disk_client(disk), disk.image or ""
+        have = rbd.get_meta(image)
+        for key in [k for k in have if k.startswith(prefix) and k not in items]:
+            rbd.remove_meta(image, key)
+        for key, value in items.items():
+            if have.get(key) != value:
+                rbd.set_meta(image, key, value)
+
+    def read_mirror(self, disk: DiskLayout, prefix: str) -> dict[str, str] | None:
+        rbd = self._disk_client(disk)
+        if not rbd.exists(disk.image or ""):
+            return None
+        return {k: v for k, v in rbd.get_meta(disk.image or "").items() if k.startswith(prefix)}
+
+    # -- inspection ---------------------------------------------------------------------
+
+    @classmethod
+    def classify(cls, d: DomainDisk, chk: Checker) -> DiskLayout | None:
+        """``<source protocol='rbd' name='<pool>/<uuid>_<name>'>``: Nova's RBD backend;
+        other images (``volumes/volume-...``) and protocols are volumes."""
+        if d.protocol != "rbd":
+            return None
+        pool, _, image = (d.source or "").partition("/")
+        parsed = naming.parse_rbd_image_name(image)
+        if not parsed or parsed[0] != chk.uuid:
+            return None
+        name = parsed[1]
+        return DiskLayout(
+            name=name,
+            role=naming.role_of(name),
+            target=d.target,
+            backend=Backend.RBD,
+            format=d.driver_type,
+            pool=pool,
+            image=image,
+            device=d.device,
+            ceph_conf=chk.nova.images_rbd_ceph_conf,
+            rbd_user=chk.nova.rbd_user or d.auth_username,
+        )
+
+    @classmethod
+    def verify(cls, disk: DiskLayout, chk: Checker, *, backing_hint: str | None) -> None:
+        pool, image = disk.pool or "", disk.image or ""
+        conf = disk.ceph_conf or chk.nova.images_rbd_ceph_conf
+        listing = chk.storage.rbd(pool, conf, disk.rbd_user)
+        if listing.error:
+            chk.add(
+                Code.NOT_INSPECTED,
+                disk.name,
+                f"cannot check RBD image {pool}/{image}: {listing.error}",
+            )
+            return
+        vol = listing.volumes.get(image)
+        if vol is None:
+            chk.add(
+                Code.DISK_MISSING,
+                disk.name,
+                f"RBD image {pool}/{image} ({disk.target}) does not exist",
+            )
+            return
+        disk.virtual_size = vol.size
+
+
+# -- the domain's rbd credentials ------------------------------------------------------
+
+_DISK_RE = re.compile(r"<disk[\s>].*?</disk>", re.DOTALL)
+
+
+def _first_rbd_dest(plan: Any) -> RBDLocation | None:
+    return next((m.dest for m in plan.moves if isinstance(m.dest, RBDLocation)), None)
+
+
+def rbd_auth(xml: str) -> tuple[str | None, str | None, list[tuple[str, str | None]]]:
+    """``(username, secret uuid, hosts)`` of the first rbd disk of the domain, if any."""
+    for match in _DISK_RE.finditer(xml):
+        el = ET.fromstring(match.group(0))
+        src = el.find("source")
+        if el.get("type") == "network" and src is not None and src.get("protocol") == "rbd":
+            auth = el.find("auth")
+            secret = auth.find("secret") if auth is not None else None
+            hosts = [(h.get("name", ""), h.get("port")) for h in src.findall("host")]
+            return (
+                auth.get("username") if auth is not None else None,
+                secret.get("uuid") if secret is not None else None,
+                hosts,
+            )
+    return None, None, []
+
+
+def rbd_credentials(original: str, plan: Any) -> tuple[str | None, str | None]:
+    """``(username, secret uuid)`` for the ``<auth>`` of new rbd disks, first found of:
+
+    1. ``--secret-uuid`` (with nova.conf's ``rbd_user``, the user the copy ran as);
+    2. the ``<auth>`` of an rbd disk the domain already has (its user and secret);
+    3. nova.conf ``[libvirt] rbd_secret_uuid`` with ``rbd_user``, as Nova writes it.
+
+    ``(None, None)``: no secret anywhere, the disk gets no ``<auth>`` (a cluster
+    without cephx).
+    """
+    dest = _first_rbd_dest(plan)
+    conf_user = dest.user if dest is not None else None
+    user, secret, _hosts = rbd_auth(original)
+    if plan.options.secret_uuid:
+        return conf_user or user, plan.options.secret_uuid
+    if secret:
+        return user or conf_user, secret
+    if plan.nova_secret_uuid:
+        return conf_user, plan.nova_secret_uuid
+    return user or conf_user, None
+
+
+def parse_mon_hosts(data: dict) -> list[tuple[str, str | None]]:
+    """``(host, port)`` of each monitor's v1 (or only) address in ``ceph mon dump``."""
+    hosts = []
+    for mon in data.get("mons") or []:
+        addrs = ((mon.get("public_addrs") or {}).get("addrvec")) or []
+        pick = next((a for a in addrs if a.get("type") == "v1"), addrs[0] if addrs else None)
+        addr = pick.get("addr") if pick else (mon.get("addr") or "").split("/")[0]
+        if not addr:
+            continue
+        host, _, port = addr.rpartition(":")
+        hosts.append((host.strip("[]"), port or None))
+    return hosts
+
+
+class _CephArgsRunner:
+    """A runner whose ceph/rbd commands give up on a hung cluster.
+
+    :class:`RBD` bounds only the search for a monitor; ``rbd info``/``rm`` on a cluster
+    whose OSDs stopped answering would wait forever. Ceph's tools read extra options
+    from ``CEPH_ARGS``, so the op timeouts ride there.
+    """
+
+    def __init__(self, inner: Runner, timeout: int) -> None:
+        self._inner = inner
+        self._args = f"--rados_osd_op_timeout={timeout} --rados_mon_op_timeout={timeout}"
+
+    def run(self, *argv: str, env: dict[str, str] | None = None, **kw):  # noqa: ANN003, ANN201
+        # Runner.run hands env to processutils, which *replaces* the environment with it.
+        merged = {**os.environ, "CEPH_ARGS": self._args, **(env or {})}
+        return self._inner.run(*argv, env=merged, **kw)

@@ -45,13 +45,15 @@ from enum import StrEnum
 from typing import Any
 
 from storagectl import errors
+from storagectl.backends import registry
+from storagectl.backends.registry import stored
 from storagectl.config import NovaConfig
 from storagectl.layouts import naming, ownership
 from storagectl.layouts.hosts import is_local_uri
 from storagectl.layouts.inspection import InspectionResult, inspect_hosts
 from storagectl.layouts.interrupted import interrupted_findings
 from storagectl.layouts.mirror import mirror_items, read_mirror
-from storagectl.layouts.model import Backend, DiskLayout, Finding, InstanceLayout, Severity
+from storagectl.layouts.model import DiskLayout, Finding, InstanceLayout, Severity
 from storagectl.layouts.record import RECORD_NAME, read_record
 from storagectl.layouts.storage import StorageView
 from storagectl.layouts.verify import inspect_cache_entry
@@ -203,7 +205,7 @@ def _record_checks(inst: InstanceLayout, result: InspectionResult, runner: Runne
         for d in result.drift.get(inst.uuid, [])
     ]
     for disk in inst.disks:
-        if disk.backend in (Backend.LVM, Backend.RBD):
+        if stored(disk.backend) and registry.backend_class(disk.backend.value).MIRRORED:
             out += _mirror_drift(inst.uuid, disk, runner)
     # A retained_sources item where a disk is now (storagectl/migrate/roundtrip.py).
     for item, disk_name in live_retained(inst.disks, result.retained.get(inst.uuid, ())):
@@ -281,7 +283,7 @@ def _orphans(
         (d.pool, d.ceph_conf or nova.images_rbd_ceph_conf, d.rbd_user)
         for i in result.instances
         for d in i.disks
-        if d.pool and d.backend is Backend.RBD
+        if d.pool  # only an RBD disk is in a pool
     }
     if nova.images_type == "rbd" or pools:
         pools.add((nova.images_rbd_pool, nova.images_rbd_ceph_conf, nova.rbd_user))

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import os
 
+from storagectl.backends import registry
 from storagectl.config import NovaConfig
-from storagectl.layouts import naming
 from storagectl.layouts.domain import DomainDisk, DomainInfo
 from storagectl.layouts.hosts import ScannedDomain
 from storagectl.layouts.inspector import chain
@@ -28,12 +28,8 @@ from storagectl.layouts.model import Backend, Code, DiskLayout, InstanceLayout, 
 from storagectl.layouts.storage import StorageView
 from storagectl.layouts.verify import Checker, check_disk_info, inside, verify_disk
 
-_FORMAT_BACKEND = {
-    "qcow2": Backend.QCOW2,
-    "raw": Backend.FLAT,
-    "ploop": Backend.PLOOP,
-    "parallels": Backend.PLOOP,
-}
+#: kernel and initrd files are classified by the files backend
+_FILES = registry.for_xml_type("file")
 
 
 def infer_instance(
@@ -80,7 +76,7 @@ def classify_domain(info: DomainInfo, chk: Checker) -> list[tuple[DiskLayout, Do
         out.append((disk, ddisk))
     for path, role in ((info.kernel, Role.KERNEL), (info.initrd, Role.RAMDISK)):
         if path:
-            out.append((_boot_file(path, role, chk), None))
+            out.append((_FILES.classify_boot(path, role, chk), None))
     return out
 
 
@@ -127,13 +123,11 @@ def _classify(d: DomainDisk, chk: Checker) -> DiskLayout | None:
         )
         chk.add(Code.UNKNOWN_LAYOUT, disk.name, f"disk {d.target} has no source in the XML")
         return disk
-    if d.type in ("file", "dir"):
-        return _file_disk(d, chk)
-    if d.type == "block":
-        return _block_disk(d, chk)
-    if d.type == "network" and d.protocol == "rbd":
-        return _rbd_disk(d, chk)
-    return _volume(d, d.source)
+    backend = registry.for_xml_type(d.type)
+    disk = backend.classify(d, chk) if backend is not None else None
+    if disk is not None:
+        return disk
+    return _volume(d, os.path.normpath(d.source) if d.source.startswith("/") else d.source)
 
 
 def _volume(d: DomainDisk, source: str) -> DiskLayout:
@@ -147,118 +141,3 @@ def _volume(d: DomainDisk, source: str) -> DiskLayout:
         path=source if source.startswith("/") else None,
         device=d.device,
     )
-
-
-def _looks_like_volume(path: str, chk: Checker) -> bool:
-    # Nova mounts remote-filesystem volumes (NFS, Quobyte, ...) under $state_path/mnt.
-    mnt = os.path.join(chk.nova.state_path, "mnt")
-    return inside(path, mnt) or os.path.basename(path).startswith("volume-")
-
-
-def _file_disk(d: DomainDisk, chk: Checker) -> DiskLayout:
-    path = os.path.normpath(d.source or "")
-    name = os.path.basename(path)
-    in_dir = os.path.dirname(path) == chk.inst_dir
-    if not in_dir and _looks_like_volume(path, chk):
-        return _volume(d, path)
-    fmt = d.driver_type
-    backend = _FORMAT_BACKEND.get(fmt or "", Backend.UNKNOWN) if in_dir else Backend.UNKNOWN
-    role = naming.role_of(name) if in_dir else Role.UNKNOWN
-    disk = DiskLayout(
-        name=name,
-        role=role,
-        target=d.target,
-        backend=backend,
-        format=fmt,
-        path=path,
-        device=d.device,
-    )
-    if not in_dir:
-        chk.add(
-            Code.DISK_OUTSIDE_INSTANCE_DIR,
-            name,
-            f"disk {path} ({d.target}) is outside the instance directory {chk.inst_dir} "
-            "and the image cache",
-        )
-        chk.add(
-            Code.UNKNOWN_LAYOUT, name, f"disk {path} is not named as Nova names instance storage"
-        )
-    elif backend is Backend.UNKNOWN:
-        chk.add(
-            Code.UNKNOWN_LAYOUT,
-            name,
-            f"disk {path} uses format {fmt!r}, which no storagectl backend handles",
-        )
-    elif role is Role.UNKNOWN:
-        chk.add(Code.UNKNOWN_LAYOUT, name, f"file {name} is not one of Nova's disk names")
-    return disk
-
-
-def _block_disk(d: DomainDisk, chk: Checker) -> DiskLayout:
-    src = os.path.normpath(d.source or "")
-    parts = src.split("/")
-    # /dev/<vg>/<lv>: Nova's LVM backend. /dev/mapper, /dev/disk/by-* are volumes.
-    if len(parts) == 4 and parts[1] == "dev" and parts[2] not in ("mapper", "disk"):
-        vg, lv = parts[2], parts[3]
-        parsed = naming.parse_lv_name(lv)
-        if parsed and parsed[0] == chk.uuid:
-            name = parsed[1]
-            if d.driver_type != "raw":
-                chk.add(
-                    Code.UNKNOWN_LAYOUT,
-                    name,
-                    f"LV {vg}/{lv} is opened as {d.driver_type!r}; Nova's LVM backend uses raw",
-                )
-            return DiskLayout(
-                name=name,
-                role=naming.role_of(name),
-                target=d.target,
-                backend=Backend.LVM,
-                format=d.driver_type,
-                path=src,
-                volume_group=vg,
-                volume=lv,
-                device=d.device,
-            )
-    return _volume(d, src)
-
-
-def _rbd_disk(d: DomainDisk, chk: Checker) -> DiskLayout:
-    pool, _, image = (d.source or "").partition("/")
-    parsed = naming.parse_rbd_image_name(image)
-    if not parsed or parsed[0] != chk.uuid:
-        return _volume(d, d.source or "")
-    name = parsed[1]
-    return DiskLayout(
-        name=name,
-        role=naming.role_of(name),
-        target=d.target,
-        backend=Backend.RBD,
-        format=d.driver_type,
-        pool=pool,
-        image=image,
-        device=d.device,
-        ceph_conf=chk.nova.images_rbd_ceph_conf,
-        rbd_user=chk.nova.rbd_user or d.auth_username,
-    )
-
-
-def _boot_file(path: str, role: Role, chk: Checker) -> DiskLayout:
-    path = os.path.normpath(path)
-    disk = DiskLayout(
-        name=os.path.basename(path),
-        role=role,
-        target=None,
-        backend=Backend.FLAT,
-        format="raw",
-        path=path,
-        device="kernel",
-    )
-    if os.path.dirname(path) != chk.inst_dir:
-        disk.backend = Backend.UNKNOWN
-        chk.add(
-            Code.DISK_OUTSIDE_INSTANCE_DIR,
-            disk.name,
-            f"{role.value} {path} is outside the instance directory {chk.inst_dir}",
-        )
-    return disk

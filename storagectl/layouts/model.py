@@ -161,11 +161,12 @@ class DiskLayout:
     @property
     def location(self) -> str:
         """A one-string description of where the disk lives, for humans."""
-        if self.backend is Backend.LVM and self.volume_group:
-            return f"{self.volume_group}/{self.volume}"
-        if self.backend is Backend.RBD and self.pool:
-            return f"{self.pool}/{self.image}"
-        return self.path or self.image or "-"
+        from storagectl.model.location import Location
+
+        try:
+            return Location.of_disk(self).label()
+        except ValueError:  # a volume, or no place recorded
+            return self.path or self.image or "-"
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -59,17 +59,21 @@ def lv_name(uuid: str, disk_name: str) -> str:
 
 
 def parse_lv_name(name: str) -> tuple[str, str] | None:
-    """Inverse of :func:`lv_name`: ``(uuid, disk_name)`` or None.
+    """Inverse of :func:`lv_name`: ``(uuid, disk_name)``, or None if ``name`` cannot come
+    out of Nova's escaping (a lone ``_``: e.g. ``<uuid>_disk_pool``, the private thin pool
+    of a sparse LV, is no disk).
 
     >>> parse_lv_name("0c5d6c1e-0b0c-4c1b-8d2e-5b1f1b2f3a4b_disk.swap")
     ('0c5d6c1e-0b0c-4c1b-8d2e-5b1f1b2f3a4b', 'disk.swap')
+    >>> parse_lv_name("0c5d6c1e-0b0c-4c1b-8d2e-5b1f1b2f3a4b_disk_pool") is None
+    True
     """
-    if len(name) < 38 or name[36] != "_" or not is_uuid(name[:36]):
+    uuid, sep, escaped = name[:36], name[36:37], name[37:]
+    if sep != "_" or not escaped or not is_uuid(uuid) or uuid != uuid.lower():
         return None
-    rest = name[37:]
-    if not rest:
+    if any(len(run) % 2 for run in re.findall(r"_+", escaped)):
         return None
-    return name[:36], rest.replace("__", "_")
+    return uuid, escaped.replace("__", "_")
 
 
 def rbd_image_name(uuid: str, disk_name: str) -> str:
@@ -85,3 +89,17 @@ def parse_rbd_image_name(name: str) -> tuple[str, str] | None:
     if len(name) < 38 or name[36] != "_" or not is_uuid(name[:36]):
         return None
     return name[:36], name[37:]
+
+
+_ASIDE_RE = re.compile(r"^(?P<base>.+)\.retained-(?P<backend>[a-z0-9]+)-(?P<n>[1-9][0-9]{0,5})$")
+
+
+def aside_name(base: str, backend: str, n: int) -> str:
+    """``disk.retained-qcow2-1``, ``U_disk.retained-rbd-1``: a displaced copy's name."""
+    return f"{base}.retained-{backend}-{n}"
+
+
+def is_aside_of(name: str, base: str, backend: str) -> bool:
+    """Whether ``name`` is an :func:`aside_name` of ``base`` (any number)."""
+    m = _ASIDE_RE.match(name)
+    return bool(m and m.group("base") == base and m.group("backend") == backend)

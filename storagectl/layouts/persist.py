@@ -18,12 +18,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from storagectl import errors
+from storagectl.backends import registry
+from storagectl.backends.registry import stored
 from storagectl.config import NovaConfig
 from storagectl.layouts import record as rec
 from storagectl.layouts.inspection import InspectionResult
 from storagectl.layouts.locks import instance_lock
 from storagectl.layouts.mirror import write_mirror
-from storagectl.layouts.model import Backend, InstanceLayout, Severity
+from storagectl.layouts.model import InstanceLayout, Severity
 from storagectl.layouts.verify import read_disk_info
 from storagectl.migrate.roundtrip import drop_live_retained, entry_key
 from storagectl.process import Runner
@@ -74,14 +76,8 @@ def evidence_for(layout: InstanceLayout, nova: NovaConfig) -> list[str]:
         used.append("nova.conf")
     if read_disk_info(nova.instance_dir(layout.uuid))[0]:
         used.append("disk.info")
-    backends = {d.backend for d in layout.disks}
-    if backends & {Backend.QCOW2, Backend.FLAT, Backend.PLOOP}:
-        used.append("image-headers")
-    if Backend.LVM in backends:
-        used.append("lvm")
-    if Backend.RBD in backends:
-        used.append("rbd")
-    return used
+    kinds = {registry.backend_class(d.backend.value) for d in layout.disks if stored(d.backend)}
+    return used + [b.EVIDENCE for b in registry.all_backends() if b in kinds]
 
 
 def persist(

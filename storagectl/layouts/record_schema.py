@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from storagectl.backends import registry
+from storagectl.backends.registry import stored
 from storagectl.layouts import naming
 from storagectl.layouts.model import Backend, Backing, DiskLayout, InstanceLayout, Role
 from storagectl.layouts.record_canonical import (
@@ -85,10 +87,6 @@ class Record:
 
 # --- schema -------------------------------------------------------------------------
 
-_FILE_BACKENDS = (Backend.QCOW2, Backend.FLAT, Backend.PLOOP)
-# How libvirt opens each backend's disks (<driver type>); a volume may use anything.
-_FORMATS = {Backend.QCOW2: ("qcow2",), Backend.FLAT: ("raw",), Backend.LVM: ("raw",)}
-_FORMATS |= {Backend.RBD: ("raw",), Backend.PLOOP: ("ploop", "parallels")}
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 _KINDS = {type(None): "null", bool: "a boolean", int: "an integer", float: "a number"}
 _KINDS |= {str: "a string", list: "a list", dict: "a mapping", bytes: "binary data"}
@@ -104,16 +102,12 @@ class _Invalid(Exception):
 
 def _disk_to_dict(d: DiskLayout) -> dict[str, Any]:
     backend = getattr(d.backend, "value", d.backend)
-    location: dict[str, Any] = {"path": d.path}
-    if backend == Backend.LVM:
-        location = {"volume_group": d.volume_group, "volume": d.volume}
-    elif backend == Backend.RBD:
-        location = {"pool": d.pool, "image": d.image, "ceph_conf": d.ceph_conf}
-        location["user"] = d.rbd_user
+    cls = registry.backend_class(backend) if stored(backend) else None
+    location = cls.record_location(d) if cls else {"path": d.path}  # a volume: its path
     out = {"name": d.name, "role": getattr(d.role, "value", d.role), "target": d.target}
     out |= {"backend": backend, "format": d.format, "device": d.device, "location": location}
     out["virtual_size"] = d.virtual_size
-    if backend == Backend.QCOW2:
+    if cls and cls.has_backing(backend):
         out["backing"] = d.backing.to_dict() if d.backing else None
     return out
 
@@ -340,22 +334,11 @@ def _map(spec: dict[str, Check] | None, optional: tuple[str, ...] = ()) -> Check
     return check_map
 
 
-_RBD_NAME = _like(r"[^/@\s]+", "a valid RBD name")
-_LVM_NAME = _like(r"[A-Za-z0-9+_.][A-Za-z0-9+_.-]*", "a valid LVM name")
-_LOCATIONS = {
-    Backend.LVM: _map({"volume_group": _LVM_NAME, "volume": _LVM_NAME}),
-    # Nova's default images_rbd_ceph_conf is "": librados then searches its defaults.
-    Backend.RBD: _map(
-        {
-            "pool": _RBD_NAME,
-            "image": _RBD_NAME,
-            "user": _opt(_str),
-            "ceph_conf": _opt(lambda v, f: v if v == "" else _path(v, f)),
-        }
-    ),
-    Backend.VOLUME: _map({"path": _opt(_path)}),
-}
-_FILE_LOCATION = _map({"path": _path})
+LVM_NAME = _like(r"[A-Za-z0-9+_.][A-Za-z0-9+_.-]*", "a valid LVM name")
+FILE_LOCATION = _map({"path": _path})
+_VOLUME_LOCATION = _map({"path": _opt(_path)})
+# the checks the backends build their location schemas from
+mapping, like, optional, path, string = _map, _like, _opt, _path, _str
 _DISK = _map(
     {
         "name": _like(r"(?!\.\.?$)[^/]+", "a file name"),
@@ -418,16 +401,22 @@ def _validate(data: Any, *, expect_uuid: str | None) -> Record:
 def _disk(d: dict[str, Any], f: str, uuid: str) -> DiskLayout:
     """A type-checked disk mapping -> DiskLayout, checking it belongs to this instance."""
     name, role, backend, fmt = d["name"], Role(d["role"]), Backend(d["backend"]), d["format"]
-    if backend in _FORMATS and fmt not in _FORMATS[backend]:
-        expected = " or ".join(_FORMATS[backend])
+    # A volume (Cinder, ...) may be opened any way and lives anywhere: never ours.
+    cls = registry.backend_class(backend.value) if stored(backend) else None
+    if cls and fmt not in cls.formats(backend.value):
+        expected = " or ".join(cls.formats(backend.value))
         raise _Invalid(f"{f}.format", f"{fmt!r}: a {backend} disk is opened as {expected}")
     if backend is not Backend.VOLUME and role is not naming.role_of(name):
         raise _Invalid(f"{f}.role", f"{role} does not match the Nova disk name {name!r}")
     if (role is Role.VOLUME) != (backend is Backend.VOLUME):
         raise _Invalid(f"{f}.role", f"role {role} does not go with backend {backend}")
-    if d.get("backing") and backend is not Backend.QCOW2:
+    if d.get("backing") and not (cls and cls.has_backing(backend.value)):
         raise _Invalid(f"{f}.backing", f"only qcow2 disks have a backing file, not {backend}")
-    loc = _LOCATIONS.get(backend, _FILE_LOCATION)(d["location"], f"{f}.location")
+    where = f"{f}.location"
+    if cls:
+        loc = cls.disk_fields_from_record(cls.check_record_location(d["location"], where))
+    else:
+        loc = {"path": _VOLUME_LOCATION(d["location"], where).get("path")}
     disk = DiskLayout(
         name=name,
         role=role,
@@ -436,28 +425,13 @@ def _disk(d: dict[str, Any], f: str, uuid: str) -> DiskLayout:
         format=fmt,
         device=d["device"],
         virtual_size=d["virtual_size"],
-        path=loc.get("path"),
-        volume_group=loc.get("volume_group"),
-        volume=loc.get("volume"),
-        pool=loc.get("pool"),
-        image=loc.get("image"),
-        ceph_conf=loc.get("ceph_conf"),
-        rbd_user=loc.get("user"),
         backing=Backing(**d["backing"]) if d.get("backing") else None,
+        **loc,
     )
-    where, want = f"{f}.location.path", f".../{uuid}/{name}"
-    if backend is Backend.LVM:
-        where, want = f"{f}.location.volume", naming.lv_name(uuid, name)
-        mine = naming.parse_lv_name(disk.volume) == (uuid, name)
-        disk.path = f"/dev/{disk.volume_group}/{disk.volume}"
-    elif backend is Backend.RBD:
-        where, want = f"{f}.location.image", naming.rbd_image_name(uuid, name)
-        mine = disk.image == want
-    else:
-        parent, base = os.path.split(disk.path or "")
-        mine = backend not in _FILE_BACKENDS or (base, os.path.basename(parent)) == (name, uuid)
-    if not mine:
-        raise _Invalid(where, f"not this disk of this instance (expected {want})")
+    if cls:
+        mine, field, want = cls.record_owner_check(disk, uuid)
+        if not mine:
+            raise _Invalid(f"{where}.{field}", f"not this disk of this instance (expected {want})")
     return disk
 
 

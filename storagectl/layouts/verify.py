@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from storagectl import errors
+from storagectl.backends import registry
+from storagectl.backends.registry import stored
 from storagectl.config import NovaConfig
 from storagectl.layouts.inspector import InspectionReport, InspectorError, chain, inspect_file
 from storagectl.layouts.inspector.checks import BENIGN, Check
@@ -32,7 +34,6 @@ from storagectl.layouts.model import (
     Code,
     DiskLayout,
     Finding,
-    Role,
     content_error,
 )
 from storagectl.layouts.storage import StorageView
@@ -71,26 +72,11 @@ def verify_disk(disk: DiskLayout, chk: Checker, *, backing_hint: str | None = No
     if not chk.local:
         return
     if disk.backend is Backend.VOLUME:
-        _verify_foreign(disk, chk, volume=True)
-    elif disk.backend is Backend.LVM:
-        _verify_lvm(disk, chk)
-    elif disk.backend is Backend.RBD:
-        _verify_rbd(disk, chk)
-    elif disk.role in (Role.KERNEL, Role.RAMDISK):
-        _verify_boot_file(disk, chk)
-    elif disk.path and os.path.dirname(disk.path) == chk.inst_dir:
-        _verify_file(disk, chk, backing_hint)
-    elif disk.backend in (Backend.QCOW2, Backend.FLAT, Backend.PLOOP):
-        # Only a record can say this (inference never calls such a disk instance storage):
-        # a hand-edited record must not point storagectl at a file elsewhere.
-        chk.add(
-            Code.DISK_OUTSIDE_INSTANCE_DIR,
-            disk.name,
-            f"{disk.backend.value} disk {disk.name} is at {disk.path}, outside its instance "
-            f"directory {chk.inst_dir}",
-        )
-    elif disk.path:
-        _verify_foreign(disk, chk, volume=False)
+        verify_foreign(disk, chk, volume=True)
+        return
+    # A disk of no backend (Backend.UNKNOWN) is checked as a file: it may be one.
+    backend = registry.backend_class(disk.backend.value) if stored(disk.backend) else None
+    (backend or registry.for_xml_type("file")).verify(disk, chk, backing_hint=backing_hint)
 
 
 def _escapes(disk: DiskLayout, path: str, real: str, chk: Checker) -> bool:
@@ -110,7 +96,7 @@ def _escapes(disk: DiskLayout, path: str, real: str, chk: Checker) -> bool:
     return True
 
 
-def _verify_foreign(disk: DiskLayout, chk: Checker, *, volume: bool) -> None:
+def verify_foreign(disk: DiskLayout, chk: Checker, *, volume: bool) -> None:
     """A file disk that is not instance storage (a file volume on an NFS/Quobyte mount,
     a ``volume-*`` file, a disk the XML puts elsewhere): never touched, but its header
     is inspected like any other - qemu opens it with the same block layer. A qcow2
@@ -150,13 +136,22 @@ def _verify_foreign(disk: DiskLayout, chk: Checker, *, volume: bool) -> None:
         _chain_to_findings(disk, walked, chk)
 
 
-def _verify_file(disk: DiskLayout, chk: Checker, backing_hint: str | None) -> None:
+def verify_file(
+    disk: DiskLayout,
+    chk: Checker,
+    backing_hint: str | None,
+    *,
+    declared: str | None,
+    dir_image: str | None = None,
+) -> None:
+    """A file disk of the instance directory; ``declared``: the format to inspect it
+    as; ``dir_image``: the image file of a disk that is a directory (ploop's root.hds)."""
     path = disk.path or ""
     real, lst = chk.storage.resolve(path)
     if _escapes(disk, path, real, chk):
         return  # never inspected, sized or recorded as this instance's disk
-    if disk.backend is Backend.PLOOP and os.path.isdir(real):
-        real = os.path.join(real, "root.hds")  # ploop: a dir with root.hds + DiskDescriptor.xml
+    if dir_image and os.path.isdir(real):
+        real = os.path.join(real, dir_image)
         lst = None
         if _escapes(disk, real, os.path.realpath(real), chk):
             return
@@ -180,53 +175,10 @@ def _verify_file(disk: DiskLayout, chk: Checker, backing_hint: str | None) -> No
     # Every existing file is inspected, whatever backend it maps to, so that an unsafe
     # format (QED, a VMDK with host-path extents ...) is flagged even where storagectl
     # itself would never open it.
-    declared = "parallels" if disk.backend is Backend.PLOOP else disk.format
-    _check_image(disk, real, chk, declared=declared, backing_hint=backing_hint)
+    check_image(disk, real, chk, declared=declared, backing_hint=backing_hint)
 
 
-def _verify_lvm(disk: DiskLayout, chk: Checker) -> None:
-    vg, lv = disk.volume_group or "", disk.volume or ""
-    listing = chk.storage.lvm(vg)
-    if listing.error and not listing.missing:
-        chk.add(Code.NOT_INSPECTED, disk.name, f"cannot check LV {vg}/{lv}: {listing.error}")
-        return
-    vol = listing.volumes.get(lv)
-    if vol is None:
-        chk.add(Code.DISK_MISSING, disk.name, f"LV {vg}/{lv} ({disk.target}) does not exist")
-        return
-    disk.virtual_size = disk.allocated_size = vol.size
-    path = disk.path or f"/dev/{vg}/{lv}"
-    if not os.path.exists(path):
-        # Only an active LV has a device node to read the first bytes from.
-        chk.add(
-            Code.NOT_INSPECTED,
-            disk.name,
-            f"LV {vg}/{lv} is not active (no {path}): its contents were not inspected",
-        )
-    elif disk.format == "raw":
-        _check_image(disk, os.path.realpath(path), chk, declared="raw")  # /dev/VG/LV -> dm-N
-        disk.virtual_size = vol.size
-
-
-def _verify_rbd(disk: DiskLayout, chk: Checker) -> None:
-    pool, image = disk.pool or "", disk.image or ""
-    conf = disk.ceph_conf or chk.nova.images_rbd_ceph_conf
-    listing = chk.storage.rbd(pool, conf, disk.rbd_user)
-    if listing.error:
-        chk.add(
-            Code.NOT_INSPECTED, disk.name, f"cannot check RBD image {pool}/{image}: {listing.error}"
-        )
-        return
-    vol = listing.volumes.get(image)
-    if vol is None:
-        chk.add(
-            Code.DISK_MISSING, disk.name, f"RBD image {pool}/{image} ({disk.target}) does not exist"
-        )
-        return
-    disk.virtual_size = vol.size
-
-
-def _verify_boot_file(disk: DiskLayout, chk: Checker) -> None:
+def verify_boot_file(disk: DiskLayout, chk: Checker) -> None:
     path = disk.path or ""
     if os.path.dirname(path) == chk.inst_dir and _escapes(disk, path, os.path.realpath(path), chk):
         return
@@ -239,7 +191,7 @@ def _verify_boot_file(disk: DiskLayout, chk: Checker) -> None:
     disk.allocated_size = st.st_blocks * 512
 
 
-def _check_image(
+def check_image(
     disk: DiskLayout,
     real: str,
     chk: Checker,

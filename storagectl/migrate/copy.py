@@ -28,7 +28,7 @@ the copy may still be dirty pages when the switch is journaled. Hence (as Nova's
   of a large disk does not fill a busy compute host's page cache with dirty pages
   that the final flush then has to write in one stall;
 * then an explicit ``fsync`` of a file or LV target and of a file target's directory
-  (:func:`make_durable`): it makes the guarantee independent of qemu-img's own flush
+  (``DiskBackend.make_durable``): it makes the guarantee independent of qemu-img's own flush
   (a different version, the skipped flush of ``--target-is-zero`` with nothing
   written), commits a file's metadata (size, owner) and the name that the create step
   made; after ``-t none`` it costs one cache flush and writes nothing;
@@ -40,17 +40,13 @@ the copy may still be dirty pages when the switch is journaled. Hence (as Nova's
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from storagectl import fsutil
-from storagectl.layouts.model import Backend
-from storagectl.layouts.verify import copy_source
-from storagectl.migrate.plan import DiskMove, Location
-from storagectl.migrate.targets import Storage
+from storagectl.backends import Storage
+from storagectl.migrate.plan import DiskMove
 from storagectl.process import Runner
 
 LOG = logging.getLogger(__name__)
@@ -91,36 +87,18 @@ def parse_percent(line: str) -> float | None:
 
 def convert_argv(move: DiskMove, storage: Storage, *, bwlimit: int | None) -> list[str]:
     """The ``qemu-img convert`` command line for one move (explicit formats, ``-n``,
-    the cache mode of :func:`cache_mode`)."""
+    the backend's ``cache_mode``)."""
     src = storage.qemu_spec(move.source)
     dst_loc = move.copy_dest
     dst = storage.qemu_spec(dst_loc)
-    argv = ["qemu-img", "convert", "-p", "-t", cache_mode(dst_loc)]
+    argv = ["qemu-img", "convert", "-p", "-t", storage.of(dst_loc).cache_mode(dst_loc)]
     argv += ["-f", src.format, "-O", dst.format, "-n"]
     if storage.target_is_zero(dst_loc):
         argv.append("--target-is-zero")
     if bwlimit:
         argv += ["-r", f"{bwlimit}M"]
     # Every file qemu-img will read is vetted again now (storagectl.layouts.verify).
-    source = copy_source(src.filename, src.format) if move.source.is_file else src.filename
-    return [*argv, source, dst.filename]
-
-
-def cache_mode(loc: Location) -> str:
-    """``-t`` for a copy into ``loc``: ``none`` unless a file target refuses O_DIRECT."""
-    if loc.kind in (Backend.LVM, Backend.RBD):
-        return "none"
-    return "none" if fsutil.direct_io_supported(loc.path or "") else "writeback"
-
-
-def make_durable(loc: Location) -> None:
-    """fsync a copied file or LV, and a file's directory (see the module docstring);
-    an RBD image is durable once qemu-img has exited 0."""
-    if loc.kind is Backend.RBD:
-        return
-    fsutil.fsync_path(loc.path or "")
-    if loc.kind is not Backend.LVM:
-        fsutil.fsync_dir(os.path.dirname(os.path.abspath(loc.path or "")))
+    return [*argv, storage.read_name(move.source), dst.filename]
 
 
 def copy_disk(
@@ -134,7 +112,7 @@ def copy_disk(
         runner.stream(
             *argv, on_line=lambda line: _on_line(move.name, line, progress), timeout=COPY_TIMEOUT
         )
-        make_durable(move.copy_dest)
+        storage.of(move.copy_dest).make_durable(move.copy_dest)
         ok = True
     finally:
         progress.finish(move.name, ok)

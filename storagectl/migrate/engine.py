@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from storagectl import errors
+from storagectl.backends import Storage
 from storagectl.config import NovaConfig
 from storagectl.layouts import naming
 from storagectl.layouts import record as rec
@@ -40,9 +41,8 @@ from storagectl.migrate.plan import (
     describe,
     make_plan,
 )
-from storagectl.migrate.preflight import preflight, remove_command
+from storagectl.migrate.preflight import preflight
 from storagectl.migrate.retained import delete_retained, retained_locations
-from storagectl.migrate.targets import Storage
 from storagectl.migrate.verify import verify_disk
 from storagectl.process import Runner
 
@@ -456,7 +456,8 @@ class Engine:
                     loc = m.copy_dest
                     raise refuse(
                         f"{loc.describe()} appeared after preflight and is not this "
-                        f"migration's; if nothing needs it, remove it ({remove_command(loc)}) "
+                        f"migration's; if nothing needs it, remove it "
+                        f"({self.storage.remove_command(loc)}) "
                         "and run the migration again"
                     )
         for m in j.plan.moves:

@@ -17,82 +17,28 @@ A file disk keeps its Nova name, so a file->file move copies into a temporary
 
 from __future__ import annotations
 
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from storagectl import errors
+from storagectl.backends import registry
+from storagectl.backends.base import nova_settings
 from storagectl.config import NovaConfig
-from storagectl.layouts import naming
-from storagectl.layouts.model import Backend, DiskLayout, Role
+from storagectl.layouts.model import DiskLayout, Role
 from storagectl.layouts.record import Record
+from storagectl.model.location import Location
 
 #: Backends this slice can write to and read from.
-TARGETS = (Backend.FLAT, Backend.QCOW2, Backend.LVM, Backend.RBD)
-SOURCES = (Backend.FLAT, Backend.QCOW2, Backend.LVM, Backend.RBD, Backend.PLOOP)
+TARGETS = registry.all_targets()
+SOURCES = registry.all_names()
 DEFAULT_ROLES = (Role.ROOT, Role.EPHEMERAL, Role.SWAP)
 MOVABLE_ROLES = (Role.ROOT, Role.EPHEMERAL, Role.SWAP, Role.CONFIG)
-FORMAT_OF = {Backend.FLAT: "raw", Backend.QCOW2: "qcow2", Backend.LVM: "raw", Backend.RBD: "raw"}
-FILE_BACKENDS = (Backend.FLAT, Backend.QCOW2, Backend.PLOOP)
-TEMP_SUFFIX = ".migrating"
-RETAINED_SUFFIX = ".retained-"
 
 
 class MigrationRefused(errors.StorageCtlError):
     """The migration cannot start; nothing was changed."""
 
     template = "cannot migrate %(instance)s: %(reason)s"
-
-
-@dataclass
-class Location:
-    """Where one disk's data lives, in the record's terms (JSON-able for the journal)."""
-
-    backend: str
-    format: str
-    path: str | None = None  # file path, or /dev/VG/LV
-    volume_group: str | None = None
-    volume: str | None = None
-    pool: str | None = None
-    image: str | None = None
-    ceph_conf: str | None = None
-    user: str | None = None
-
-    @property
-    def kind(self) -> Backend:
-        return Backend(self.backend)
-
-    @property
-    def is_file(self) -> bool:
-        return self.kind in FILE_BACKENDS
-
-    def describe(self) -> str:
-        if self.kind is Backend.RBD:
-            return f"rbd:{self.pool}/{self.image}"
-        if self.kind is Backend.LVM:
-            return f"{self.path}"
-        return f"{self.path}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Location:
-        return cls(**data)
-
-    @classmethod
-    def of_disk(cls, disk: DiskLayout) -> Location:
-        return cls(
-            backend=disk.backend.value,
-            format=disk.format or "raw",
-            path=disk.path,
-            volume_group=disk.volume_group,
-            volume=disk.volume,
-            pool=disk.pool,
-            image=disk.image,
-            ceph_conf=disk.ceph_conf,
-            user=disk.rbd_user,
-        )
 
 
 @dataclass
@@ -116,26 +62,26 @@ class DiskMove:
     def copy_dest(self) -> Location:
         """Where the copy writes: the temporary file for file targets."""
         if self.temp_path:
-            return Location(self.dest.backend, self.dest.format, path=self.temp_path)
+            return replace(self.dest, path=self.temp_path)  # type: ignore[type-var]
         return self.dest
 
     @property
     def retained(self) -> Location:
         """Where the source lives once the switch is done."""
         if self.retained_path:
-            return Location(self.source.backend, self.source.format, path=self.retained_path)
+            return replace(self.source, path=self.retained_path)  # type: ignore[type-var]
         return self.source
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["source"], data["dest"] = self.source.to_dict(), self.dest.to_dict()
+        data["source"], data["dest"] = self.source.to_record(), self.dest.to_record()
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiskMove:
         data = dict(data)
-        data["source"] = Location.from_dict(data["source"])
-        data["dest"] = Location.from_dict(data["dest"])
+        data["source"] = Location.from_record(data["source"])
+        data["dest"] = Location.from_record(data["dest"])
         return cls(**data)
 
 
@@ -214,10 +160,7 @@ def make_plan(record: Record, options: Options, nova: NovaConfig, *, uri: str) -
 
     Pure: runs nothing. Sizes needed on the target are filled in by preflight.
     """
-    try:
-        to = Backend(options.to)
-    except ValueError:
-        to = Backend.UNKNOWN
+    to = options.to
     if to not in TARGETS:
         raise errors.UsageError(reason=f"--to must be one of {', '.join(TARGETS)}")
     roles = {Role(r) for r in options.roles}
@@ -240,12 +183,12 @@ def make_plan(record: Record, options: Options, nova: NovaConfig, *, uri: str) -
     return plan
 
 
-def _skip_reason(disk: DiskLayout, to: Backend, roles: set[Role]) -> str | None:
+def _skip_reason(disk: DiskLayout, to: str, roles: set[Role]) -> str | None:
     if disk.role not in roles:
         return f"{disk.role} disks not selected (--disks)"
     if disk.backend not in SOURCES:
         return f"a {disk.backend} disk is never moved"
-    if disk.backend is to:
+    if disk.backend == to:
         return f"already {to}"
     if disk.virtual_size is None:
         return "no recorded virtual size"
@@ -253,32 +196,20 @@ def _skip_reason(disk: DiskLayout, to: Backend, roles: set[Role]) -> str | None:
 
 
 def _move(
-    uuid: str, disk: DiskLayout, to: Backend, options: Options, nova: NovaConfig, inst_dir: str
+    uuid: str, disk: DiskLayout, to: str, options: Options, nova: NovaConfig, inst_dir: str
 ) -> DiskMove:
-    fmt = FORMAT_OF[to]
-    temp = None
-    if to in (Backend.FLAT, Backend.QCOW2):
-        final = os.path.join(inst_dir, disk.name)
-        dest = Location(to.value, fmt, path=final)
-        temp = final + TEMP_SUFFIX
-    elif to is Backend.LVM:
-        vg = options.volume_group or nova.images_volume_group
-        if not vg:
-            raise errors.UsageError(
-                reason="--to lvm needs --volume-group (nova.conf has no images_volume_group)"
-            )
-        lv = naming.lv_name(uuid, disk.name)
-        dest = Location(to.value, fmt, path=f"/dev/{vg}/{lv}", volume_group=vg, volume=lv)
-    else:
-        pool = options.pool or nova.images_rbd_pool
-        conf = options.ceph_conf or nova.images_rbd_ceph_conf
-        user = options.rbd_user or nova.rbd_user
-        image = naming.rbd_image_name(uuid, disk.name)
-        dest = Location(to.value, fmt, pool=pool, image=image, ceph_conf=conf, user=user)
+    where = nova_settings(
+        nova,
+        inst_dir,
+        volume_group=options.volume_group,
+        pool=options.pool,
+        ceph_conf=options.ceph_conf,
+        rbd_user=options.rbd_user,
+    )
+    target = registry.backend_class(to)
+    dest = target.target(to, uuid, disk.name, where)
     source = Location.of_disk(disk)
-    retained = None
-    if source.is_file and source.path:
-        retained = f"{source.path}{RETAINED_SUFFIX}{source.backend}"
+    temp, kept = target.staging(dest, source)
     return DiskMove(
         name=disk.name,
         role=disk.role.value,
@@ -286,8 +217,8 @@ def _move(
         virtual_size=int(disk.virtual_size or 0),
         source=source,
         dest=dest,
-        temp_path=temp,
-        retained_path=retained if (temp and source.is_file) else None,
+        temp_path=temp.path if temp else None,  # type: ignore[attr-defined]
+        retained_path=kept.path if kept else None,  # type: ignore[attr-defined]
     )
 
 

@@ -13,20 +13,17 @@ a location one of its disks uses now. Example item::
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import replace
 
 from storagectl import errors
+from storagectl.backends import Storage, registry
 from storagectl.layouts import naming
 from storagectl.layouts import record as rec
-from storagectl.layouts.model import Backend
 from storagectl.migrate import roundtrip
-from storagectl.migrate.plan import RETAINED_SUFFIX, Location
-from storagectl.migrate.targets import Storage
+from storagectl.model.location import Location
 from storagectl.process import Runner
 
 LOG = logging.getLogger(__name__)
-_KEYS = ("path", "volume_group", "volume", "pool", "image", "ceph_conf", "user")
 
 
 class RetainedInvalid(errors.StorageCtlError):
@@ -85,35 +82,13 @@ def retained_location(item: dict, uuid: str, instance_dir: str) -> Location:
     image ``<uuid>_<disk>`` or ``<uuid>_<disk>.retained-<backend>-<n>``."""
     shown = str({k: item.get(k) for k in ("disk", "path", "volume", "image") if k in item})
     try:
-        backend = Backend(str(item.get("backend")))
-        loc = Location(
-            backend=backend.value,
-            format=str(item.get("format") or "raw"),
-            **{k: str(item[k]) for k in _KEYS if item.get(k) is not None},
-        )
+        loc = Location.from_record(item)
     except (ValueError, TypeError) as exc:
         raise RetainedInvalid(item=shown, uuid=uuid, reason=str(exc)) from exc
     disk = str(item.get("disk") or "")
     if not naming.is_nova_disk_name(disk):
         raise RetainedInvalid(item=shown, uuid=uuid, reason=f"{disk!r} is not a Nova disk")
-    if loc.kind is Backend.LVM:
-        base = naming.lv_name(uuid, disk)
-        ok = loc.volume == base or roundtrip.is_aside_of(loc.volume or "", base, "lvm")
-        ok = ok and naming.parse_lv_name(loc.volume or "") is not None
-        loc.path = f"/dev/{loc.volume_group}/{loc.volume}"
-    elif loc.kind is Backend.RBD:
-        base = naming.rbd_image_name(uuid, disk)
-        ok = loc.image == base or roundtrip.is_aside_of(loc.image or "", base, "rbd")
-    elif loc.is_file:
-        path = loc.path or ""
-        name = os.path.basename(path)
-        ok = os.path.dirname(path) == os.path.normpath(instance_dir) and (
-            name in (disk, f"{disk}{RETAINED_SUFFIX}{loc.backend}")
-            or roundtrip.is_aside_of(name, disk, loc.backend)
-        )
-    else:
-        ok = False
-    if not ok:
+    if not registry.backend_class(loc.backend).owns_retained(loc, uuid, disk, instance_dir):
         raise RetainedInvalid(item=shown, uuid=uuid, reason="not a disk of this instance")
     return loc
 

@@ -25,59 +25,46 @@ removed the kept copy and migrated back onto its name): migrate drops it from th
 from __future__ import annotations
 
 import logging
-import os
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
-from storagectl.layouts import naming
-from storagectl.layouts.model import Backend, DiskLayout
+from storagectl.backends import registry
+from storagectl.layouts.model import DiskLayout
+from storagectl.layouts.naming import aside_name, is_aside_of  # noqa: F401 - their old home
+from storagectl.model.location import Location
 
 LOG = logging.getLogger(__name__)
 
 #: Keys of a retained item that say where it is.
 LOCATION_KEYS = ("path", "volume_group", "volume", "pool", "image")
-_ASIDE_RE = re.compile(r"^(?P<base>.+)\.retained-(?P<backend>[a-z0-9]+)-(?P<n>[1-9][0-9]{0,5})$")
 
 
 # -- where an item or a disk is ----------------------------------------------------------
 
 
 def entry_key(entry: dict) -> str | None:
-    """A comparable name of where a retained item is (as ``Location.describe``)::
+    """A comparable name of where a retained item is (``Location.key``)::
 
     rbd:vms/U_disk      /dev/nova/U_disk      /var/lib/nova/instances/U/disk
 
     None when the item says no place (it is then never matched with anything).
     """
-    if not isinstance(entry, dict):
+    try:
+        return Location.from_record(entry).key()
+    except ValueError:
         return None
-    backend = str(entry.get("backend") or "")
-    if backend == Backend.RBD.value:
-        if entry.get("pool") and entry.get("image"):
-            return f"rbd:{entry['pool']}/{entry['image']}"
-        return None
-    if backend == Backend.LVM.value and entry.get("volume_group") and entry.get("volume"):
-        return f"/dev/{entry['volume_group']}/{entry['volume']}"
-    path = entry.get("path")
-    return os.path.normpath(str(path)) if path else None
 
 
 def disk_key(disk: DiskLayout) -> str | None:
-    """The same name for a disk of the record."""
-    if disk.backend is Backend.RBD:
-        return f"rbd:{disk.pool}/{disk.image}" if disk.pool and disk.image else None
-    if disk.backend is Backend.LVM and disk.volume_group and disk.volume:
-        return f"/dev/{disk.volume_group}/{disk.volume}"
-    return os.path.normpath(disk.path) if disk.path else None
+    """The same name for a disk of the record (None: a volume, or no place)."""
+    try:
+        return Location.of_disk(disk).key()
+    except ValueError:
+        return None
 
 
-def loc_key(loc) -> str:  # noqa: ANN001 - a plan.Location
-    if loc.kind is Backend.RBD:
-        return f"rbd:{loc.pool}/{loc.image}"
-    if loc.kind is Backend.LVM:
-        return f"/dev/{loc.volume_group}/{loc.volume}"
-    return os.path.normpath(loc.path or "")
+def loc_key(loc: Location) -> str:
+    return loc.key()
 
 
 def live_retained(disks: Iterable[DiskLayout], entries: Iterable[dict]) -> list[tuple[dict, str]]:
@@ -123,31 +110,9 @@ def live_message(uuid: str, key: str, disk: str) -> str:
 # -- names for displaced copies -----------------------------------------------------------
 
 
-def aside_name(base: str, backend: str, n: int) -> str:
-    """``disk.retained-qcow2-1``, ``U_disk.retained-rbd-1``: a displaced copy's name."""
-    return f"{base}.retained-{backend}-{n}"
-
-
-def is_aside_of(name: str, base: str, backend: str) -> bool:
-    """Whether ``name`` is an :func:`aside_name` of ``base`` (any number)."""
-    m = _ASIDE_RE.match(name)
-    return bool(m and m.group("base") == base and m.group("backend") == backend)
-
-
-def _aside(entry: dict, at, uuid: str, n: int):  # noqa: ANN001, ANN202 - Location in and out
-    from storagectl.migrate.plan import Location
-
+def _aside(entry: dict, at: Location, uuid: str, n: int) -> Location:
     disk = str(entry.get("disk") or "")
-    if at.kind is Backend.RBD:
-        image = aside_name(naming.rbd_image_name(uuid, disk), at.backend, n)
-        return replace(at, image=image, path=None)
-    if at.kind is Backend.LVM:
-        lv = aside_name(naming.lv_name(uuid, disk), at.backend, n)
-        return replace(at, volume=lv, path=f"/dev/{at.volume_group}/{lv}")
-    directory = os.path.dirname(at.path or "")
-    return Location(
-        at.backend, at.format, path=os.path.join(directory, aside_name(disk, at.backend, n))
-    )
+    return registry.backend_class(at.backend).aside(at, uuid, disk, n)
 
 
 # -- the plan -----------------------------------------------------------------------------
@@ -160,7 +125,7 @@ def must_be_free(m) -> list:  # noqa: ANN001 - a DiskMove -> [(Location, what)]
         free.append((m.copy_dest, "the temporary copy"))
         if m.retained_path:
             free.append((m.retained, "the name its source will be kept under"))
-        if not (m.source.is_file and m.source.path == m.dest.path):
+        if m.source.key() != m.dest.key():
             free.append((m.dest, "the target"))
     else:
         free.append((m.dest, "the target"))
@@ -204,32 +169,28 @@ def plan_displaced(plan, record, storage) -> None:  # noqa: ANN001
                         break
                     n += 1
                 taken.add(loc_key(to))
-                m.displaced.append({"entry": dict(entry), "at": at.to_dict(), "to": to.to_dict()})
+                m.displaced.append(
+                    {"entry": dict(entry), "at": at.to_record(), "to": to.to_record()}
+                )
                 break
 
 
 def _pairs(plan):  # noqa: ANN001, ANN202
-    from storagectl.migrate.plan import Location
-
     for m in plan.moves:
         for d in getattr(m, "displaced", None) or ():
-            yield m, d, Location.from_dict(d["at"]), Location.from_dict(d["to"])
+            yield m, d, Location.from_record(d["at"]), Location.from_record(d["to"])
 
 
 def displaced_keys(m) -> set[str]:  # noqa: ANN001 - a DiskMove
     """Names a move frees by displacing a retained copy (preflight does not refuse them)."""
-    from storagectl.migrate.plan import Location
-
-    return {loc_key(Location.from_dict(d["at"])) for d in getattr(m, "displaced", None) or ()}
+    return {loc_key(Location.from_record(d["at"])) for d in getattr(m, "displaced", None) or ()}
 
 
 def describe_lines(m, delete: bool) -> list[str]:  # noqa: ANN001
     """Plan lines for a move's displaced copies."""
-    from storagectl.migrate.plan import Location
-
     lines = []
     for d in getattr(m, "displaced", None) or ():
-        at, to = Location.from_dict(d["at"]), Location.from_dict(d["to"])
+        at, to = Location.from_record(d["at"]), Location.from_record(d["to"])
         fate = (
             f"renamed to {to.describe()} and deleted at cleanup (--delete-retained)"
             if delete
@@ -287,10 +248,8 @@ def holds_retained(m, storage) -> bool:  # noqa: ANN001
     """Whether ``m``'s copy target still is a retained copy not yet moved aside (then it
     is not this migration's to remove)."""
     target = loc_key(m.copy_dest)
-    from storagectl.migrate.plan import Location
-
     for d in getattr(m, "displaced", None) or ():
-        at, to = Location.from_dict(d["at"]), Location.from_dict(d["to"])
+        at, to = Location.from_record(d["at"]), Location.from_record(d["to"])
         if loc_key(at) == target and not was_moved(d, at, to, storage):
             return True
     return False
@@ -334,8 +293,6 @@ def retained_after(
             continue
         to = hit[1]
         new = {k: v for k, v in e.items() if k not in LOCATION_KEYS}
-        new |= {k: v for k, v in to.to_dict().items() if k in LOCATION_KEYS}
-        if to.kind is Backend.RBD:
-            new.pop("path", None)
+        new |= {k: v for k, v in to.to_record().items() if k in LOCATION_KEYS}
         out.append(new)
     return out

@@ -29,12 +29,13 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from storagectl import errors, fsutil
+from storagectl.backends import Storage, registry
 from storagectl.fsutil import atomic_write
 from storagectl.layouts import record as rec
-from storagectl.layouts.model import Backend, DiskLayout, Role
+from storagectl.layouts.model import DiskLayout, Role
 from storagectl.migrate import roundtrip
-from storagectl.migrate.plan import DiskMove, Location, Plan
-from storagectl.migrate.targets import Storage
+from storagectl.migrate.plan import DiskMove, Plan
+from storagectl.model.location import Location
 
 LOG = logging.getLogger(__name__)
 
@@ -55,23 +56,6 @@ def disk_span(xml: str, target_dev: str) -> tuple[int, int]:
         if target is not None and target.get("dev") == target_dev:
             return match.start(), match.end()
     raise SwitchError(instance="domain", reason=f"no <disk> with target {target_dev}")
-
-
-def rbd_auth(xml: str) -> tuple[str | None, str | None, list[tuple[str, str | None]]]:
-    """``(username, secret uuid, hosts)`` of the first rbd disk of the domain, if any."""
-    for match in _DISK_RE.finditer(xml):
-        el = ET.fromstring(match.group(0))
-        src = el.find("source")
-        if el.get("type") == "network" and src is not None and src.get("protocol") == "rbd":
-            auth = el.find("auth")
-            secret = auth.find("secret") if auth is not None else None
-            hosts = [(h.get("name", ""), h.get("port")) for h in src.findall("host")]
-            return (
-                auth.get("username") if auth is not None else None,
-                secret.get("uuid") if secret is not None else None,
-                hosts,
-            )
-    return None, None, []
 
 
 def rewrite_disk(
@@ -108,68 +92,27 @@ def domain_xml(
     where: dict[str, Location],
     storage: Storage,
     *,
-    rbd: tuple[str | None, str | None, list] | None = None,
+    contexts: dict | None = None,
 ) -> str:
     """``original`` with each disk named in ``where`` pointing at that location.
 
-    ``rbd`` is ``(username, secret uuid, monitors)`` for rbd disks (:func:`rbd_access`);
-    without it the credentials are resolved the same way and the monitors are those of
-    an rbd disk of ``original`` (none: libvirt then uses the ceph conf's).
+    ``contexts``: what each backend needs for its ``<disk>`` (RBD: user, secret and
+    monitors), from :meth:`Storage.domain_contexts`; without it they are resolved from
+    ``original`` alone (RBD: the monitors of an rbd disk it has, if any).
     """
     xml = original
-    if rbd is None:
-        user, secret = rbd_credentials(original, plan)
-        hosts = rbd_auth(original)[2]
-    else:
-        user, secret, hosts = rbd
+    if contexts is None:
+        contexts = storage.domain_contexts(original, plan, resolve=False)
     for move in plan.moves:
         loc = where.get(move.name)
         if loc is None or move.target_dev is None:
             continue
         start, end = disk_span(xml, move.target_dev)
-        disk_type, source = storage.disk_source(loc, hosts=hosts)
-        auth = None
-        if loc.kind is Backend.RBD and secret:
-            auth = (user or loc.user or "admin", secret)
+        backend = storage.of(loc)
+        disk_type, source, auth = backend.disk_xml(loc, contexts.get(type(backend)))
         new = rewrite_disk(xml[start:end], disk_type, loc.format, source, auth)
         xml = xml[:start] + new + xml[end:]
     return xml
-
-
-def rbd_credentials(original: str, plan: Plan) -> tuple[str | None, str | None]:
-    """``(username, secret uuid)`` for the ``<auth>`` of new rbd disks, first found of:
-
-    1. ``--secret-uuid`` (with nova.conf's ``rbd_user``, the user the copy ran as);
-    2. the ``<auth>`` of an rbd disk the domain already has (its user and secret);
-    3. nova.conf ``[libvirt] rbd_secret_uuid`` with ``rbd_user``, as Nova writes it.
-
-    ``(None, None)``: no secret anywhere, the disk gets no ``<auth>`` (a cluster
-    without cephx).
-    """
-    dest = next((m.dest for m in plan.moves if m.dest.kind is Backend.RBD), None)
-    conf_user = dest.user if dest is not None else None
-    user, secret, _hosts = rbd_auth(original)
-    if plan.options.secret_uuid:
-        return conf_user or user, plan.options.secret_uuid
-    if secret:
-        return user or conf_user, secret
-    if plan.nova_secret_uuid:
-        return conf_user, plan.nova_secret_uuid
-    return user or conf_user, None
-
-
-def rbd_access(
-    original: str, plan: Plan, storage: Storage
-) -> tuple[str | None, str | None, list[tuple[str, str | None]]]:
-    """User, secret (:func:`rbd_credentials`) and monitors for new rbd disks: the monitors
-    of an rbd disk the domain already has, else those of ``ceph mon dump`` (as Nova
-    does)."""
-    user, secret = rbd_credentials(original, plan)
-    hosts = rbd_auth(original)[2]
-    dest = next((m.dest for m in plan.moves if m.dest.kind is Backend.RBD), None)
-    if dest is not None and not hosts:
-        hosts = storage.mon_hosts(dest)
-    return user, secret, hosts
 
 
 class Domains:
@@ -237,12 +180,12 @@ def forward(plan: Plan, original_xml: str, domains: Domains, storage: Storage) -
     if domains.is_active(plan.uuid):
         raise SwitchError(instance=plan.uuid, reason="the domain is running; shut it off")
     where = {m.name: m.dest for m in plan.moves}
-    rbd = rbd_access(original_xml, plan, storage)
+    contexts = storage.domain_contexts(original_xml, plan, resolve=True)
     staged = {
         m.name: m.copy_dest for m in plan.moves if m.temp_path and os.path.lexists(m.temp_path)
     }
     if staged:
-        domains.define(domain_xml(original_xml, plan, where | staged, storage, rbd=rbd))
+        domains.define(domain_xml(original_xml, plan, where | staged, storage, contexts=contexts))
     for m in plan.moves:
         if m.name not in staged:
             continue
@@ -258,12 +201,12 @@ def forward(plan: Plan, original_xml: str, domains: Domains, storage: Storage) -
             os.rename(final, m.retained_path)
         if not os.path.lexists(final):
             os.link(temp, final)
-        _fsync_dir(os.path.dirname(final))
-    domains.define(domain_xml(original_xml, plan, where, storage, rbd=rbd))
+        fsutil.fsync_dir(os.path.dirname(final))
+    domains.define(domain_xml(original_xml, plan, where, storage, contexts=contexts))
     for m in plan.moves:
         if m.name in staged:
             os.unlink(m.temp_path or "")
-            _fsync_dir(os.path.dirname(m.temp_path or "/"))
+            fsutil.fsync_dir(os.path.dirname(m.temp_path or "/"))
 
 
 def undo(plan: Plan, original_xml: str, domains: Domains, storage: Storage) -> None:
@@ -297,16 +240,16 @@ def undo(plan: Plan, original_xml: str, domains: Domains, storage: Storage) -> N
                     os.unlink(back)
                 os.link(kept, back)
                 os.replace(back, final)
-        elif not m.source.is_file and os.path.lexists(final):
-            os.unlink(final)  # a block source: S was only ever our copy
+        elif m.retained_path is None and os.path.lexists(final):
+            os.unlink(final)  # the source is no file here: S was only ever our copy
         if os.path.lexists(m.temp_path):
             os.unlink(m.temp_path)
-        _fsync_dir(os.path.dirname(final))
+        fsutil.fsync_dir(os.path.dirname(final))
     domains.define(original_xml)
     for m in plan.moves:
         if m.temp_path and m.retained_path and os.path.lexists(m.retained_path):
             os.unlink(m.retained_path)
-            _fsync_dir(os.path.dirname(m.retained_path))
+            fsutil.fsync_dir(os.path.dirname(m.retained_path))
 
 
 # -- the record and disk.info ------------------------------------------------------------
@@ -349,29 +292,21 @@ def migrated_record(
 def retained_entry(move: DiskMove, now: str) -> dict:
     """A ``retained_sources`` item: where the old copy of a disk still is."""
     loc = move.retained
-    entry = {"disk": move.name, "backend": loc.backend, "format": loc.format}
-    entry |= {k: v for k, v in loc.to_dict().items() if k not in ("backend", "format")}
+    entry = {"disk": move.name} | loc.to_record()
     entry |= {"retained_at": now, "migrated_to": move.dest.backend}
     return entry
 
 
 def _moved_disk(disk: DiskLayout, dest: Location) -> DiskLayout:
-    kind = dest.kind
     return DiskLayout(
         name=disk.name,
         role=Role(disk.role),
         target=disk.target,
-        backend=kind,
+        backend=dest.kind,
         format=dest.format,
-        path=dest.path if kind is not Backend.RBD else None,
-        volume_group=dest.volume_group,
-        volume=dest.volume,
-        pool=dest.pool,
-        image=dest.image,
         virtual_size=disk.virtual_size,
         device=disk.device,
-        ceph_conf=dest.ceph_conf if kind is Backend.RBD else None,
-        rbd_user=dest.user if kind is Backend.RBD else None,
+        **dest.disk_fields(),
     )
 
 
@@ -410,9 +345,7 @@ def write_disk_info(instance_dir: str, text: str | None) -> None:
 
 
 def _info_keys(loc: Location) -> list[str]:
-    if loc.kind is Backend.RBD:
-        return [f"rbd:{loc.pool}/{loc.image}", f"{loc.pool}/{loc.image}"]
-    return [loc.path or ""]
+    return registry.backend_class(loc.backend).disk_info_keys(loc)
 
 
 def _keep_owner(source: str, copy: str) -> None:
@@ -422,11 +355,3 @@ def _keep_owner(source: str, copy: str) -> None:
     st = os.stat(source)
     os.chown(copy, st.st_uid, st.st_gid)
     os.chmod(copy, st.st_mode & 0o7777)
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory or "/", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -28,14 +28,11 @@ job.
 
 from __future__ import annotations
 
-import json
 import logging
 
-from storagectl import errors, fsutil
-from storagectl.layouts.model import Backend
-from storagectl.layouts.verify import copy_source
+from storagectl import errors
+from storagectl.backends import Storage
 from storagectl.migrate.plan import DiskMove
-from storagectl.migrate.targets import Storage
 from storagectl.process import Runner
 
 LOG = logging.getLogger(__name__)
@@ -48,49 +45,34 @@ class VerifyFailed(errors.StorageCtlError):
 
 def compare_argv(move: DiskMove, storage: Storage) -> list[str]:
     src_loc, dst_loc = move.source, move.copy_dest
-    if Backend.LVM in (src_loc.kind, dst_loc.kind) and not src_loc.is_file:
-        # lvm <-> rbd: no file header anywhere; --image-opts carries the size limit.
-        src = storage.qemu_spec(src_loc, size=move.virtual_size)
-        dst = storage.qemu_spec(dst_loc, size=move.virtual_size)
+    src_b, dst_b = storage.of(src_loc), storage.of(dst_loc)
+    size = move.virtual_size
+    if (src_b.ROUNDED_SIZE or dst_b.ROUNDED_SIZE) and not src_b.VETTED:
+        # e.g. lvm <-> rbd: no file header to vet; --image-opts carries the size limit.
+        src = storage.qemu_spec(src_loc, size=size)
+        dst = storage.qemu_spec(dst_loc, size=size)
         return ["qemu-img", "compare", "--image-opts", src.image_opts, dst.image_opts]
-    if Backend.LVM in (src_loc.kind, dst_loc.kind):
-        # A file and an LV: json: names on both sides, so the file's chain is the vetted
-        # one (copy_source) and the LV is still cut to the disk's size.
-        src = storage.qemu_spec(src_loc)
-        dst = storage.qemu_spec(dst_loc, size=move.virtual_size)
-        return [
-            "qemu-img",
-            "compare",
-            "-f",
-            src.format,
-            "-F",
-            dst.format,
-            copy_source(src.filename, src.format),
-            _sized_block_device(dst.filename, move.virtual_size)
-            if dst_loc.kind is Backend.LVM
-            else dst.filename,
-        ]
-    src, dst = storage.qemu_spec(src_loc), storage.qemu_spec(dst_loc)
     # The source's chain is vetted again and named explicitly, as for the copy: qemu-img
     # never follows a backing name from a header (storagectl.layouts.verify.copy_source).
-    source = copy_source(src.filename, src.format) if src_loc.is_file else src.filename
-    return ["qemu-img", "compare", "-f", src.format, "-F", dst.format, source, dst.filename]
-
-
-def _sized_block_device(path: str, size: int) -> str:
-    """An LV opened raw and cut to ``size`` (its extents round it up, the tail is not
-    zeroed), as a ``json:`` name qemu-img takes beside another ``json:`` name."""
-    spec = {"driver": "raw", "size": size, "file": {"driver": "host_device", "filename": path}}
-    return "json:" + json.dumps(spec, separators=(",", ":"))
+    # Beside a file, an LV is a json: name cut to the disk's size.
+    src, dst = storage.qemu_spec(src_loc), storage.qemu_spec(dst_loc)
+    dst_name = dst_b.sized_name(dst_loc, size) if dst_b.ROUNDED_SIZE else dst.filename
+    return [
+        "qemu-img",
+        "compare",
+        "-f",
+        src.format,
+        "-F",
+        dst.format,
+        storage.read_name(src_loc),
+        dst_name,
+    ]
 
 
 def verify_disk(move: DiskMove, storage: Storage, runner: Runner) -> None:
     """Raise :class:`VerifyFailed` unless the target holds exactly the source's data
     on the media (see the module docstring)."""
-    dst = move.copy_dest
-    if dst.kind is not Backend.RBD:
-        fsutil.fsync_path(dst.path or "")
-        fsutil.drop_cache(dst.path or "")
+    storage.of(move.copy_dest).before_compare(move.copy_dest)
     result = runner.run(*compare_argv(move, storage), ok_codes=(0, 1), timeout=COMPARE_TIMEOUT)
     if result.exit_code != 0:
         detail = (str(result.stdout) or str(result.stderr)).strip() or "exit status 1"

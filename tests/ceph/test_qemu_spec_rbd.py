@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from storagectl.migrate.plan import Location
-from storagectl.migrate.targets import Storage
+from storagectl.backends import Storage
+from storagectl.model.location import Location, location
 from storagectl.process import Runner
 from tests.env.ceph import CephCluster, free_port
 
@@ -33,7 +33,7 @@ def image(ceph_cluster: CephCluster, tmp_path: Path) -> Iterator[tuple[Location,
          ceph_cluster.qemu_uri(name)],
         check=True, capture_output=True,
     )  # fmt: skip
-    loc = Location(
+    loc = location(
         "rbd", "raw", pool=ceph_cluster.pool, image=name, user=ceph_cluster.user,
         ceph_conf=str(ceph_cluster.conf),
     )  # fmt: skip
@@ -76,7 +76,7 @@ def test_image_opts_give_up_on_an_unreachable_cluster(
             f"127.0.0.1:{ceph_cluster.port}", f"127.0.0.1:{free_port()}"
         )
     )
-    dead_loc = Location(
+    dead_loc = location(
         "rbd", "raw", pool=loc.pool, image=loc.image, user=loc.user, ceph_conf=str(dead)
     )
     spec = Storage(Runner(), ceph_timeout=3).qemu_spec(dead_loc)

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from storagectl.backends import Storage
 from storagectl.layouts.inspector import chain
 from storagectl.layouts.verify import copy_source
 from storagectl.migrate.copy import convert_argv
-from storagectl.migrate.plan import DiskMove, Location
-from storagectl.migrate.targets import Storage
+from storagectl.migrate.plan import DiskMove
+from storagectl.model.location import location
 from storagectl.process import Runner
 from tests.functional.conftest import qemu_img
 
@@ -243,8 +244,8 @@ def move_to_flat(disk: Path) -> DiskMove:
         role="root",
         target_dev="vda",
         virtual_size=4 * MiB,
-        source=Location("qcow2", "qcow2", path=str(disk)),
-        dest=Location("flat", "raw", path=str(disk)),
+        source=location("qcow2", "qcow2", path=str(disk)),
+        dest=location("flat", "raw", path=str(disk)),
         temp_path=str(disk) + ".migrating",
     )
 
@@ -398,8 +399,8 @@ def test_verify_into_an_lv_compares_through_the_vetted_chain(mini_node, tmp_path
             role="root",
             target_dev="vda",
             virtual_size=4 * MiB,
-            source=Location("qcow2", "qcow2", path=str(disk)),
-            dest=Location("lvm", "raw", path=dev, volume_group="vg", volume="v"),
+            source=location("qcow2", "qcow2", path=str(disk)),
+            dest=location("lvm", "raw", path=dev, volume_group="vg", volume="v"),
         )
         subprocess.run(convert_argv(move, Storage(Runner()), bwlimit=None), check=True)
         argv = compare_argv(move, Storage(Runner()))
@@ -426,7 +427,7 @@ def test_preflight_measure_never_opens_an_unvetted_chain(mini_node, tmp_path):
     and a cache changed since persist is refused before qemu-img runs."""
     disk, mid, _leaf = persisted_nested(mini_node)
     storage = Storage(Runner())
-    loc = Location("qcow2", "qcow2", path=str(disk))
+    loc = location("qcow2", "qcow2", path=str(disk))
     assert storage.data_bytes(loc) >= 2 * MiB  # 1 MiB in mid + 1 MiB in leaf
     name = f'json:{{"driver":"file","filename":"{host_file(tmp_path)}"}}'
     qemu_img("rebase", "-q", "-u", "-f", "qcow2", "-b", name, "-F", "raw", str(mid))

@@ -21,12 +21,13 @@ from pathlib import Path
 import pytest
 
 from storagectl import fsutil
+from storagectl.backends import Storage
 from storagectl.layouts.model import Backend
-from storagectl.migrate.copy import cache_mode, convert_argv
+from storagectl.migrate.copy import convert_argv
 from storagectl.migrate.engine import Engine, Settings
 from storagectl.migrate.journal import Journal
-from storagectl.migrate.plan import DiskMove, Location, Options, Plan
-from storagectl.migrate.targets import Storage
+from storagectl.migrate.plan import DiskMove, Options, Plan
+from storagectl.model.location import Location, location
 from storagectl.process import Runner
 
 UUID = "5e1b0c1e-4b9a-4f7e-8d52-19d0c0a0b019"
@@ -131,7 +132,7 @@ def run_copy_and_verify(
 ) -> TracedRunner:
     """The engine's step loop from "create done" through verify (switch and cleanup are
     another test's business), with the real copy and verify."""
-    move = DiskMove("disk", "root", "vda", SIZE, Location("qcow2", "qcow2", path=str(source)), dest)
+    move = DiskMove("disk", "root", "vda", SIZE, location("qcow2", "qcow2", path=str(source)), dest)
     move.temp_path = temp
     plan = Plan(UUID, "instance-19", "qemu:///system", str(source.parent), Options(to=dest.backend))
     plan.moves = [move]
@@ -187,7 +188,7 @@ def test_a_file_copy_is_written_o_direct_and_flushed_before_the_journal_says_cop
     tmp_path: Path, source: Path, events: list[tuple]
 ) -> None:
     temp = str(source.parent / "disk.migrating")
-    dest = Location("flat", "raw", path=str(source.parent / "disk"))
+    dest = location("flat", "raw", path=str(source.parent / "disk"))
     runner = run_copy_and_verify(tmp_path, source, dest, temp=temp, events=events)
     argv, log = runner.traces[0]
     assert argv[:5] == ("qemu-img", "convert", "-p", "-t", "none")
@@ -202,7 +203,7 @@ def test_a_file_copy_is_written_o_direct_and_flushed_before_the_journal_says_cop
 def test_an_lv_copy_is_written_o_direct_and_flushed_before_the_journal_says_copied(
     tmp_path: Path, source: Path, loop_device: str, events: list[tuple]
 ) -> None:
-    dest = Location("lvm", "raw", path=loop_device, volume_group="vg", volume=f"{UUID}_disk")
+    dest = location("lvm", "raw", path=loop_device, volume_group="vg", volume=f"{UUID}_disk")
     runner = run_copy_and_verify(tmp_path, source, dest, temp=None, events=events)
     argv, log = runner.traces[0]
     assert argv[:5] == ("qemu-img", "convert", "-p", "-t", "none")
@@ -254,11 +255,11 @@ def test_a_file_system_without_o_direct_gets_writeback_and_still_a_flush(
         sh("qemu-img", "create", "-q", "-f", "raw", str(target), str(SIZE))
         expected = "none" if fsutil.direct_io_supported(target) else "writeback"
         assert _o_direct_refused(target) == (expected == "writeback")
-        dest = Location("flat", "raw", path=str(target))
+        dest = location("flat", "raw", path=str(target))
         move = DiskMove(
-            "disk", "root", "vda", SIZE, Location("qcow2", "qcow2", path=str(source)), dest
+            "disk", "root", "vda", SIZE, location("qcow2", "qcow2", path=str(source)), dest
         )
-        assert cache_mode(dest) == expected
+        assert Storage(Runner()).of(dest).cache_mode(dest) == expected
         argv = convert_argv(move, Storage(Runner()), bwlimit=None)
         assert argv[3:5] == ["-t", expected]
         log = tmp_path / "shm.log"

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from storagectl.backends import Storage
 from storagectl.migrate.copy import convert_argv
-from storagectl.migrate.plan import DiskMove, Location
-from storagectl.migrate.targets import Storage
+from storagectl.migrate.plan import DiskMove
 from storagectl.migrate.verify import compare_argv
+from storagectl.model.location import location
 from storagectl.process import Runner
 
 
 def ploop_move(inst: Path) -> DiskMove:
-    source = Location("ploop", "ploop", path=str(inst / "disk"))
-    dest = Location("flat", "raw", path=str(inst / "disk"))
+    source = location("ploop", "ploop", path=str(inst / "disk"))
+    dest = location("flat", "raw", path=str(inst / "disk"))
     return DiskMove(
         "disk",
         "root",
@@ -29,7 +30,7 @@ def ploop_move(inst: Path) -> DiskMove:
 def test_a_ploop_directory_is_read_through_its_root_hds(tmp_path: Path) -> None:
     (tmp_path / "disk").mkdir()  # Nova's layout: disk/root.hds + disk/DiskDescriptor.xml
     storage = Storage(Runner())
-    spec = storage.qemu_spec(Location("ploop", "ploop", path=str(tmp_path / "disk")))
+    spec = storage.qemu_spec(location("ploop", "ploop", path=str(tmp_path / "disk")))
     hds = str(tmp_path / "disk" / "root.hds")
     assert (spec.format, spec.filename) == ("parallels", hds)
     assert spec.image_opts == f"driver=parallels,file.driver=file,file.filename={hds}"
@@ -64,6 +65,6 @@ def test_a_ploop_directory_is_read_through_its_root_hds(tmp_path: Path) -> None:
 def test_a_ploop_image_file_is_read_as_it_is(tmp_path: Path) -> None:
     # a <source file> naming the image itself (or a retained copy already renamed)
     spec = Storage(Runner()).qemu_spec(
-        Location("ploop", "parallels", path=str(tmp_path / "root.hds"))
+        location("ploop", "parallels", path=str(tmp_path / "root.hds"))
     )
     assert (spec.format, spec.filename) == ("parallels", str(tmp_path / "root.hds"))

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from storagectl.backends import Storage, rbd
 from storagectl.config import load_nova_config
 from storagectl.layouts.model import Backend, DiskLayout, Role
 from storagectl.layouts.record import Record
 from storagectl.migrate import switch
-from storagectl.migrate.plan import DiskMove, Location, Options, Plan, make_plan
-from storagectl.migrate.targets import Storage
+from storagectl.migrate.plan import DiskMove, Options, Plan, make_plan
+from storagectl.model.location import Location, location
 from storagectl.process import Runner
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "libvirt"
@@ -38,11 +39,11 @@ def nova_conf(tmp_path: Path, extra: str = "") -> Path:
 
 
 def dest(image: str = f"{UUID}_disk") -> Location:
-    return Location("rbd", "raw", pool="vms", image=image, user="nova", ceph_conf="/c.conf")
+    return location("rbd", "raw", pool="vms", image=image, user="nova", ceph_conf="/c.conf")
 
 
 def rbd_plan(*, option: str | None = None, conf: str | None = None) -> Plan:
-    source = Location("qcow2", "qcow2", path=f"{INST}/disk")
+    source = location("qcow2", "qcow2", path=f"{INST}/disk")
     move = DiskMove("disk", "root", "vda", 1 << 30, source, dest())
     return Plan(
         UUID,
@@ -68,12 +69,12 @@ def xml_with_rbd_disk() -> str:
         p,
         {"disk": dest(f"{UUID}_other")},
         Storage(Runner()),
-        rbd=("cinder", DOMAIN, HOSTS),
+        contexts={rbd.RBDBackend: ("cinder", DOMAIN, HOSTS)},
     )
 
 
 def auth_of(xml: str) -> tuple[str | None, str | None]:
-    user, secret, _hosts = switch.rbd_auth(xml)
+    user, secret, _hosts = rbd.rbd_auth(xml)
     return user, secret
 
 
@@ -101,11 +102,15 @@ def test_nova_conf_rbd_secret_uuid_and_user_are_read(tmp_path: Path) -> None:
 def test_secret_precedence(option, xml, conf, want) -> None:  # noqa: ANN001
     p = rbd_plan(option=option, conf=conf)
     original = xml()
-    assert switch.rbd_credentials(original, p) == want
+    assert rbd.rbd_credentials(original, p) == want
     # the rewritten vda carries exactly that <auth>
     user, secret = want
     new = switch.domain_xml(
-        original, p, {"disk": p.moves[0].dest}, Storage(Runner()), rbd=(user, secret, HOSTS)
+        original,
+        p,
+        {"disk": p.moves[0].dest},
+        Storage(Runner()),
+        contexts={rbd.RBDBackend: (user, secret, HOSTS)},
     )
     el = new[slice(*switch.disk_span(new, "vda"))]
     assert f'name="vms/{UUID}_disk"' in el
@@ -122,10 +127,12 @@ def test_resolution_without_explicit_access_uses_the_same_precedence() -> None:
     assert auth_of(new) == ("nova", CONF)
 
 
-class _NoCeph:
-    """A Storage stand-in whose monitor lookup must not run when the domain has hosts."""
+class _NoCeph(rbd.RBDBackend):
+    """The RBD backend, its monitor lookup counted (it must not run when the domain has
+    hosts)."""
 
     def __init__(self) -> None:
+        super().__init__(Runner())
         self.asked = 0
 
     def mon_hosts(self, loc: Location) -> list[tuple[str, str | None]]:
@@ -135,9 +142,9 @@ class _NoCeph:
 
 def test_rbd_access_borrows_hosts_or_asks_ceph() -> None:
     storage = _NoCeph()
-    got = switch.rbd_access(xml_with_rbd_disk(), rbd_plan(conf=CONF), storage)  # type: ignore[arg-type]
+    got = storage.domain_context(xml_with_rbd_disk(), rbd_plan(conf=CONF), resolve=True)
     assert got == ("cinder", DOMAIN, HOSTS) and storage.asked == 0
-    got = switch.rbd_access(plain_xml(), rbd_plan(conf=CONF), storage)  # type: ignore[arg-type]
+    got = storage.domain_context(plain_xml(), rbd_plan(conf=CONF), resolve=True)
     assert got == ("nova", CONF, [("10.0.0.1", "3300")]) and storage.asked == 1
 
 

@@ -12,13 +12,15 @@ import pytest
 from oslo_concurrency import processutils
 
 from storagectl import errors, fsutil
+from storagectl.backends import Storage, rbd
+from storagectl.backends.rbd import parse_mon_hosts, rbd_auth
 from storagectl.layouts.model import Backend, Backing, DiskLayout, Role
 from storagectl.layouts.record import Record, parse_record
 from storagectl.migrate import switch
 from storagectl.migrate.copy import convert_argv, copy_all, parse_percent
-from storagectl.migrate.plan import DiskMove, Location, Options, Plan
-from storagectl.migrate.targets import Storage, parse_mon_hosts
+from storagectl.migrate.plan import DiskMove, Options, Plan
 from storagectl.migrate.verify import VerifyFailed, compare_argv, verify_disk
+from storagectl.model.location import Location, location
 from storagectl.process import Runner
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "libvirt"
@@ -39,7 +41,7 @@ def xml() -> str:
 
 
 def move(dest: Location, *, temp: bool = False, source: Location | None = None) -> DiskMove:
-    src = source or Location("qcow2", "qcow2", path=f"{INST}/disk")
+    src = source or location("qcow2", "qcow2", path=f"{INST}/disk")
     return DiskMove(
         "disk",
         "root",
@@ -65,7 +67,7 @@ def plan(*moves: DiskMove, **options) -> Plan:
 
 def test_only_the_disk_element_changes_byte_for_byte() -> None:
     original = xml()
-    p = plan(move(Location("flat", "raw", path=f"{INST}/disk"), temp=True))
+    p = plan(move(location("flat", "raw", path=f"{INST}/disk"), temp=True))
     storage = Storage(Runner())
     new = switch.domain_xml(original, p, {"disk": p.moves[0].dest}, storage)
     start, end = switch.disk_span(original, "vda")
@@ -82,23 +84,27 @@ def test_only_the_disk_element_changes_byte_for_byte() -> None:
 
 def test_rbd_and_block_disk_elements() -> None:
     original = xml()
-    dest = Location(
+    dest = location(
         "rbd", "raw", pool="vms", image=f"{UUID}_disk", user="nova", ceph_conf="/etc/ceph/ceph.conf"
     )
     p = plan(move(dest), secret_uuid="5b0f6c1e-1111-4c2d-8e3f-4a5b6c7d8e9f")
     hosts = parse_mon_hosts(MON_DUMP)
     assert hosts == [("127.0.0.1", "36349")]
     new = switch.domain_xml(
-        original, p, {"disk": dest}, Storage(Runner()), rbd=(None, p.options.secret_uuid, hosts)
+        original,
+        p,
+        {"disk": dest},
+        Storage(Runner()),
+        contexts={rbd.RBDBackend: (None, p.options.secret_uuid, hosts)},
     )
     el = new[slice(*switch.disk_span(new, "vda"))]
     assert el.startswith('<disk type="network"')
     assert f'<source protocol="rbd" name="vms/{UUID}_disk">' in el
     assert '<host name="127.0.0.1" port="36349" />' in el
     assert '<auth username="nova"><secret type="ceph" uuid="5b0f6c1e' in el
-    user, secret, got_hosts = switch.rbd_auth(new)
+    user, secret, got_hosts = rbd_auth(new)
     assert (user, secret, got_hosts) == ("nova", p.options.secret_uuid, hosts)
-    lv = Location(
+    lv = location(
         "lvm", "raw", path=f"/dev/vg/{UUID}_disk", volume_group="vg", volume=f"{UUID}_disk"
     )
     back = switch.domain_xml(new, plan(move(lv)), {"disk": lv}, Storage(Runner()))
@@ -130,7 +136,7 @@ def test_record_after_the_switch_keeps_the_source_as_retained() -> None:
         ("domain-xml",),
         (disk,),
     )
-    m = move(Location("flat", "raw", path=f"{INST}/disk"), temp=True)
+    m = move(location("flat", "raw", path=f"{INST}/disk"), temp=True)
     new = switch.migrated_record(original, plan(m), now="2026-11-24T01:00:00Z")
     parse_record(new.to_yaml(), path="s", expect_uuid=UUID)  # valid by the schema
     d = new.disks[0]
@@ -158,12 +164,12 @@ def test_record_after_the_switch_keeps_the_source_as_retained() -> None:
 
 def test_disk_info_follows_the_disks() -> None:
     info = json.dumps({f"{INST}/disk": "qcow2", f"{INST}/disk.local": "raw"})
-    flat = move(Location("flat", "raw", path=f"{INST}/disk"), temp=True)
+    flat = move(location("flat", "raw", path=f"{INST}/disk"), temp=True)
     assert json.loads(switch.disk_info_after(info, [flat])) == {
         f"{INST}/disk": "raw",
         f"{INST}/disk.local": "raw",
     }
-    rbd = move(Location("rbd", "raw", pool="vms", image=f"{UUID}_disk"))
+    rbd = move(location("rbd", "raw", pool="vms", image=f"{UUID}_disk"))
     assert json.loads(switch.disk_info_after(info, [rbd])) == {
         f"rbd:vms/{UUID}_disk": "raw",
         f"{INST}/disk.local": "raw",
@@ -174,7 +180,7 @@ def test_disk_info_follows_the_disks() -> None:
 
 def test_convert_and_compare_command_lines() -> None:
     storage = Storage(Runner(), ceph_timeout=7)
-    flat = move(Location("flat", "raw", path=f"{INST}/disk"), temp=True)
+    flat = move(location("flat", "raw", path=f"{INST}/disk"), temp=True)
     assert convert_argv(flat, storage, bwlimit=50) == [
         "qemu-img",
         "convert",
@@ -203,7 +209,7 @@ def test_convert_and_compare_command_lines() -> None:
         f"{INST}/disk.migrating",
     ]
     rbd = move(
-        Location(
+        location(
             "rbd",
             "raw",
             pool="vms",
@@ -218,7 +224,7 @@ def test_convert_and_compare_command_lines() -> None:
         "client_mount_timeout=7:rados_mon_op_timeout=7:rados_osd_op_timeout=7"
     )
     lv = move(
-        Location(
+        location(
             "lvm", "raw", path=f"/dev/vg/{UUID}_disk", volume_group="vg", volume=f"{UUID}_disk"
         )
     )
@@ -282,7 +288,7 @@ def test_only_thin_zeroing_lv_targets_skip_zeros() -> None:
 
     def lv(volume: str) -> DiskMove:
         path = f"/dev/stctl_capture/{volume}"
-        return move(Location("lvm", "raw", path=path, volume_group="stctl_capture", volume=volume))
+        return move(location("lvm", "raw", path=path, volume_group="stctl_capture", volume=volume))
 
     thick = lv(f"{CAPTURED_UUID}_disk")  # lv_attr -wi-a-----
     thin = lv(f"{CAPTURED_UUID}_disk.local")  # lv_attr Vwi-a-tz--
@@ -353,7 +359,7 @@ def test_copy_reports_progress_and_verify_refuses_a_mismatch(
     fake = FakeQemuImg()
     runner = Runner(fake)
     storage = Storage(runner)
-    flat = move(Location("flat", "raw", path=f"{INST}/disk"), temp=True)
+    flat = move(location("flat", "raw", path=f"{INST}/disk"), temp=True)
     progress = Recorded()
     copy_all([flat], storage, runner, progress, parallel=1, bwlimit=None)
     assert progress.events == [
@@ -377,7 +383,7 @@ def test_parallel_copy_runs_every_disk_and_raises_the_failure(
 ) -> None:
     moves = []
     for name in ("disk", "disk.local", "disk.swap"):
-        m = move(Location("flat", "raw", path=f"{INST}/{name}"), temp=True)
+        m = move(location("flat", "raw", path=f"{INST}/{name}"), temp=True)
         m.name, m.temp_path = name, f"{INST}/{name}.migrating"
         moves.append(m)
     fake = FakeQemuImg(fail_on="disk.local.migrating")
@@ -397,11 +403,11 @@ def test_lvm_and_rbd_to_each_other_command_lines() -> None:
     through its filename, which carries the librados timeouts."""
     storage = Storage(Runner(CapturedLvs()), ceph_timeout=7)
     volume = f"{CAPTURED_UUID}_disk"  # a thick LV, as lvm2 reported it in the guest
-    lv = Location(
+    lv = location(
         "lvm", "raw", path=f"/dev/stctl_capture/{volume}", volume_group="stctl_capture",
         volume=volume,
     )  # fmt: skip
-    rbd = Location(
+    rbd = location(
         "rbd", "raw", pool="vms", image=f"{UUID}_disk", user="nova", ceph_conf="/etc/ceph/c.conf"
     )
     rbd_file = (

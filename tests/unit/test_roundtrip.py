@@ -13,16 +13,17 @@ from pathlib import Path
 
 import pytest
 
+from storagectl.backends import Storage, remove_command
 from storagectl.config import load_nova_config
 from storagectl.layouts import record as rec
 from storagectl.layouts.audit import AuditCode
 from storagectl.layouts.model import Backend, DiskLayout, Role
 from storagectl.layouts.persist import WRITTEN, PersistOutcome, _write_locked
 from storagectl.migrate import roundtrip, switch
-from storagectl.migrate.plan import Location, MigrationRefused, Options, describe, make_plan
-from storagectl.migrate.preflight import preflight, remove_command
+from storagectl.migrate.plan import MigrationRefused, Options, describe, make_plan
+from storagectl.migrate.preflight import preflight
 from storagectl.migrate.retained import RetainedInvalid, delete_retained, retained_location
-from storagectl.migrate.targets import Storage
+from storagectl.model.location import Location, location
 from storagectl.process import Runner
 
 UUID = "0f6a3c1e-2b1d-4c59-9a43-5d8e7b2f1a00"
@@ -191,7 +192,7 @@ def test_block_targets_held_by_a_kept_copy(nova, backend, to, item, moved) -> No
     storage = FakeStorage(loc_of(item, nova), Location.of_disk(record.disks[0]))
     plan = planned(nova, record, to, storage)
     (d,) = plan.moves[0].displaced
-    assert roundtrip.loc_key(Location.from_dict(d["to"])) == moved
+    assert roundtrip.loc_key(Location.from_record(d["to"])) == moved
     # the create step's own target name is the kept copy until it is moved aside:
     # a rollback before that must not remove it
     assert roundtrip.holds_retained(plan.moves[0], storage)
@@ -227,7 +228,7 @@ def test_the_name_a_file_source_is_kept_under_is_freed_too(nova) -> None:
 
 def test_a_name_taken_by_what_the_record_does_not_list_is_refused_with_the_command(nova) -> None:
     record = a_record(nova, Backend.FLAT)
-    target = Location("rbd", "raw", pool="vms", image=f"{UUID}_disk", ceph_conf="/c", user="u")
+    target = location("rbd", "raw", pool="vms", image=f"{UUID}_disk", ceph_conf="/c", user="u")
     storage = FakeStorage(Location.of_disk(record.disks[0]), target)
     plan = planned(nova, record, "rbd", storage)
     assert plan.moves[0].displaced == []
@@ -236,15 +237,15 @@ def test_a_name_taken_by_what_the_record_does_not_list_is_refused_with_the_comma
     assert "no retained copy in the record" in str(exc.value)
     assert f"rbd --conf /etc/ceph/c.conf --id nova rm vms/{UUID}_disk" in str(exc.value)
     assert remove_command(target) == f"rbd --conf /c --id u rm vms/{UUID}_disk"
-    assert remove_command(Location("lvm", "raw", volume_group="v", volume="l")) == "lvremove v/l"
-    assert remove_command(Location("flat", "raw", path="/i/u/disk")) == "rm -- /i/u/disk"
+    assert remove_command(location("lvm", "raw", volume_group="v", volume="l")) == "lvremove v/l"
+    assert remove_command(location("flat", "raw", path="/i/u/disk")) == "rm -- /i/u/disk"
 
 
 def test_an_item_that_is_not_this_instances_is_never_moved(nova) -> None:
     """A hand-edited record naming another instance's image: not displaced, refused."""
     item = kept_image(f"{UUID}_disk") | {"image": f"{OTHER}_disk"}
     record = a_record(nova, Backend.FLAT, item)
-    target = Location("rbd", "raw", pool="vms", image=f"{UUID}_disk")
+    target = location("rbd", "raw", pool="vms", image=f"{UUID}_disk")
     storage = FakeStorage(Location.of_disk(record.disks[0]), target)
     plan = planned(nova, record, "rbd", storage)
     assert plan.moves[0].displaced == []
@@ -292,7 +293,7 @@ def test_file_rename_is_idempotent_and_never_overwrites(tmp_path: Path) -> None:
     a, b = tmp_path / "disk", tmp_path / "disk.retained-flat-1"
     a.write_text("kept")
     storage = Storage(Runner())
-    src, dst = Location("flat", "raw", path=str(a)), Location("flat", "raw", path=str(b))
+    src, dst = location("flat", "raw", path=str(a)), location("flat", "raw", path=str(b))
     storage.rename(src, dst)
     assert b.read_text() == "kept" and not a.exists()
     storage.rename(src, dst)  # done already

@@ -1,0 +1,261 @@
+"""What every disk backend answers: the one interface migrate, inspect, persist and
+audit use, so that no module outside ``backends/`` needs to know which kind of storage
+a disk is on.
+
+A backend is constructed with a :class:`~storagectl.process.Runner` (nothing runs in the
+constructor) and acts on the :class:`~storagectl.model.location.Location` type it
+declares. Adding a backend is one module (its location type and its ``DiskBackend``)
+and one line in :mod:`storagectl.backends.registry`.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from storagectl import errors
+from storagectl.model.location import Location
+from storagectl.process import Runner
+
+if TYPE_CHECKING:
+    from storagectl.config import NovaConfig
+    from storagectl.layouts.domain import DomainDisk
+    from storagectl.layouts.model import DiskLayout
+    from storagectl.layouts.verify import Checker
+
+
+@dataclass(frozen=True)
+class QemuSpec:
+    """How qemu-img names an image: ``-f FORMAT FILENAME``, or an ``--image-opts`` string."""
+
+    format: str
+    filename: str
+    image_opts: str
+
+
+class Refusal(errors.StorageCtlError):
+    """A location cannot take part in a migration (preflight turns it into its refusal)."""
+
+    template = "%(reason)s"
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    """Where new disks go: the operator's options over nova.conf's settings."""
+
+    instance_dir: str
+    volume_group: str | None = None
+    pool: str | None = None
+    ceph_conf: str | None = None
+    rbd_user: str | None = None
+
+
+class DiskBackend:
+    """Base class; every method takes the backend's own location type."""
+
+    #: the record's ``backend`` values this backend stores
+    BACKENDS: ClassVar[tuple[str, ...]] = ()
+    #: the ``backend`` values ``migrate --to`` can create here
+    CREATES: ClassVar[tuple[str, ...]] = ()
+    #: the ``<disk type>`` values of domain XML this backend classifies
+    XML_TYPES: ClassVar[tuple[str, ...]] = ()
+    #: the location type
+    LOCATION: ClassVar[type[Location]]
+    #: the ``obtained.evidence`` name of what inference read for such disks
+    EVIDENCE: ClassVar[str] = ""
+    #: disks are files named as Nova names them in the instance directory: a copy into
+    #: such a backend goes through ``<name>.migrating`` and the source is kept under
+    #: ``<name>.retained-<backend>`` (switch.py)
+    IN_INSTANCE_DIR: ClassVar[bool] = False
+    #: the volume is sized in whole units (LVM extents): the tail past the disk's size is
+    #: not the guest's, and compare must cut it off
+    ROUNDED_SIZE: ClassVar[bool] = False
+    #: the record is mirrored beside the volume (:meth:`write_mirror`)
+    MIRRORED: ClassVar[bool] = False
+    #: qemu-img must be handed a vetted name for what it reads here (guest-writable
+    #: headers may name other files): :meth:`read_name`
+    VETTED: ClassVar[bool] = False
+
+    def __init__(self, runner: Runner, *, ceph_timeout: int = 60) -> None:
+        self.runner = runner
+        self.ceph_timeout = ceph_timeout
+
+    # -- record and naming ----------------------------------------------------------
+
+    @classmethod
+    def formats(cls, backend: str) -> tuple[str, ...]:
+        """The ``<driver type>`` values libvirt opens such disks with."""
+        raise NotImplementedError
+
+    @classmethod
+    def new_format(cls, backend: str) -> str:
+        """The format of a disk this backend creates."""
+        return cls.formats(backend)[0]
+
+    @classmethod
+    def has_backing(cls, backend: str) -> bool:
+        """Whether such a disk may have a backing file."""
+        return False
+
+    @classmethod
+    def record_location(cls, disk: DiskLayout) -> dict[str, Any]:
+        """The ``location`` mapping of storage.yaml for ``disk``."""
+        raise NotImplementedError
+
+    @classmethod
+    def check_record_location(cls, value: Any, field: str) -> dict[str, Any]:
+        """Type-check a storage.yaml ``location`` mapping (raises the schema's error)."""
+        raise NotImplementedError
+
+    @classmethod
+    def record_owner_check(cls, disk: DiskLayout, uuid: str) -> tuple[bool, str, str]:
+        """``(is this disk of this instance, field, expected)`` for a loaded record disk."""
+        raise NotImplementedError
+
+    @classmethod
+    def target(cls, backend: str, uuid: str, disk_name: str, where: TargetSettings) -> Location:
+        """Where Nova names disk ``disk_name`` of instance ``uuid`` on this backend."""
+        raise NotImplementedError
+
+    @classmethod
+    def staging(cls, dest: Location, source: Location) -> tuple[Location | None, Location | None]:
+        """``(temporary copy, where the source is kept)`` for a copy into ``dest``: both
+        None when the copy is written at ``dest`` directly."""
+        return None, None
+
+    @classmethod
+    def aside(cls, loc: Location, uuid: str, disk_name: str, n: int) -> Location:
+        """Where a displaced retained copy at ``loc`` goes (roundtrip.py)."""
+        raise NotImplementedError
+
+    @classmethod
+    def owns_retained(cls, loc: Location, uuid: str, disk_name: str, instance_dir: str) -> bool:
+        """Whether a ``retained_sources`` item at ``loc`` names a copy of this disk."""
+        raise NotImplementedError
+
+    @classmethod
+    def remove_command(cls, loc: Location) -> str:
+        """The shell command an operator runs to remove ``loc`` by hand."""
+        raise NotImplementedError
+
+    @classmethod
+    def disk_info_keys(cls, loc: Location) -> list[str]:
+        """Nova's disk.info keys for ``loc`` (the first is the one Nova writes)."""
+        raise NotImplementedError
+
+    # -- volumes ----------------------------------------------------------------------
+
+    def exists(self, loc: Location) -> bool:
+        raise NotImplementedError
+
+    def create(self, loc: Location, size: int, *, sparse: bool = False) -> None:
+        """An empty target of ``size`` bytes that the copy writes into with ``-n``."""
+        raise NotImplementedError
+
+    def remove(self, loc: Location, *, ours: bool = False) -> None:
+        """Remove an existing ``loc``. ``ours``: a copy target whose writer was killed."""
+        raise NotImplementedError
+
+    def rename(self, src: Location, dst: Location) -> None:
+        """Atomic and idempotent: nothing is renamed onto an existing name."""
+        raise NotImplementedError
+
+    def target_is_zero(self, loc: Location) -> bool:
+        """Whether a freshly created ``loc`` reads as zeros."""
+        return True
+
+    def free_bytes(self, loc: Location) -> int | None:
+        """Bytes available where ``loc`` would be created (None: unknown)."""
+        raise NotImplementedError
+
+    @classmethod
+    def space_name(cls, loc: Location) -> str:
+        """What ``free_bytes`` measures, for humans: ``volume group nova`` ..."""
+        raise NotImplementedError
+
+    @classmethod
+    def bytes_needed(cls, virtual_size: int, *, sparse: bool) -> int | None:
+        """Bytes a copy takes here regardless of the data (None: as much as the data)."""
+        return None
+
+    def check(self, loc: Location, *, target: bool) -> None:
+        """Raise :class:`Refusal` when ``loc`` cannot take part now (cluster down, VG
+        missing). Called once per :meth:`check_key`."""
+
+    def check_key(self, loc: Location) -> Any:
+        return None
+
+    # -- qemu and libvirt -----------------------------------------------------------
+
+    def qemu_spec(self, loc: Location, *, size: int | None = None) -> QemuSpec:
+        """How qemu-img opens ``loc``; ``size`` cuts what it sees (``ROUNDED_SIZE``)."""
+        raise NotImplementedError
+
+    def read_name(self, loc: Location) -> str:
+        """The name qemu-img reads ``loc`` by (files: their vetted chain, named whole)."""
+        return self.qemu_spec(loc).filename
+
+    def sized_name(self, loc: Location, size: int) -> str:
+        """A name qemu-img reads only the first ``size`` bytes of (``ROUNDED_SIZE``)."""
+        return self.qemu_spec(loc).filename
+
+    def cache_mode(self, loc: Location) -> str:
+        """qemu-img ``-t`` for a copy into ``loc``."""
+        return "none"
+
+    def make_durable(self, loc: Location) -> None:
+        """Make a finished copy at ``loc`` survive a power cut."""
+
+    def before_compare(self, loc: Location) -> None:
+        """Flush ``loc`` and drop its cached pages, so compare reads the media."""
+
+    def domain_context(self, original_xml: str, plan: Any, *, resolve: bool) -> Any:
+        """What :meth:`disk_xml` needs from the domain or the cluster (RBD: credentials
+        and monitors). ``resolve``: may ask the cluster."""
+        return None
+
+    def disk_xml(
+        self, loc: Location, context: Any
+    ) -> tuple[str, ET.Element, tuple[str, str] | None]:
+        """``(<disk type>, <source> element, (auth user, secret uuid) or None)``."""
+        raise NotImplementedError
+
+    # -- the record's mirror ------------------------------------------------------------
+
+    def write_mirror(self, disk: DiskLayout, items: dict[str, str], prefix: str) -> None:
+        """Store ``items`` beside the volume (LVM tags, RBD image-meta), replacing any other
+        ``prefix`` item (others are left alone); files: nothing."""
+
+    def read_mirror(self, disk: DiskLayout, prefix: str) -> dict[str, str] | None:
+        """The ``prefix`` items beside the volume; None if the volume is gone."""
+        return {}
+
+    # -- inspection ---------------------------------------------------------------------
+
+    @classmethod
+    def classify(cls, d: DomainDisk, chk: Checker) -> DiskLayout | None:
+        """A domain ``<disk>`` of one of ``XML_TYPES`` -> the instance disk it is, or None
+        when it is no instance storage (a volume)."""
+        return None
+
+    @classmethod
+    def classify_boot(cls, path: str, role: Any, chk: Checker) -> DiskLayout:
+        """A ``<kernel>`` / ``<initrd>`` file (only the files backend has them)."""
+        raise NotImplementedError
+
+    @classmethod
+    def verify(cls, disk: DiskLayout, chk: Checker, *, backing_hint: str | None) -> None:
+        """Check the disk against reality, adding findings to ``chk``."""
+
+
+def nova_settings(nova: NovaConfig, instance_dir: str, **override: str | None) -> TargetSettings:
+    """:class:`TargetSettings` from nova.conf, each ``override`` that is set winning."""
+    base = {
+        "volume_group": nova.images_volume_group,
+        "pool": nova.images_rbd_pool,
+        "ceph_conf": nova.images_rbd_ceph_conf,
+        "rbd_user": nova.rbd_user,
+    }
+    base |= {k: v for k, v in override.items() if v}
+    return TargetSettings(instance_dir, **base)

@@ -1,0 +1,1 @@
+"""The data types storagectl passes around (no I/O here)."""
