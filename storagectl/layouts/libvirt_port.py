@@ -181,8 +181,9 @@ class FakeLibvirt:
 
     With ``path`` the state lives in that JSON file instead (read before and written,
     atomically, after every call), so a forked process sees the domains and what it
-    defines outlives a SIGKILL - as with a libvirtd. Without it, domains given here and
-    defined later live as long as the object.
+    defines outlives a SIGKILL - as with a libvirtd. Given ``domains`` or ``active``,
+    the file is (re)written with them; given neither, an existing file is used as it is.
+    Without ``path``, the domains live as long as the object.
 
     Failure injection: ``fail("define", exc)`` raises ``exc`` from the next ``define``
     (``times`` calls; ``"*"`` for any method). ``calls`` lists ``(method, argument)``

@@ -317,3 +317,14 @@ def test_a_running_domain_is_refused_by_resume(node: FakeNode) -> None:
     res = node.run("migrate", "--resume", uuid, "--yes")
     assert res.returncode == 0, res.stderr
     assert domain_disk(node, uuid) == (str(node.instances / uuid / "disk"), "qcow2")
+
+
+def test_the_application_builds_the_real_port_with_the_connect_timeout() -> None:
+    from storagectl.layouts.libvirt_port import LibvirtDomains
+
+    port = Application(connect_timeout=3.5).libvirt("qemu+ssh://cn7/system")
+    assert isinstance(port, LibvirtDomains) and isinstance(port, LibvirtPort)
+    assert (port.uri, port.timeout) == ("qemu+ssh://cn7/system", 3.5)
+    assert port.driver_problem() is None
+    assert Application().libvirt("test:///default").driver_problem() is not None
+    port.close()  # never connected: nothing to close
