@@ -204,6 +204,8 @@ def cli(
         lock_path=lock_path,
         verbose=verbose,
         log_file=log_file,
+        # A caller (a test) may pass obj=Application(libvirt_factory=...): it carries over.
+        libvirt_factory=ctx.obj.libvirt_factory if isinstance(ctx.obj, Application) else None,
     )
     ctx.obj = app
     from storagectl.layouts import hosts

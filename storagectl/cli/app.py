@@ -30,6 +30,8 @@ from storagectl.process import Runner
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from storagectl.layouts.libvirt_port import LibvirtPort
+
 LOG = logging.getLogger("storagectl")
 DEFAULT_URI = "qemu:///system"
 DEFAULT_LOCK_PATH = "/var/lib/storagectl/locks"
@@ -93,6 +95,10 @@ class Application:
     verbose: int = 0
     log_file: str | None = None
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    #: Builds the read-write libvirt port of a URI (None: the real one, with the connect
+    #: timeout). Tests hand in their own: ``invoke(cli, args, obj=Application(
+    #: libvirt_factory=lambda uri: FakeLibvirt(uri=uri)))`` - see ``cli()``.
+    libvirt_factory: Callable[[str], LibvirtPort] | None = None
     _runner: Runner | None = None
     _console: Console | None = None
     _err: Console | None = None
@@ -105,6 +111,14 @@ class Application:
         if self.connect:
             return list(dict.fromkeys(self.connect))
         return [os.environ.get("LIBVIRT_DEFAULT_URI") or DEFAULT_URI]
+
+    def libvirt(self, uri: str) -> LibvirtPort:
+        """The read-write libvirt port of ``uri`` (connects on first use)."""
+        if self.libvirt_factory is not None:
+            return self.libvirt_factory(uri)
+        from storagectl.layouts.libvirt_port import LibvirtDomains
+
+        return LibvirtDomains(uri, timeout=self.connect_timeout)
 
     @property
     def runner(self) -> Runner:

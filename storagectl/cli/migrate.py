@@ -237,6 +237,7 @@ def migrate_cmd(
         fault=fault,
         ceph_timeout=ceph_timeout,
         say=app.info,
+        libvirt=app.libvirt(app.uris[0]),
     )
     engine = Engine(settings)
     if mode == "status":

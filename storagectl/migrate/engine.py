@@ -17,16 +17,20 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 from storagectl import errors
 from storagectl.backends import Storage
 from storagectl.config import NovaConfig
 from storagectl.layouts import naming
 from storagectl.layouts import record as rec
-from storagectl.layouts.hosts import is_local_uri, scan_host
+from storagectl.layouts.hosts import is_local_uri
 from storagectl.layouts.inspection import inspect_hosts
 from storagectl.layouts.interrupted import migration_state
+from storagectl.layouts.libvirt_port import (  # driver_problem: importable from here too
+    LibvirtDomains,
+    LibvirtPort,
+    driver_problem,  # noqa: F401
+)
 from storagectl.layouts.locks import instance_lock
 from storagectl.layouts.mirror import write_mirror
 from storagectl.layouts.model import Code, Severity
@@ -64,25 +68,6 @@ class DriverUnsupported(errors.StorageCtlError):
     )
 
 
-def driver_problem(uri: str) -> str | None:
-    """Why the libvirt driver of ``uri`` cannot carry a migration, or None.
-
-    A migration's switch redefines the persistent domain and must find it redefined on
-    the next connection (the next command, audit, Nova). The ``test`` driver keeps its
-    domains in memory per connection, loaded afresh from its XML file (or built-in
-    defaults): a redefinition is gone when the connection closes, so the record would
-    point at disks the domain never uses.
-    """
-    scheme = urlsplit(uri).scheme.split("+")[0].lower()
-    if scheme == "test":
-        return (
-            "the libvirt test driver forgets a redefined domain when its connection "
-            "closes, so the switch would not persist and the record would not match the "
-            "domain"
-        )
-    return None
-
-
 @dataclass
 class Settings:
     uri: str
@@ -93,12 +78,14 @@ class Settings:
     ceph_timeout: int = 60
     progress: Progress = field(default_factory=NullProgress)
     say: Callable[[str], None] = lambda _msg: None
+    libvirt: LibvirtPort | None = None  # None: LibvirtDomains(uri)
 
 
 class Engine:
     def __init__(self, settings: Settings) -> None:
         self._reentered = False
         self.s = settings
+        self.libvirt: LibvirtPort = settings.libvirt or LibvirtDomains(settings.uri)
         self.storage = Storage(settings.runner, ceph_timeout=settings.ceph_timeout)
         # Plans this engine preflighted in prepare(): the journaled preflight step then
         # re-checks only what another process could have changed since (target names).
@@ -108,7 +95,7 @@ class Engine:
 
     def check_driver(self) -> None:
         """Refuse up front a hypervisor whose driver cannot keep a redefined domain."""
-        reason = driver_problem(self.s.uri)
+        reason = self.libvirt.driver_problem()
         if reason:
             raise DriverUnsupported(uri=self.s.uri, reason=reason)
 
@@ -171,7 +158,7 @@ class Engine:
     def run(self, plan: Plan) -> None:
         """Carry out a prepared plan, journaled, under the instance lock."""
         who = f"{plan.name} ({plan.uuid})"
-        domains = switch.Domains(plan.uri)
+        domains = self.libvirt
         try:
             with self._lock(plan.uuid, who):
                 if read_journal(plan.instance_dir) is not None:
@@ -205,7 +192,7 @@ class Engine:
 
     def resume(self, instance: str) -> Plan:
         uuid = self.resolve(instance)
-        domains = switch.Domains(self.s.uri)
+        domains = self.libvirt
         try:
             with self._lock(uuid, instance):
                 journal = self._journal(uuid, instance)
@@ -222,7 +209,7 @@ class Engine:
 
     def rollback(self, instance: str) -> Plan:
         uuid = self.resolve(instance)
-        domains = switch.Domains(self.s.uri)
+        domains = self.libvirt
         try:
             with self._lock(uuid, instance):
                 journal = self._journal(uuid, instance)
@@ -300,7 +287,7 @@ class Engine:
             return [f"instance {uuid}: would delete {len(locations)} retained source(s)"] + [
                 f"  delete {loc.backend} {loc.describe()}" for loc in locations
             ]
-        domains = switch.Domains(self.s.uri)
+        domains = self.libvirt
         try:
             with self._lock(uuid, instance):
                 j = self._journal(uuid, instance)
@@ -369,11 +356,10 @@ class Engine:
     def resolve(self, instance: str) -> str:
         if naming.is_uuid(instance):
             return instance.lower()
-        scan = scan_host(self.s.uri)
-        for dom in scan.domains:
-            if dom.info.name == instance:
-                return dom.info.uuid
-        raise errors.InstanceNotFound(instance=instance, hosts=self.s.uri)
+        try:
+            return self.libvirt.uuid_of(instance)
+        finally:
+            self.libvirt.close()
 
     # -- the steps ----------------------------------------------------------------
 

@@ -15,7 +15,7 @@ that each leave the domain pointing at a complete, verified disk (kill -9 anywhe
 step checks what is already done, so running the switch again finishes it, and
 :func:`undo` walks back the same way.
 
-This module opens libvirt read-write (``hosts`` only ever reads).
+Domains are read and redefined through a ``LibvirtPort`` (``layouts.libvirt_port``).
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import replace
 
-from storagectl import errors, fsutil
+from storagectl import fsutil
 from storagectl.backends import Storage, registry
 from storagectl.fsutil import atomic_write
 from storagectl.layouts import record as rec
+from storagectl.layouts.libvirt_port import LibvirtDomains, LibvirtPort, SwitchError
 from storagectl.layouts.model import DiskLayout, Role
 from storagectl.migrate import roundtrip
 from storagectl.migrate.plan import DiskMove, Plan
@@ -40,10 +41,6 @@ from storagectl.model.location import Location
 LOG = logging.getLogger(__name__)
 
 _DISK_RE = re.compile(r"<disk[\s>].*?</disk>", re.DOTALL)
-
-
-class SwitchError(errors.StorageCtlError):
-    template = "cannot switch %(instance)s: %(reason)s"
 
 
 # -- the domain XML -----------------------------------------------------------------
@@ -115,67 +112,14 @@ def domain_xml(
     return xml
 
 
-class Domains:
-    """Read-write libvirt access for one hypervisor (``virsh dumpxml --inactive
-    --security-info`` and ``virsh define``)."""
-
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
-        self._conn = None
-
-    def _open(self):  # noqa: ANN202 - libvirt has no type stubs
-        import libvirt
-
-        libvirt.registerErrorHandler(lambda _c, _e: None, None)
-        if self._conn is None:
-            from storagectl.layouts.hosts import ConnectTimeout, open_libvirt
-
-            try:
-                self._conn = open_libvirt(self.uri, read_only=False)
-            except ConnectTimeout as exc:
-                raise errors.HostUnreachable(uri=self.uri, reason=str(exc)) from exc
-            except libvirt.libvirtError as exc:
-                raise errors.HostUnreachable(uri=self.uri, reason=str(exc)) from exc
-        return self._conn
-
-    def _domain(self, uuid: str):  # noqa: ANN202
-        import libvirt
-
-        try:
-            return self._open().lookupByUUIDString(uuid)
-        except libvirt.libvirtError as exc:
-            raise errors.InstanceNotFound(instance=uuid, hosts=self.uri) from exc
-
-    def persistent_xml(self, uuid: str) -> str:
-        """The persistent definition with secrets (redefining without them loses them)."""
-        import libvirt
-
-        flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
-        return self._domain(uuid).XMLDesc(flags)
-
-    def is_active(self, uuid: str) -> bool:
-        return bool(self._domain(uuid).isActive())
-
-    def define(self, xml: str) -> None:
-        import libvirt
-
-        try:
-            self._open().defineXML(xml)
-        except libvirt.libvirtError as exc:
-            raise SwitchError(instance="domain", reason=f"libvirt refused the XML: {exc}") from exc
-
-    def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            finally:
-                self._conn = None
+#: The real port under its old name (``switch.Domains(uri)``).
+Domains = LibvirtDomains
 
 
 # -- switching and undoing ---------------------------------------------------------
 
 
-def forward(plan: Plan, original_xml: str, domains: Domains, storage: Storage) -> None:
+def forward(plan: Plan, original_xml: str, domains: LibvirtPort, storage: Storage) -> None:
     """Point the domain at the verified copies (idempotent; see the module docstring)."""
     if domains.is_active(plan.uuid):
         raise SwitchError(instance=plan.uuid, reason="the domain is running; shut it off")
@@ -209,7 +153,7 @@ def forward(plan: Plan, original_xml: str, domains: Domains, storage: Storage) -
             fsutil.fsync_dir(os.path.dirname(m.temp_path or "/"))
 
 
-def undo(plan: Plan, original_xml: str, domains: Domains, storage: Storage) -> None:
+def undo(plan: Plan, original_xml: str, domains: LibvirtPort, storage: Storage) -> None:
     """Point the domain back at the sources and remove the file copies (idempotent)."""
     where: dict[str, Location] = {}
     for m in plan.moves:

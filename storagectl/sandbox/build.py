@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from storagectl import errors
+from storagectl.layouts.libvirt_port import LibvirtDomains, LibvirtPort, SwitchError
 from storagectl.process import Runner
 from storagectl.sandbox.iso import build_iso
 from storagectl.sandbox.model import SandboxDisk, SandboxError, SandboxInstance
@@ -368,25 +368,16 @@ def _write_pieces(path: Path, pieces: list[tuple[int, bytes]], create: bool = Fa
         os.close(fd)
 
 
-def define_domains(uri: str, xmls: list[str]) -> None:
-    """Define (persistent, not started) each domain XML in the libvirtd at ``uri``."""
-    import libvirt
-
-    from storagectl.layouts.hosts import ConnectTimeout, open_libvirt
-
-    try:
-        conn = open_libvirt(uri, read_only=False)
-    except ConnectTimeout as exc:
-        raise errors.HostUnreachable(uri=uri, reason=str(exc)) from exc
-    except libvirt.libvirtError as exc:
-        raise errors.HostUnreachable(uri=uri, reason=exc.get_error_message()) from exc
+def define_domains(uri: str, xmls: list[str], port: LibvirtPort | None = None) -> None:
+    """Define (persistent, not started) each domain XML in the libvirtd at ``uri``
+    (through ``port``, by default the real one)."""
+    port = port or LibvirtDomains(uri)
     try:
         for xml in xmls:
             try:
-                conn.defineXML(xml)
-            except libvirt.libvirtError as exc:
-                raise SandboxError(
-                    root=uri, reason=f"defineXML: {exc.get_error_message()}"
-                ) from exc
+                port.define(xml)
+            except SwitchError as exc:
+                reason = str(exc.reason).removeprefix("libvirt refused the XML: ")
+                raise SandboxError(root=uri, reason=f"defineXML: {reason}") from exc
     finally:
-        conn.close()
+        port.close()
