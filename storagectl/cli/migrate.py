@@ -13,7 +13,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 
 from storagectl import errors
 from storagectl.cli.app import DEFAULT_LOCK_PATH, Application, DiskRoles, output_option
-from storagectl.cli.render import emit_table
+from storagectl.cli.render import emit_table, print_error
 from storagectl.migrate.engine import Engine, Settings
 from storagectl.migrate.journal import check_fault
 from storagectl.migrate.plan import MOVABLE_ROLES, Options, describe
@@ -275,7 +275,7 @@ def migrate_cmd(
         try:
             plans.append(engine.prepare(instance, options))
         except errors.StorageCtlError as exc:
-            click.secho(f"--> {type(exc).__name__}: {exc}", fg="red", err=True)
+            print_error(exc)
             code = exc.exit_code
     if fmt != "table":
         app.print_data({"host": app.uris[0], "plans": [p.to_dict() for p in plans]}, fmt)
@@ -296,7 +296,7 @@ def migrate_cmd(
         except KeyboardInterrupt:
             _interrupted(app, engine, plan.uuid, f"migration of {plan.name} ({plan.uuid})")
         except errors.StorageCtlError as exc:
-            click.secho(f"--> {type(exc).__name__}: {exc}", fg="red", err=True)
+            print_error(exc)
             code = exc.exit_code or 1
     raise click.exceptions.Exit(code)
 
