@@ -67,6 +67,19 @@ def unpack(fmt: str, data: bytes, offset: int = 0) -> tuple[int, ...] | None:
     return layout.unpack_from(data, offset)
 
 
+def read_header(
+    reader: BoundedReader, found: Findings, what: str, fmt: str
+) -> tuple[int, ...] | None:
+    """The header at the start of the file, unpacked with ``fmt``; None, with the shared
+    ``truncated-header`` failure recorded, when the file ends before it."""
+    size = _compiled(fmt).size
+    hdr = reader.read(0, size)
+    fields = unpack(fmt, hdr)
+    if fields is None:
+        truncated(found, what, size, len(hdr))
+    return fields
+
+
 def decode_name(raw: bytes) -> str:
     """Turn a file name stored in a header into printable text for a report.
 

@@ -12,6 +12,7 @@ from storagectl.layouts.inspector.base import (
     FormatInspector,
     Location,
     decode_name,
+    read_header,
     truncated,
     unpack,
 )
@@ -272,7 +273,6 @@ class Qcow2Inspector(FormatInspector):
 #    56     4  backing_filename_offset (bytes from the start of the file)
 #    60     4  backing_filename_size
 QED_MAGIC = b"QED\x00"
-QED_HEADER = 64
 QED_F_BACKING_FILE = 0x01
 QED_F_BACKING_FORMAT_NO_PROBE = 0x04
 
@@ -289,10 +289,8 @@ class QedInspector(FormatInspector):
         # QED is deprecated in qemu and no Nova flavour of storage produces it;
         # anything declared QED is refused outright, whatever else it holds.
         found.fail(Check.QED_FORMAT, "QED images are not supported; convert the disk first")
-        hdr = reader.read(0, QED_HEADER)
-        fields = unpack("<4sIIIQQQQQII", hdr)
+        fields = read_header(reader, found, "QED header", "<4sIIIQQQQQII")
         if fields is None:
-            truncated(found, "QED header", QED_HEADER, len(hdr))
             return
         features, image_size, bf_offset, bf_size = fields[4], fields[8], fields[9], fields[10]
         found.virtual_size = image_size
