@@ -41,10 +41,13 @@ class FormatInspector(abc.ABC):
     #: other files); content formats (iso, gpt, mbr) are just what a raw disk
     #: holds and never count towards "multiple-formats".
     container: ClassVar[bool] = True
+    #: The signatures (any one) the default :meth:`locate` looks for at offset 0; a
+    #: format whose signature is found otherwise overrides ``locate``.
+    magics: ClassVar[tuple[bytes, ...]] = ()
 
-    @abc.abstractmethod
     def locate(self, reader: BoundedReader) -> Location | None:
         """Return where this format's signature is, or None; reads head/tail only."""
+        return Location.START if reader.head.startswith(self.magics) else None
 
     @abc.abstractmethod
     def inspect(self, reader: BoundedReader, found: Findings) -> None:

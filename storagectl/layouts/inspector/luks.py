@@ -7,7 +7,7 @@ specification 1.2.3; qemu 7.2 crypto/block-luks.c.
 
 from __future__ import annotations
 
-from storagectl.layouts.inspector.base import FormatInspector, Location, read_header
+from storagectl.layouts.inspector.base import FormatInspector, read_header
 from storagectl.layouts.inspector.checks import Check
 from storagectl.layouts.inspector.reader import BoundedReader
 from storagectl.layouts.inspector.report import Findings
@@ -35,9 +35,7 @@ class LuksInspector(FormatInspector):
     """LUKS-encrypted raw payload (qemu's "luks" format)."""
 
     name = "luks"
-
-    def locate(self, reader: BoundedReader) -> Location | None:
-        return Location.START if reader.head[:6] == LUKS_MAGIC else None
+    magics = (LUKS_MAGIC,)
 
     def inspect(self, reader: BoundedReader, found: Findings) -> None:
         fields = read_header(reader, found, "LUKS header", ">6sH32s32s32sI")

@@ -6,7 +6,7 @@ References: qemu 7.2 block/parallels.c (parallels_open), docs/interop/parallels.
 
 from __future__ import annotations
 
-from storagectl.layouts.inspector.base import FormatInspector, Location, read_header
+from storagectl.layouts.inspector.base import FormatInspector, read_header
 from storagectl.layouts.inspector.checks import Check
 from storagectl.layouts.inspector.reader import BoundedReader
 from storagectl.layouts.inspector.report import Findings
@@ -33,9 +33,7 @@ class ParallelsInspector(FormatInspector):
     """Parallels / Virtuozzo ploop images."""
 
     name = "parallels"
-
-    def locate(self, reader: BoundedReader) -> Location | None:
-        return Location.START if reader.head[:16] in PARALLELS_MAGICS else None
+    magics = PARALLELS_MAGICS
 
     def inspect(self, reader: BoundedReader, found: Findings) -> None:
         fields = read_header(reader, found, "Parallels header", "<16sIIIIIQIIIQ")

@@ -10,7 +10,6 @@ from __future__ import annotations
 from storagectl.layouts.inspector.base import (
     MAX_NAME,
     FormatInspector,
-    Location,
     decode_name,
     read_header,
     truncated,
@@ -80,11 +79,9 @@ class Qcow2Inspector(FormatInspector):
     """qcow2 v2/v3 (and v1 "qcow", which shares the magic and is refused)."""
 
     name = "qcow2"
-
-    def locate(self, reader: BoundedReader) -> Location | None:
-        # qemu's probe also wants version >= 2; matching on the magic alone
-        # makes us flag the old qcow v1 too, which is just as dangerous.
-        return Location.START if reader.head[:4] == QCOW2_MAGIC else None
+    # qemu's probe also wants version >= 2; matching on the magic alone
+    # makes us flag the old qcow v1 too, which is just as dangerous.
+    magics = (QCOW2_MAGIC,)
 
     def inspect(self, reader: BoundedReader, found: Findings) -> None:
         hdr = reader.read(0, QCOW2_V3_HEADER + 8)
@@ -281,9 +278,7 @@ class QedInspector(FormatInspector):
     """QED: detected so it can be reported, never accepted as a declared format."""
 
     name = "qed"
-
-    def locate(self, reader: BoundedReader) -> Location | None:
-        return Location.START if reader.head[:4] == QED_MAGIC else None
+    magics = (QED_MAGIC,)
 
     def inspect(self, reader: BoundedReader, found: Findings) -> None:
         # QED is deprecated in qemu and no Nova flavour of storage produces it;
