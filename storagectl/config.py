@@ -284,9 +284,5 @@ def _strerror(exc: OSError) -> str:
     return exc.strerror or _one_line(exc)
 
 
-def default_paths() -> list[str]:
-    return [DEFAULT_NOVA_CONF]
-
-
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())

@@ -96,10 +96,6 @@ class RecordInvalid(StorageCtlError):
     template = "invalid storage record %(path)s: %(reason)s"
 
 
-class RecordExists(StorageCtlError):
-    template = "a different storage record already exists at %(path)s (use --force to replace)"
-
-
 class LockBusy(StorageCtlError):
     template = "%(what)s is locked by another storagectl process (lock %(path)s)"
     exit_code = 3

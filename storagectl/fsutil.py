@@ -29,16 +29,20 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644
         except FileNotFoundError:
             pass
         raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    fsync_dir(directory)
+
+
+def fsync_dir(directory: str | os.PathLike[str], *, missing_ok: bool = False) -> None:
+    """fsync a directory, so the names created, renamed or removed in it survive a crash.
+
+    The one place a directory is fsynced. With ``missing_ok`` a directory that cannot be
+    opened (gone, or not readable) is skipped instead of raising."""
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def fsync_dir(directory: str | os.PathLike[str]) -> None:
-    """fsync a directory, so the names created, renamed or removed in it survive a crash."""
-    fd = os.open(os.fspath(directory) or "/", os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(os.fspath(directory) or "/", os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        if missing_ok:
+            return
+        raise
     try:
         os.fsync(fd)
     finally:

@@ -30,6 +30,7 @@ from storagectl.cli.app import (
     Application,
     exit_on_broken_pipe,
 )
+from storagectl.cli.render import print_error
 
 LOG = logging.getLogger("storagectl")
 
@@ -91,10 +92,10 @@ class RootGroup(click.Group):
             LOG.debug("command failed", exc_info=True)
             if _debug():
                 raise
-            _render(f"{type(exc).__name__}: {exc}")
+            print_error(exc)
             ctx.exit(failed or exc.exit_code)
         except KeyboardInterrupt:
-            _render("Interrupted")
+            print_error("Interrupted")
             ctx.exit(130)
         except Exception as exc:  # noqa: BLE001 - the last line of defence
             LOG.debug("unexpected error", exc_info=True)  # to the log file, not stderr
@@ -103,15 +104,11 @@ class RootGroup(click.Group):
             app = ctx.obj if isinstance(ctx.obj, Application) else None
             where = app.log_file if app and app.log_file else "the log (use --log-file)"
             text = " ".join(str(exc).split())
-            _render(f"UnexpectedError: {type(exc).__name__}: {text} (traceback in {where})")
+            print_error(f"UnexpectedError: {type(exc).__name__}: {text} (traceback in {where})")
             ctx.exit(failed or 1)
 
 
 _UNKNOWN = 3  # Nagios UNKNOWN: audit's status for "could not audit"
-
-
-def _render(message: str) -> None:
-    click.secho(f"--> {message}", fg="red", err=True)
 
 
 @click.group(cls=RootGroup, context_settings={"help_option_names": ["-h", "--help"]})

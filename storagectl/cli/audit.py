@@ -14,6 +14,7 @@ import click
 
 from storagectl import errors
 from storagectl.cli.app import Application, output_option
+from storagectl.cli.render import error_line
 from storagectl.layouts.audit import OK, UNKNOWN, AuditReport, run_audit
 from storagectl.layouts.locks import host_lock
 from storagectl.layouts.prometheus import TextfileError, check_textfile, write_textfile
@@ -127,7 +128,7 @@ def _print(app: Application, report: AuditReport, fmt: str, quiet: bool) -> None
         f"{sev['info']} info in {s['duration_seconds']:.2f}s -> status {report.status}"
     )
     for line in report.errors:
-        app.info(f"--> AuditIncomplete: {line}")
+        app.info(error_line(f"AuditIncomplete: {line}"))
 
 
 class AuditBusy(errors.StorageCtlError):

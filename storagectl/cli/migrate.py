@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
 import threading
-from typing import NoReturn
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 import click
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from storagectl import errors
 from storagectl.cli.app import DEFAULT_LOCK_PATH, Application, DiskRoles, output_option
-from storagectl.cli.render import emit_table
+from storagectl.cli.render import emit_table, print_error
 from storagectl.migrate.engine import Engine, Settings
 from storagectl.migrate.journal import check_fault
-from storagectl.migrate.plan import MOVABLE_ROLES, Options, describe
+from storagectl.migrate.plan import MOVABLE_ROLES, Options, Plan, describe
 
 FAULT_ENV = "STORAGECTL_FAULT"
 
@@ -111,6 +114,40 @@ def choose_mode(ctx: click.Context, given: dict[str, object]) -> str:
     return mode
 
 
+@dataclass(frozen=True)
+class Args:
+    """migrate's options (every one but INSTANCE...), as click parsed them."""
+
+    to: str | None
+    disks: str
+    volume_group: str | None
+    pool: str | None
+    secret_uuid: str | None
+    dry_run: bool
+    delete_source: bool
+    parallel: int
+    bwlimit: int | None
+    ceph_timeout: int
+    yes: bool
+    resume: bool
+    rollback: bool
+    status: bool
+    delete_retained: bool
+    fmt: str
+
+    def given(self) -> dict[str, object]:
+        """The modes the command line asks for (:func:`choose_mode`)."""
+        return {
+            "to": self.to,
+            "resume": self.resume,
+            "rollback": self.rollback,
+            "status": self.status,
+            # With --to, --delete-retained is that migration's option
+            # (Options.delete_retained).
+            "delete_retained": self.delete_retained and not self.to,
+        }
+
+
 @click.command("migrate")
 @click.argument("instances", nargs=-1, metavar="INSTANCE...")
 @click.option(
@@ -182,26 +219,7 @@ def choose_mode(ctx: click.Context, given: dict[str, object]) -> str:
     "way of this migration (moving back where it sits) is deleted instead of renamed.",
 )
 @click.pass_context
-def migrate_cmd(
-    ctx: click.Context,
-    instances: tuple[str, ...],
-    to: str | None,
-    disks: str,
-    volume_group: str | None,
-    pool: str | None,
-    secret_uuid: str | None,
-    dry_run: bool,
-    delete_source: bool,
-    parallel: int,
-    bwlimit: int | None,
-    ceph_timeout: int,
-    yes: bool,
-    resume: bool,
-    rollback: bool,
-    status: bool,
-    delete_retained: bool,
-    fmt: str,
-) -> None:
+def migrate_cmd(ctx: click.Context, instances: tuple[str, ...], **params: Any) -> None:
     """Move the disks of shut-off, persisted INSTANCEs to another backend.
 
     Steps, each journaled in <instance dir>/storage.migration.json: plan, preflight,
@@ -217,98 +235,103 @@ def migrate_cmd(
     declined; 2 usage error; 130 interrupted (the message says how to resume or roll back).
     """
     app: Application = ctx.obj
-    given = {
-        "to": to,
-        "resume": resume,
-        "rollback": rollback,
-        "status": status,
-        # With --to, --delete-retained is that migration's option (Options.delete_retained).
-        "delete_retained": delete_retained and not to,
-    }
-    mode = choose_mode(ctx, given)
+    args = Args(**params)
+    mode = choose_mode(ctx, args.given())
     if len(app.uris) != 1:
         raise errors.UsageError(reason="migrate works on one host: give one --connect URI")
-    fault = check_fault(os.environ.get(FAULT_ENV))
     settings = Settings(
         uri=app.uris[0],
         nova=app.nova,
         runner=app.runner,
         lock_path=app.lock_path,
-        fault=fault,
-        ceph_timeout=ceph_timeout,
+        fault=check_fault(os.environ.get(FAULT_ENV)),
+        ceph_timeout=args.ceph_timeout,
         say=app.info,
         libvirt=app.libvirt(app.uris[0]),
     )
-    engine = Engine(settings)
-    if mode == "status":
-        _status(app, engine, instances, fmt)
-        return
-    if mode != "to":
-        if len(instances) != 1:
-            raise errors.UsageError(reason=f"{_flag(mode)} takes exactly one INSTANCE")
-        _journal_mode(app, engine, mode, instances[0], dry_run=dry_run, yes=yes)
-        return
-    if not instances or not to:
+    HANDLERS[mode](app, Engine(settings), instances, args)
+
+
+def _migrate_to(app: Application, engine: Engine, instances: tuple[str, ...], args: Args) -> None:
+    """--to: plan every INSTANCE, print the plans, confirm, then migrate them one by one."""
+    options = _options(app, instances, args)
+    _needs_terminal(args.dry_run, args.yes)
+    engine.check_driver()
+    plans, code = _plan_all(app, engine, instances, options, args.fmt)
+    if args.dry_run or not plans:
+        if args.dry_run and plans:
+            app.info("dry run: nothing was changed")
+        raise click.exceptions.Exit(code)
+    _confirm(app, "Migrate?", args.yes)
+    for plan in plans:
+        try:
+            with _progress(app) as progress:
+                engine.s.progress = progress
+                engine.run(plan)
+            click.echo(f"{plan.name} ({plan.uuid}): migrated to {args.to}")
+        except KeyboardInterrupt:
+            _interrupted(app, engine, plan.uuid, f"migration of {plan.name} ({plan.uuid})")
+        except errors.StorageCtlError as exc:
+            print_error(exc)
+            code = exc.exit_code or 1
+    raise click.exceptions.Exit(code)
+
+
+def _options(app: Application, instances: tuple[str, ...], args: Args) -> Options:
+    """--to's migration options; a usage error for a command line that names no
+    INSTANCE, or asks for data output of a real run."""
+    if not instances or not args.to:
         raise errors.UsageError(
             reason="name the INSTANCEs and give --to (or use --resume, "
             "--rollback, --status, --delete-retained)"
         )
     options = Options(
-        to=to,
-        roles=tuple(r.strip() for r in disks.split(",") if r.strip()),
-        volume_group=volume_group,
-        pool=pool,
-        secret_uuid=secret_uuid,
-        delete_source=delete_source,
-        delete_retained=delete_retained,
-        parallel=parallel,
-        bwlimit=bwlimit,
+        to=args.to,
+        roles=tuple(r.strip() for r in args.disks.split(",") if r.strip()),
+        volume_group=args.volume_group,
+        pool=args.pool,
+        secret_uuid=args.secret_uuid,
+        delete_source=args.delete_source,
+        delete_retained=args.delete_retained,
+        parallel=args.parallel,
+        bwlimit=args.bwlimit,
         sparse_lvs=app.nova.sparse_logical_volumes,
     )
-    if fmt != "table" and not dry_run:
+    if args.fmt != "table" and not args.dry_run:
         raise errors.UsageError(
-            reason=f"--output {fmt} with --to prints the plan as data: add --dry-run"
+            reason=f"--output {args.fmt} with --to prints the plan as data: add --dry-run"
         )
-    _needs_terminal(dry_run, yes)
-    engine.check_driver()
+    return options
+
+
+def _plan_all(
+    app: Application, engine: Engine, instances: tuple[str, ...], options: Options, fmt: str
+) -> tuple[list[Plan], int]:
+    """The plans of the INSTANCEs that can be migrated, printed; each refused one is
+    told on stderr and makes the exit status its error's."""
     plans, code = [], 0
     for instance in instances:
         try:
             plans.append(engine.prepare(instance, options))
         except errors.StorageCtlError as exc:
-            click.secho(f"--> {type(exc).__name__}: {exc}", fg="red", err=True)
+            print_error(exc)
             code = exc.exit_code
     if fmt != "table":
         app.print_data({"host": app.uris[0], "plans": [p.to_dict() for p in plans]}, fmt)
     else:
         for plan in plans:
             click.echo("\n".join(describe(plan)))
-    if dry_run or not plans:
-        if dry_run and plans:
-            app.info("dry run: nothing was changed")
-        raise click.exceptions.Exit(code)
-    _confirm(app, "Migrate?", yes)
-    for plan in plans:
-        try:
-            with _progress(app) as progress:
-                settings.progress = progress
-                engine.run(plan)
-            click.echo(f"{plan.name} ({plan.uuid}): migrated to {to}")
-        except KeyboardInterrupt:
-            _interrupted(app, engine, plan.uuid, f"migration of {plan.name} ({plan.uuid})")
-        except errors.StorageCtlError as exc:
-            click.secho(f"--> {type(exc).__name__}: {exc}", fg="red", err=True)
-            code = exc.exit_code or 1
-    raise click.exceptions.Exit(code)
+    return plans, code
 
 
-def _status(app: Application, engine: Engine, instances: tuple[str, ...], fmt: str) -> None:
+def _status(app: Application, engine: Engine, instances: tuple[str, ...], args: Args) -> None:
+    """--status: the migrations in progress (of INSTANCE, or all), running or interrupted."""
     if len(instances) > 1:
         raise errors.UsageError(reason="--status takes at most one INSTANCE")
     rows = engine.status(instances[0] if instances else None)
     unreadable = [r for r in rows if r["state"] == "unreadable"]
-    if fmt != "table":
-        app.print_data({"host": app.uris[0], "migrations": rows}, fmt)
+    if args.fmt != "table":
+        app.print_data({"host": app.uris[0], "migrations": rows}, args.fmt)
         for r in unreadable:
             app.info(f"{r['uuid']}: {r['error']}")
         if unreadable:
@@ -348,39 +371,80 @@ def _status(app: Application, engine: Engine, instances: tuple[str, ...], fmt: s
             )
 
 
-_DONE = {
-    "resume": "migration finished",
-    "rollback": "migration rolled back",
+def _resume(app: Application, engine: Engine, instances: tuple[str, ...], args: Args) -> None:
+    """--resume: finish an interrupted migration."""
+    instance = _preview(app, engine, "resume", instances, args, "Resume?")
+    if instance is None:
+        return
+    with _interruptible(app, engine, "resume", instance), _progress(app) as progress:
+        engine.s.progress = progress
+        engine.resume(instance)
+    click.echo(f"{instance}: migration finished")
+
+
+def _rollback(app: Application, engine: Engine, instances: tuple[str, ...], args: Args) -> None:
+    """--rollback: undo an interrupted (or switched, not cleaned-up) migration."""
+    instance = _preview(app, engine, "rollback", instances, args, "Roll back?")
+    if instance is None:
+        return
+    with _interruptible(app, engine, "rollback", instance):
+        engine.rollback(instance)
+    click.echo(f"{instance}: migration rolled back")
+
+
+def _delete_retained(
+    app: Application, engine: Engine, instances: tuple[str, ...], args: Args
+) -> None:
+    """--delete-retained: delete the sources earlier migrations kept."""
+    instance = _preview(app, engine, "delete_retained", instances, args, "Delete?")
+    if instance is None:
+        return
+    with _interruptible(app, engine, "delete_retained", instance):
+        for item in engine.delete_retained(instance) or ["(nothing retained)"]:
+            click.echo(f"deleted {item}")
+
+
+#: What each mode of ``migrate`` runs (:data:`MODES`), once :func:`choose_mode` chose it.
+HANDLERS: dict[str, Callable[[Application, Engine, tuple[str, ...], Args], None]] = {
+    "to": _migrate_to,
+    "resume": _resume,
+    "rollback": _rollback,
+    "status": _status,
+    "delete_retained": _delete_retained,
 }
 
 
-def _journal_mode(
-    app: Application, engine: Engine, mode: str, instance: str, *, dry_run: bool, yes: bool
-) -> None:
-    """--resume, --rollback, --delete-retained: preview, confirm, then do it."""
-    _needs_terminal(dry_run, yes)
+def _preview(
+    app: Application,
+    engine: Engine,
+    mode: str,
+    instances: tuple[str, ...],
+    args: Args,
+    question: str,
+) -> str | None:
+    """A journal mode's one INSTANCE, once what the mode would do is printed and
+    confirmed; None after --dry-run."""
+    if len(instances) != 1:
+        raise errors.UsageError(reason=f"{_flag(mode)} takes exactly one INSTANCE")
+    instance = instances[0]
+    _needs_terminal(args.dry_run, args.yes)
     if mode in ("resume", "rollback"):
         engine.check_driver()
-    lines = engine.preview(mode, instance)
-    click.echo("\n".join(lines))
-    if dry_run:
+    click.echo("\n".join(engine.preview(mode, instance)))
+    if args.dry_run:
         app.info("dry run: nothing was changed")
-        return
-    _confirm(app, {"resume": "Resume?", "rollback": "Roll back?"}.get(mode, "Delete?"), yes)
+        return None
+    _confirm(app, question, args.yes)
+    return instance
+
+
+@contextlib.contextmanager
+def _interruptible(app: Application, engine: Engine, mode: str, instance: str) -> Iterator[None]:
+    """Ctrl-C in a journal mode: say where it stopped and how to finish it (exit 130)."""
     try:
-        if mode == "resume":
-            with _progress(app) as progress:
-                engine.s.progress = progress
-                engine.resume(instance)
-        elif mode == "rollback":
-            engine.rollback(instance)
-        else:
-            for item in engine.delete_retained(instance) or ["(nothing retained)"]:
-                click.echo(f"deleted {item}")
-            return
+        yield
     except KeyboardInterrupt:
         _interrupted(app, engine, engine.resolve(instance), f"{_flag(mode)} of {instance}")
-    click.echo(f"{instance}: {_DONE[mode]}")
 
 
 def stdin_is_terminal() -> bool:

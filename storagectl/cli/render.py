@@ -1,19 +1,24 @@
-"""Human-readable rendering of layouts and findings.
+"""Human-readable rendering of layouts, findings and errors.
 
 On a terminal: rich tables with colours. Piped: plain, aligned, never truncated text, so
 ``storagectl inspect | grep`` sees every full path.
+
+Every error shown to the operator is one line, ``--> ClassName: message``
+(:func:`error_line`). rich is imported only when a table is drawn: the error renderer
+(``storagectl.cli``) imports this module on every run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import click
-from rich import box
-from rich.console import Console
-from rich.table import Table
 
 from storagectl.layouts.model import Finding, InstanceLayout
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 _SEVERITY_STYLE = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
 LAYOUT_COLUMNS = (
@@ -32,6 +37,19 @@ LAYOUT_COLUMNS = (
     "BACKING",
 )
 FINDING_COLUMNS = ("SEVERITY", "CODE", "INSTANCE", "DISK", "MESSAGE")
+
+
+def error_line(error: str | BaseException) -> str:
+    """The one line an error takes on stderr: ``--> ClassName: message`` for an
+    exception, ``--> message`` for a message that already names its class."""
+    if isinstance(error, BaseException):
+        error = f"{type(error).__name__}: {error}"
+    return f"--> {error}"
+
+
+def print_error(error: str | BaseException) -> None:
+    """:func:`error_line` on stderr, red on a terminal."""
+    click.secho(error_line(error), fg="red", err=True)
 
 
 def human_size(n: int | None) -> str:
@@ -102,6 +120,9 @@ def emit_table(
             shown.remove(name)
             dropped.append(name)
     total = needed(shown)  # (also sets least[] for the columns shown)
+    from rich import box
+    from rich.table import Table
+
     keep = [headers.index(h) for h in shown]
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for h in shown:

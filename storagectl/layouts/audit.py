@@ -41,7 +41,6 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 from storagectl import errors
@@ -53,44 +52,15 @@ from storagectl.layouts.hosts import is_local_uri
 from storagectl.layouts.inspection import InspectionResult, inspect_hosts
 from storagectl.layouts.interrupted import interrupted_findings
 from storagectl.layouts.mirror import mirror_items, read_mirror
-from storagectl.layouts.model import DiskLayout, Finding, InstanceLayout, Severity
+from storagectl.layouts.model import Code, DiskLayout, Finding, InstanceLayout, Severity
 from storagectl.layouts.record import RECORD_NAME, read_record
 from storagectl.layouts.storage import StorageView
 from storagectl.layouts.verify import inspect_cache_entry
 from storagectl.migrate.roundtrip import entry_key, live_message, live_retained
 from storagectl.process import Runner
 
-
-class AuditCode(StrEnum):
-    METADATA_MISSING = "metadata-missing"
-    METADATA_DRIFT = "metadata-drift"
-    ORPHAN_VOLUME = "orphan-volume"
-    ORPHAN_METADATA = "orphan-metadata"
-    UNOWNED_VOLUMES = "unowned-volumes"
-    BASE_IMAGE_UNSAFE = "base-image-unsafe"
-    BASE_IMAGE_UNUSED = "base-image-unused"
-    MIGRATION_INTERRUPTED = "migration-interrupted"
-    RETAINED_IN_USE = "retained-in-use"
-
-
-AUDIT_SEVERITY = {
-    AuditCode.METADATA_MISSING: Severity.WARNING,
-    AuditCode.METADATA_DRIFT: Severity.CRITICAL,
-    AuditCode.ORPHAN_VOLUME: Severity.WARNING,
-    AuditCode.ORPHAN_METADATA: Severity.WARNING,
-    AuditCode.UNOWNED_VOLUMES: Severity.INFO,
-    AuditCode.BASE_IMAGE_UNSAFE: Severity.CRITICAL,
-    AuditCode.BASE_IMAGE_UNUSED: Severity.INFO,
-    AuditCode.RETAINED_IN_USE: Severity.WARNING,
-    AuditCode.MIGRATION_INTERRUPTED: Severity.WARNING,
-}
-
 RESIZE_SNAPSHOT = "nova-resize"
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3  # Nagios exit statuses
-
-
-def _finding(code: AuditCode, instance: str | None, disk: str | None, message: str) -> Finding:
-    return Finding(AUDIT_SEVERITY[code], code.value, instance, disk, message)
 
 
 @dataclass
@@ -193,15 +163,15 @@ def _record_checks(inst: InstanceLayout, result: InspectionResult, runner: Runne
         return []
     if inst.source != "metadata":
         return [
-            _finding(
-                AuditCode.METADATA_MISSING,
+            Finding.of(
+                Code.METADATA_MISSING,
                 inst.uuid,
                 None,
                 f"instance {inst.name} has no storage record yet (storagectl persist {inst.uuid})",
             )
         ]
     out = [
-        _finding(AuditCode.METADATA_DRIFT, inst.uuid, d.disk, d.message)
+        Finding.of(Code.METADATA_DRIFT, inst.uuid, d.disk, d.message)
         for d in result.drift.get(inst.uuid, [])
     ]
     for disk in inst.disks:
@@ -210,7 +180,7 @@ def _record_checks(inst: InstanceLayout, result: InspectionResult, runner: Runne
     # A retained_sources item where a disk is now (storagectl/migrate/roundtrip.py).
     for item, disk_name in live_retained(inst.disks, result.retained.get(inst.uuid, ())):
         message = live_message(inst.uuid, str(entry_key(item)), disk_name)
-        out.append(_finding(AuditCode.RETAINED_IN_USE, inst.uuid, disk_name, message))
+        out.append(Finding.of(Code.RETAINED_IN_USE, inst.uuid, disk_name, message))
     return out
 
 
@@ -226,8 +196,8 @@ def _mirror_drift(uuid: str, disk: DiskLayout, runner: Runner) -> list[Finding]:
     if not wrong:
         return []
     return [
-        _finding(
-            AuditCode.METADATA_DRIFT,
+        Finding.of(
+            Code.METADATA_DRIFT,
             uuid,
             disk.name,
             f"{disk.location}: storagectl tags/meta {', '.join(wrong)} do not match the record",
@@ -272,8 +242,8 @@ def _orphans(
             parsed = naming.parse_lv_name(lv)
             if parsed and parsed[0] not in defined and lv not in kept:
                 out.append(
-                    _finding(
-                        AuditCode.ORPHAN_VOLUME,
+                    Finding.of(
+                        Code.ORPHAN_VOLUME,
                         parsed[0],
                         parsed[1],
                         f"LV {vg}/{lv} belongs to no defined domain",
@@ -306,8 +276,8 @@ def _orphans(
                     in_use += 1  # a client (a guest on a host not scanned?) has it open
                     continue
                 out.append(
-                    _finding(
-                        AuditCode.ORPHAN_VOLUME,
+                    Finding.of(
+                        Code.ORPHAN_VOLUME,
                         parsed[0],
                         parsed[1],
                         f"RBD image {pool}/{image} belongs to no defined domain",
@@ -315,8 +285,8 @@ def _orphans(
                 )
             elif RESIZE_SNAPSHOT in vol.snapshots:
                 out.append(
-                    _finding(
-                        AuditCode.ORPHAN_VOLUME,
+                    Finding.of(
+                        Code.ORPHAN_VOLUME,
                         parsed[0],
                         parsed[1],
                         f"RBD image {pool}/{image} still has a leftover {RESIZE_SNAPSHOT} snapshot",
@@ -383,8 +353,8 @@ def _orphan_dirs(
             continue
         if suffix == "" and os.path.exists(os.path.join(entry.path, RECORD_NAME)):
             out.append(
-                _finding(
-                    AuditCode.ORPHAN_METADATA,
+                Finding.of(
+                    Code.ORPHAN_METADATA,
                     uuid,
                     None,
                     f"record {os.path.join(entry.path, RECORD_NAME)} belongs to no defined domain",
@@ -397,8 +367,8 @@ def _orphan_dirs(
             "_del": "deletion leftover",
         }[suffix]
         out.append(
-            _finding(
-                AuditCode.ORPHAN_VOLUME,
+            Finding.of(
+                Code.ORPHAN_VOLUME,
                 uuid,
                 None,
                 f"{what} {entry.path} belongs to no defined domain",
@@ -439,8 +409,8 @@ def _unowned(
     report.unowned[where] = n
     why = "; ".join(f"{count} {text}" for count, text in reasons if count)
     return [
-        _finding(
-            AuditCode.UNOWNED_VOLUMES,
+        Finding.of(
+            Code.UNOWNED_VOLUMES,
             None,
             None,
             f"{n} {noun[0] if n == 1 else noun[1]} {place} "
@@ -480,8 +450,8 @@ def _image_cache(result: InspectionResult, nova: NovaConfig, storage: StorageVie
         problems = scanned[entry.path].problems
         if problems:
             out.append(
-                _finding(
-                    AuditCode.BASE_IMAGE_UNSAFE,
+                Finding.of(
+                    Code.BASE_IMAGE_UNSAFE,
                     None,
                     entry.name,
                     f"image cache entry {entry.path}: {'; '.join(problems)}",
@@ -489,8 +459,8 @@ def _image_cache(result: InspectionResult, nova: NovaConfig, storage: StorageVie
             )
         if entry.is_file(follow_symlinks=False) and real(entry.path) not in used:
             out.append(
-                _finding(
-                    AuditCode.BASE_IMAGE_UNUSED,
+                Finding.of(
+                    Code.BASE_IMAGE_UNUSED,
                     None,
                     entry.name,
                     f"image cache entry {entry.path} is used by no disk",

@@ -8,9 +8,10 @@ its exit status without losing the instances that were inspected.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 
 from storagectl import errors
 from storagectl.config import NovaConfig
@@ -100,18 +101,18 @@ def inspect_hosts(
             result.remote_hosts.append(host)
         for dom in sorted(_selected(scan, wanted), key=lambda d: (d.info.name, d.info.uuid)):
             seen.update((dom.info.uuid, dom.info.name))
-            result.instances.append(
-                _layout(
-                    dom,
-                    host,
-                    nova,
-                    storage,
-                    result,
-                    local=scan.local,
-                    use_records=use_records,
-                    record=records.get(dom.info.uuid, _UNREAD),
-                )
+            build = partial(
+                _layout_of,
+                dom,
+                host,
+                nova,
+                storage,
+                result,
+                local=scan.local,
+                use_records=use_records,
+                record=records.get(dom.info.uuid, _UNREAD),
             )
+            result.instances.append(_layout(dom, host, build))
     result.not_found = [s for s in selectors if (s.lower() if len(s) == 36 else s) not in seen]
     return result
 
@@ -122,24 +123,13 @@ def _selected(scan: HostScan, selectors: set[str]) -> list[ScannedDomain]:
     return [d for d in scan.domains if d.info.uuid in selectors or d.info.name in selectors]
 
 
-def _layout(
-    dom: ScannedDomain,
-    host: str,
-    nova: NovaConfig,
-    storage: StorageView,
-    result: InspectionResult,
-    *,
-    local: bool,
-    use_records: bool,
-    record: Record | errors.StorageCtlError | None | object = None,
-) -> InstanceLayout:
-    """One instance's layout. Whatever a file of this instance makes a reader raise that
-    no reader anticipated is a critical finding about this instance: one hostile file
-    never takes down the run for every other instance."""
+def _layout(dom: ScannedDomain, host: str, build: Callable[[], InstanceLayout]) -> InstanceLayout:
+    """One instance's layout, made by ``build`` (:func:`_layout_of`). Whatever a file of
+    this instance makes a reader raise that no reader anticipated is a critical finding
+    about this instance: one hostile file never takes down the run for every other
+    instance."""
     try:
-        return _layout_of(
-            dom, host, nova, storage, result, local=local, use_records=use_records, record=record
-        )
+        return build()
     except (*HOSTILE_CONTENT_ERRORS, OSError) as exc:
         LOG.debug("instance %s on %s could not be inspected", dom.info.uuid, host, exc_info=True)
         why = content_error(exc) if not isinstance(exc, OSError) else str(exc)

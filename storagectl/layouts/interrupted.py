@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from storagectl.layouts import naming
 from storagectl.layouts.locks import lock_file
-from storagectl.layouts.model import Finding, Severity
+from storagectl.layouts.model import Code, Finding
 
 LOG = logging.getLogger(__name__)
 
@@ -35,7 +35,6 @@ JOURNAL_NAME = "storage.migration.json"  # storagectl.migrate.journal.JOURNAL_NA
 TEMP_SUFFIX = ".migrating"
 RETAINED_MARK = ".retained-"
 RUNNING, INTERRUPTED = "running", "interrupted"
-MIGRATION_INTERRUPTED = "migration-interrupted"  # audit.AuditCode.MIGRATION_INTERRUPTED
 # struct flock on Linux (x86_64, aarch64): short l_type, short l_whence, off_t l_start,
 # off_t l_len, pid_t l_pid (and padding).
 _FLOCK = "hhqqi4x"
@@ -193,9 +192,8 @@ def interrupted_findings(
     for item in find_leftovers(instances_path, lock_path):
         held[item.uuid] = item.bytes_held
         out.append(
-            Finding(
-                Severity.WARNING,
-                MIGRATION_INTERRUPTED,
+            Finding.of(
+                Code.MIGRATION_INTERRUPTED,
                 item.uuid,
                 None,
                 item.message(

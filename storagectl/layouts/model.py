@@ -69,41 +69,43 @@ class Severity(StrEnum):
 
 
 class Code(StrEnum):
-    """Finding codes: a stable interface for monitoring. Never rename one."""
+    """Finding codes, each with the severity it always carries: a stable interface for
+    monitoring. Never rename one. Every code inspect or audit reports is listed here."""
 
-    RAW_DISK_HAS_IMAGE_HEADER = "raw-disk-has-image-header"
-    BACKING_FILE_OUTSIDE_CACHE = "backing-file-outside-cache"
-    NESTED_BACKING_CHAIN = "nested-backing-chain"
-    QCOW2_DATA_FILE = "qcow2-data-file"
-    UNSAFE_IMAGE_FORMAT = "unsafe-image-format"
-    FORMAT_MISMATCH = "format-mismatch"
-    DISK_OUTSIDE_INSTANCE_DIR = "disk-outside-instance-dir"
-    DISK_MISSING = "disk-missing"
-    UNKNOWN_LAYOUT = "unknown-layout"
-    METADATA_INVALID = "metadata-invalid"
+    severity: Severity
+
+    def __new__(cls, value: str, severity: Severity) -> Code:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.severity = severity
+        return member
+
+    RAW_DISK_HAS_IMAGE_HEADER = "raw-disk-has-image-header", Severity.CRITICAL
+    BACKING_FILE_OUTSIDE_CACHE = "backing-file-outside-cache", Severity.CRITICAL
+    NESTED_BACKING_CHAIN = "nested-backing-chain", Severity.WARNING
+    QCOW2_DATA_FILE = "qcow2-data-file", Severity.CRITICAL
+    UNSAFE_IMAGE_FORMAT = "unsafe-image-format", Severity.CRITICAL
+    FORMAT_MISMATCH = "format-mismatch", Severity.CRITICAL
+    # issue #13: a host file, a device
+    DISK_OUTSIDE_INSTANCE_DIR = "disk-outside-instance-dir", Severity.CRITICAL
+    DISK_MISSING = "disk-missing", Severity.CRITICAL
+    UNKNOWN_LAYOUT = "unknown-layout", Severity.WARNING
+    METADATA_INVALID = "metadata-invalid", Severity.CRITICAL
     # Added by storagectl beyond the first list; same stability promise.
-    DISK_INFO_INVALID = "disk-info-invalid"
-    NOT_INSPECTED = "content-not-inspected"
+    DISK_INFO_INVALID = "disk-info-invalid", Severity.WARNING
+    NOT_INSPECTED = "content-not-inspected", Severity.INFO
     # Issue #13: a reader met content it could not parse; the instance is not vouched for.
-    INSPECTION_FAILED = "inspection-failed"
-
-
-#: The severity each code always carries.
-SEVERITY: dict[Code, Severity] = {
-    Code.RAW_DISK_HAS_IMAGE_HEADER: Severity.CRITICAL,
-    Code.BACKING_FILE_OUTSIDE_CACHE: Severity.CRITICAL,
-    Code.NESTED_BACKING_CHAIN: Severity.WARNING,
-    Code.QCOW2_DATA_FILE: Severity.CRITICAL,
-    Code.UNSAFE_IMAGE_FORMAT: Severity.CRITICAL,
-    Code.FORMAT_MISMATCH: Severity.CRITICAL,
-    Code.DISK_OUTSIDE_INSTANCE_DIR: Severity.CRITICAL,  # issue #13: a host file, a device
-    Code.DISK_MISSING: Severity.CRITICAL,
-    Code.UNKNOWN_LAYOUT: Severity.WARNING,
-    Code.METADATA_INVALID: Severity.CRITICAL,
-    Code.DISK_INFO_INVALID: Severity.WARNING,
-    Code.NOT_INSPECTED: Severity.INFO,
-    Code.INSPECTION_FAILED: Severity.CRITICAL,
-}
+    INSPECTION_FAILED = "inspection-failed", Severity.CRITICAL
+    # audit's own (storagectl/layouts/audit.py).
+    METADATA_MISSING = "metadata-missing", Severity.WARNING
+    METADATA_DRIFT = "metadata-drift", Severity.CRITICAL
+    ORPHAN_VOLUME = "orphan-volume", Severity.WARNING
+    ORPHAN_METADATA = "orphan-metadata", Severity.WARNING
+    UNOWNED_VOLUMES = "unowned-volumes", Severity.INFO
+    BASE_IMAGE_UNSAFE = "base-image-unsafe", Severity.CRITICAL
+    BASE_IMAGE_UNUSED = "base-image-unused", Severity.INFO
+    MIGRATION_INTERRUPTED = "migration-interrupted", Severity.WARNING  # interrupted.py
+    RETAINED_IN_USE = "retained-in-use", Severity.WARNING
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ class Finding:
 
     @classmethod
     def of(cls, code: Code, instance: str | None, disk: str | None, message: str) -> Finding:
-        return cls(SEVERITY[code], code.value, instance, disk, message)
+        return cls(code.severity, code.value, instance, disk, message)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -29,9 +29,9 @@ import stat
 
 from storagectl import errors
 from storagectl.fsutil import atomic_write
-from storagectl.layouts.audit import AUDIT_SEVERITY, UNKNOWN, AuditReport
+from storagectl.layouts.audit import UNKNOWN, AuditReport
 from storagectl.layouts.interrupted import prometheus_lines
-from storagectl.layouts.model import SEVERITY
+from storagectl.layouts.model import Code
 
 _LAST = re.compile(r"^storagectl_audit_last_success_timestamp_seconds\s+(\S+)\s*$", re.M)
 
@@ -65,7 +65,7 @@ def render(report: AuditReport, previous_last_success: float | None) -> str:
     for f in report.findings:
         counts[(f.severity.value, f.code)] = counts.get((f.severity.value, f.code), 0) + 1
     # Every known code is always exported (0 when absent) so alerts see it go back to 0.
-    known = {(sev.value, code.value) for code, sev in (*SEVERITY.items(), *AUDIT_SEVERITY.items())}
+    known = {(code.severity.value, code.value) for code in Code}
     for sev, code in sorted(known | set(counts)):
         lines.append(
             f'storagectl_findings{{severity="{_label(sev)}",code="{_label(code)}"}} '

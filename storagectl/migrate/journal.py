@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from storagectl import errors
-from storagectl.fsutil import atomic_write
+from storagectl.fsutil import atomic_write, fsync_dir
 from storagectl.migrate.plan import Plan
 
 LOG = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class Journal:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent, missing_ok=True)
 
 
 def journal_path(instance_dir: str | os.PathLike[str]) -> Path:
@@ -181,14 +181,3 @@ def check_fault(value: str | None) -> str | None:
             + ", ".join(STEPS)
         )
     return value
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -16,8 +16,7 @@ import pytest
 from storagectl.backends import Storage, remove_command
 from storagectl.config import load_nova_config
 from storagectl.layouts import record as rec
-from storagectl.layouts.audit import AuditCode
-from storagectl.layouts.model import Backend, DiskLayout, Role
+from storagectl.layouts.model import Backend, Code, DiskLayout, Role
 from storagectl.layouts.persist import WRITTEN, PersistOutcome, _write_locked
 from storagectl.migrate import roundtrip, switch
 from storagectl.migrate.plan import MigrationRefused, Options, describe, make_plan
@@ -342,7 +341,7 @@ def test_audit_finding_and_persist_repair(nova) -> None:
     result.retained[UUID] = record.retained_sources
     (f,) = _record_checks(layout, result, Runner())
     assert (f.code, f.disk, f.severity.value) == (
-        AuditCode.RETAINED_IN_USE.value,
+        Code.RETAINED_IN_USE.value,
         "disk",
         "warning",
     )

@@ -41,10 +41,13 @@ class FormatInspector(abc.ABC):
     #: other files); content formats (iso, gpt, mbr) are just what a raw disk
     #: holds and never count towards "multiple-formats".
     container: ClassVar[bool] = True
+    #: The signatures (any one) the default :meth:`locate` looks for at offset 0; a
+    #: format whose signature is found otherwise overrides ``locate``.
+    magics: ClassVar[tuple[bytes, ...]] = ()
 
-    @abc.abstractmethod
     def locate(self, reader: BoundedReader) -> Location | None:
         """Return where this format's signature is, or None; reads head/tail only."""
+        return Location.START if reader.head.startswith(self.magics) else None
 
     @abc.abstractmethod
     def inspect(self, reader: BoundedReader, found: Findings) -> None:
@@ -65,6 +68,19 @@ def unpack(fmt: str, data: bytes, offset: int = 0) -> tuple[int, ...] | None:
     if offset < 0 or len(data) < offset + layout.size:
         return None
     return layout.unpack_from(data, offset)
+
+
+def read_header(
+    reader: BoundedReader, found: Findings, what: str, fmt: str
+) -> tuple[int, ...] | None:
+    """The header at the start of the file, unpacked with ``fmt``; None, with the shared
+    ``truncated-header`` failure recorded, when the file ends before it."""
+    size = _compiled(fmt).size
+    hdr = reader.read(0, size)
+    fields = unpack(fmt, hdr)
+    if fields is None:
+        truncated(found, what, size, len(hdr))
+    return fields
 
 
 def decode_name(raw: bytes) -> str:

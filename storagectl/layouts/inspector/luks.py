@@ -7,7 +7,7 @@ specification 1.2.3; qemu 7.2 crypto/block-luks.c.
 
 from __future__ import annotations
 
-from storagectl.layouts.inspector.base import FormatInspector, Location, truncated, unpack
+from storagectl.layouts.inspector.base import FormatInspector, read_header
 from storagectl.layouts.inspector.checks import Check
 from storagectl.layouts.inspector.reader import BoundedReader
 from storagectl.layouts.inspector.report import Findings
@@ -35,15 +35,11 @@ class LuksInspector(FormatInspector):
     """LUKS-encrypted raw payload (qemu's "luks" format)."""
 
     name = "luks"
-
-    def locate(self, reader: BoundedReader) -> Location | None:
-        return Location.START if reader.head[:6] == LUKS_MAGIC else None
+    magics = (LUKS_MAGIC,)
 
     def inspect(self, reader: BoundedReader, found: Findings) -> None:
-        hdr = reader.read(0, 108)
-        fields = unpack(">6sH32s32s32sI", hdr)
+        fields = read_header(reader, found, "LUKS header", ">6sH32s32s32sI")
         if fields is None:
-            truncated(found, "LUKS header", 108, len(hdr))
             return
         version, payload_sectors = fields[1], fields[5]
         if version != 1:

@@ -157,9 +157,7 @@ class VhdxInspector(FormatInspector):
     """VHDX: reads the region table, then the metadata table, then two items."""
 
     name = "vhdx"
-
-    def locate(self, reader: BoundedReader) -> Location | None:
-        return Location.START if reader.head[:8] == VHDX_SIGNATURE else None
+    magics = (VHDX_SIGNATURE,)
 
     def inspect(self, reader: BoundedReader, found: Findings) -> None:
         table = reader.read(VHDX_REGION_TABLE, 16)

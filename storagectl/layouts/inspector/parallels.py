@@ -6,7 +6,7 @@ References: qemu 7.2 block/parallels.c (parallels_open), docs/interop/parallels.
 
 from __future__ import annotations
 
-from storagectl.layouts.inspector.base import FormatInspector, Location, truncated, unpack
+from storagectl.layouts.inspector.base import FormatInspector, read_header
 from storagectl.layouts.inspector.checks import Check
 from storagectl.layouts.inspector.reader import BoundedReader
 from storagectl.layouts.inspector.report import Findings
@@ -26,7 +26,6 @@ from storagectl.layouts.inspector.report import Findings
 #    52     4  flags
 #    56     8  ext_off: format extension cluster (dirty bitmaps)
 PARALLELS_MAGICS = (b"WithoutFreeSpace", b"WithouFreSpacExt")
-PARALLELS_HEADER = 64
 PARALLELS_VERSION = 2
 
 
@@ -34,15 +33,11 @@ class ParallelsInspector(FormatInspector):
     """Parallels / Virtuozzo ploop images."""
 
     name = "parallels"
-
-    def locate(self, reader: BoundedReader) -> Location | None:
-        return Location.START if reader.head[:16] in PARALLELS_MAGICS else None
+    magics = PARALLELS_MAGICS
 
     def inspect(self, reader: BoundedReader, found: Findings) -> None:
-        hdr = reader.read(0, PARALLELS_HEADER)
-        fields = unpack("<16sIIIIIQIIIQ", hdr)
+        fields = read_header(reader, found, "Parallels header", "<16sIIIIIQIIIQ")
         if fields is None:
-            truncated(found, "Parallels header", PARALLELS_HEADER, len(hdr))
             return
         magic, version, sectors = fields[0], fields[1], fields[6]
         if magic == PARALLELS_MAGICS[0]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 from storagectl.layouts.inspector.base import (
     MAX_NAME,
     FormatInspector,
-    Location,
     decode_name,
+    read_header,
     truncated,
     unpack,
 )
@@ -79,11 +79,9 @@ class Qcow2Inspector(FormatInspector):
     """qcow2 v2/v3 (and v1 "qcow", which shares the magic and is refused)."""
 
     name = "qcow2"
-
-    def locate(self, reader: BoundedReader) -> Location | None:
-        # qemu's probe also wants version >= 2; matching on the magic alone
-        # makes us flag the old qcow v1 too, which is just as dangerous.
-        return Location.START if reader.head[:4] == QCOW2_MAGIC else None
+    # qemu's probe also wants version >= 2; matching on the magic alone
+    # makes us flag the old qcow v1 too, which is just as dangerous.
+    magics = (QCOW2_MAGIC,)
 
     def inspect(self, reader: BoundedReader, found: Findings) -> None:
         hdr = reader.read(0, QCOW2_V3_HEADER + 8)
@@ -272,7 +270,6 @@ class Qcow2Inspector(FormatInspector):
 #    56     4  backing_filename_offset (bytes from the start of the file)
 #    60     4  backing_filename_size
 QED_MAGIC = b"QED\x00"
-QED_HEADER = 64
 QED_F_BACKING_FILE = 0x01
 QED_F_BACKING_FORMAT_NO_PROBE = 0x04
 
@@ -281,18 +278,14 @@ class QedInspector(FormatInspector):
     """QED: detected so it can be reported, never accepted as a declared format."""
 
     name = "qed"
-
-    def locate(self, reader: BoundedReader) -> Location | None:
-        return Location.START if reader.head[:4] == QED_MAGIC else None
+    magics = (QED_MAGIC,)
 
     def inspect(self, reader: BoundedReader, found: Findings) -> None:
         # QED is deprecated in qemu and no Nova flavour of storage produces it;
         # anything declared QED is refused outright, whatever else it holds.
         found.fail(Check.QED_FORMAT, "QED images are not supported; convert the disk first")
-        hdr = reader.read(0, QED_HEADER)
-        fields = unpack("<4sIIIQQQQQII", hdr)
+        fields = read_header(reader, found, "QED header", "<4sIIIQQQQQII")
         if fields is None:
-            truncated(found, "QED header", QED_HEADER, len(hdr))
             return
         features, image_size, bf_offset, bf_size = fields[4], fields[8], fields[9], fields[10]
         found.virtual_size = image_size

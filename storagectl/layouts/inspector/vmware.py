@@ -19,7 +19,7 @@ from storagectl.layouts.inspector.base import (
     FormatInspector,
     Location,
     decode_name,
-    truncated,
+    read_header,
     unpack,
 )
 from storagectl.layouts.inspector.checks import Check
@@ -53,7 +53,6 @@ from storagectl.layouts.inspector.report import Findings
 # as a u32 sector count at offset 12.
 KDMV = b"KDMV"
 COWD = b"COWD"
-SPARSE_HEADER = 79
 GD_AT_END = 0xFFFFFFFFFFFFFFFF
 MARKER_FOOTER = 3
 SECTOR = 512
@@ -150,10 +149,8 @@ class VmdkInspector(FormatInspector):
         )
 
     def _sparse(self, reader: BoundedReader, found: Findings) -> None:
-        hdr = reader.read(0, SECTOR)
-        fields = unpack("<4sIIQQQQIQQQB4sH", hdr)
+        fields = read_header(reader, found, "VMDK sparse header", "<4sIIQQQQIQQQB4sH")
         if fields is None:
-            truncated(found, "VMDK sparse header", SPARSE_HEADER, len(hdr))
             return
         version, capacity, desc_sector, gd_offset = fields[1], fields[3], fields[5], fields[9]
         if gd_offset == GD_AT_END:
