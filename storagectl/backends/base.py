@@ -19,9 +19,12 @@ from storagectl.model.location import Location
 from storagectl.process import Runner
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
     from storagectl.config import NovaConfig
     from storagectl.layouts.domain import DomainDisk
-    from storagectl.layouts.model import DiskLayout
+    from storagectl.layouts.model import DiskLayout, Finding, InstanceLayout
+    from storagectl.layouts.storage import StorageView
     from storagectl.layouts.verify import Checker
 
 
@@ -38,6 +41,23 @@ class Refusal(errors.StorageCtlError):
     """A location cannot take part in a migration (preflight turns it into its refusal)."""
 
     template = "%(reason)s"
+
+
+@dataclass(frozen=True)
+class OrphanScan:
+    """What audit knows when it asks each backend for volumes no instance owns."""
+
+    view: StorageView
+    nova: NovaConfig
+    instances: Sequence[InstanceLayout]
+    defined: set[str]  # uuids of the defined domains
+    kept: set[str]  # names/paths the records keep as retained sources
+    traces: set[str]  # uuids this host has an instance directory of
+    complete: bool  # every host sharing the storage was scanned (--complete)
+    errors: list[str]  # what could not be listed (the audit's report)
+    #: ``unowned(where, (noun, nouns), place, [(count, why), ...])`` -> the one finding
+    #: counting volumes that may be another host's (see audit._unowned)
+    unowned: Callable[..., list[Finding]]
 
 
 @dataclass(frozen=True)
@@ -238,6 +258,11 @@ class DiskBackend:
         """A domain ``<disk>`` of one of ``XML_TYPES`` -> the instance disk it is, or None
         when it is no instance storage (a volume)."""
         return None
+
+    @classmethod
+    def orphans(cls, scan: OrphanScan) -> list[Finding]:
+        """Volumes of this backend that belong to no defined domain (audit)."""
+        return []
 
     @classmethod
     def classify_boot(cls, path: str, role: Any, chk: Checker) -> DiskLayout:

@@ -48,14 +48,22 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from storagectl import errors, fsutil
-from storagectl.backends.base import DiskBackend, QemuSpec, Refusal, TargetSettings
+from storagectl.backends.base import (
+    DiskBackend,
+    OrphanScan,
+    QemuSpec,
+    Refusal,
+    TargetSettings,
+)
 from storagectl.layouts import naming
-from storagectl.layouts.model import Backend, Code, DiskLayout
+from storagectl.layouts.model import Backend, Code, DiskLayout, Finding
+from storagectl.layouts.storage import Listing, Volume
 from storagectl.model.location import Location, required
 from storagectl.process import Runner
 
 if TYPE_CHECKING:
     from storagectl.layouts.domain import DomainDisk
+    from storagectl.layouts.storage import StorageView
     from storagectl.layouts.verify import Checker
 
 LOG = logging.getLogger(__name__)
@@ -804,11 +812,48 @@ class LVMBackend(DiskBackend):
         )
 
     @classmethod
+    def orphans(cls, scan: OrphanScan) -> list[Finding]:
+        """LVs named as Nova names instance disks whose instance is not defined, in the
+        VGs the instances use and nova.conf's ``images_volume_group`` (a VG is local to
+        its host: every LV in it is this host's)."""
+        out: list[Finding] = []
+        vgs = {d.volume_group for i in scan.instances for d in i.disks if d.volume_group}
+        if scan.nova.images_volume_group:
+            vgs.add(scan.nova.images_volume_group)
+        for vg in sorted(v for v in vgs if v):
+            listing = cls.listing(scan.view, vg)
+            if listing.error and not listing.missing:
+                scan.errors.append(f"cannot list VG {vg}: {listing.error}")
+                continue
+            for lv in sorted(listing.volumes):
+                parsed = naming.parse_lv_name(lv)
+                if parsed and parsed[0] not in scan.defined and lv not in scan.kept:
+                    message = f"LV {vg}/{lv} belongs to no defined domain"
+                    out.append(Finding.of(Code.ORPHAN_VOLUME, parsed[0], parsed[1], message))
+        return out
+
+    @classmethod
+    def listing(cls, view: StorageView, vg: str) -> Listing:
+        """The LVs of ``vg`` (one ``lvs`` per run, see :class:`StorageView`)."""
+
+        def make() -> Listing:
+            try:
+                lvs = LVM(view.runner).list_volumes(vg)
+            except errors.VolumeGroupNotFound:
+                return Listing(missing=True, error=f"volume group {vg} not found")
+            except errors.StorageCtlError as exc:
+                LOG.debug("cannot list VG %s", vg, exc_info=True)
+                return Listing(error=str(exc))
+            return Listing({lv.name: Volume(lv.size, tuple(lv.tags), lv.path) for lv in lvs})
+
+        return view.listing(("lvm", vg), make)
+
+    @classmethod
     def verify(cls, disk: DiskLayout, chk: Checker, *, backing_hint: str | None) -> None:
         from storagectl.layouts.verify import check_image
 
         vg, lv = disk.volume_group or "", disk.volume or ""
-        listing = chk.storage.lvm(vg)
+        listing = cls.listing(chk.storage, vg)
         if listing.error and not listing.missing:
             chk.add(Code.NOT_INSPECTED, disk.name, f"cannot check LV {vg}/{lv}: {listing.error}")
             return

@@ -32,14 +32,22 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from storagectl import errors
-from storagectl.backends.base import DiskBackend, QemuSpec, Refusal, TargetSettings
+from storagectl.backends.base import (
+    DiskBackend,
+    OrphanScan,
+    QemuSpec,
+    Refusal,
+    TargetSettings,
+)
 from storagectl.layouts import naming
-from storagectl.layouts.model import Backend, Code, DiskLayout
+from storagectl.layouts.model import Backend, Code, DiskLayout, Finding
+from storagectl.layouts.storage import Listing, Volume
 from storagectl.model.location import Location, required
 from storagectl.process import Runner
 
 if TYPE_CHECKING:
     from storagectl.layouts.domain import DomainDisk
+    from storagectl.layouts.storage import StorageView
     from storagectl.layouts.verify import Checker
 
 LOG = logging.getLogger(__name__)
@@ -71,6 +79,8 @@ _HAS_WATCHERS = "image still has watchers"
 # How long a caller that knows the image is its own (a copy target it created and
 # whose writer is gone) waits for a dead writer's watch to expire before giving up.
 STALE_WATCH_WAIT = 45.0
+#: the snapshot Nova's resize leaves on ``<uuid>_disk`` until it is confirmed
+RESIZE_SNAPSHOT = "nova-resize"
 _WATCH_POLL = 2.0
 
 _LOG_PREFIX = re.compile(r"\d{4}-\d\d-\d\dT[\d:.]+[+-]\d{4} [0-9a-f]+\s+-?\d+ ")
@@ -884,10 +894,93 @@ class RBDBackend(DiskBackend):
         )
 
     @classmethod
+    def orphans(cls, scan: OrphanScan) -> list[Finding]:
+        """Images named as Nova names instance disks whose instance is not defined, and
+        leftover resize snapshots, in the pools the instances use and nova.conf's pool.
+        A pool is shared by many hosts: unless ``complete``, an image whose instance has
+        no directory here, or that a client has open, is only counted (unowned)."""
+        nova, out = scan.nova, []
+        pools = {
+            (d.pool, d.ceph_conf or nova.images_rbd_ceph_conf, d.rbd_user)
+            for i in scan.instances
+            for d in i.disks
+            if d.pool and d.backend is Backend.RBD
+        }
+        if nova.images_type in cls.BACKENDS or pools:
+            pools.add((nova.images_rbd_pool, nova.images_rbd_ceph_conf, nova.rbd_user))
+        for pool, conf, user in sorted(pools, key=str):
+            listing = cls.listing(scan.view, pool or "", conf or "", user)
+            if listing.error:
+                scan.errors.append(f"cannot list RBD pool {pool}: {listing.error}")
+                continue
+            untraced = in_use = 0
+            for image, vol in sorted(listing.volumes.items()):
+                parsed = naming.parse_rbd_image_name(image)
+                if not parsed:
+                    continue
+                if parsed[0] not in scan.defined and image not in scan.kept:
+                    if not scan.complete and parsed[0] not in scan.traces:
+                        untraced += 1  # another host's instance, as far as this host can tell
+                        continue
+                    if cls.watchers(scan.view, pool or "", conf or "", user, image):
+                        in_use += 1  # a client (a guest on a host not scanned?) has it open
+                        continue
+                    message = f"RBD image {pool}/{image} belongs to no defined domain"
+                elif RESIZE_SNAPSHOT in vol.snapshots:
+                    message = (
+                        f"RBD image {pool}/{image} still has a leftover {RESIZE_SNAPSHOT} snapshot"
+                    )
+                else:
+                    continue
+                out.append(Finding.of(Code.ORPHAN_VOLUME, parsed[0], parsed[1], message))
+            out += scan.unowned(
+                f"rbd:{pool}",
+                ("RBD image", "RBD images"),
+                f"in pool {pool}",
+                [
+                    (
+                        untraced,
+                        "whose instance has no directory on this host (other compute hosts' "
+                        "in a shared pool, or orphans: audit all the hosts of the pool together "
+                        "with --complete to tell)",
+                    ),
+                    (in_use, "open by a client (rbd status)"),
+                ],
+            )
+        return out
+
+    @classmethod
+    def listing(cls, view: StorageView, pool: str, conf: str, user: str | None) -> Listing:
+        """The images of ``pool`` (one ``rbd ls -l`` per run, see :class:`StorageView`)."""
+
+        def make() -> Listing:
+            try:
+                images = RBD(view.runner, pool=pool, ceph_conf=conf, user=user).list_long()
+            except errors.StorageCtlError as exc:
+                LOG.debug("cannot list pool %s", pool, exc_info=True)
+                return Listing(error=str(exc))
+            return Listing({i.name: Volume(i.size, snapshots=i.snapshots) for i in images})
+
+        return view.listing(("rbd", pool, conf, user), make)
+
+    @staticmethod
+    def watchers(
+        view: StorageView, pool: str, conf: str, user: str | None, image: str
+    ) -> list[str]:
+        """Addresses of the clients that have ``pool/image`` open (``rbd status``); a
+        status that cannot be read counts as one unknown client: an image is only called
+        an orphan when nothing can be using it."""
+        try:
+            return RBD(view.runner, pool=pool, ceph_conf=conf, user=user).watchers(image)
+        except errors.StorageCtlError as exc:
+            LOG.debug("cannot read the status of %s/%s: %s", pool, image, exc)
+            return ["(status unreadable)"]
+
+    @classmethod
     def verify(cls, disk: DiskLayout, chk: Checker, *, backing_hint: str | None) -> None:
         pool, image = disk.pool or "", disk.image or ""
         conf = disk.ceph_conf or chk.nova.images_rbd_ceph_conf
-        listing = chk.storage.rbd(pool, conf, disk.rbd_user)
+        listing = cls.listing(chk.storage, pool, conf, disk.rbd_user)
         if listing.error:
             chk.add(
                 Code.NOT_INSPECTED,

@@ -45,6 +45,7 @@ from typing import Any
 
 from storagectl import errors
 from storagectl.backends import registry
+from storagectl.backends.base import OrphanScan
 from storagectl.backends.registry import stored
 from storagectl.config import NovaConfig
 from storagectl.layouts import naming, ownership
@@ -59,7 +60,6 @@ from storagectl.layouts.verify import inspect_cache_entry
 from storagectl.migrate.roundtrip import entry_key, live_message, live_retained
 from storagectl.process import Runner
 
-RESIZE_SNAPSHOT = "nova-resize"
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3  # Nagios exit statuses
 
 
@@ -230,83 +230,19 @@ def _orphans(
         local = any(is_local_uri(h.uri) for h in result.hosts)
         owners = ownership.host_names((h.hostname for h in result.hosts), local=local)
     out, traces = _orphan_dirs(nova, defined, kept, owners, report)
-    vgs = {d.volume_group for i in result.instances for d in i.disks if d.volume_group}
-    if nova.images_volume_group:
-        vgs.add(nova.images_volume_group)
-    for vg in sorted(v for v in vgs if v):
-        listing = storage.lvm(vg)
-        if listing.error and not listing.missing:
-            report.errors.append(f"cannot list VG {vg}: {listing.error}")
-            continue
-        for lv in sorted(listing.volumes):
-            parsed = naming.parse_lv_name(lv)
-            if parsed and parsed[0] not in defined and lv not in kept:
-                out.append(
-                    Finding.of(
-                        Code.ORPHAN_VOLUME,
-                        parsed[0],
-                        parsed[1],
-                        f"LV {vg}/{lv} belongs to no defined domain",
-                    )
-                )
-    pools = {
-        (d.pool, d.ceph_conf or nova.images_rbd_ceph_conf, d.rbd_user)
-        for i in result.instances
-        for d in i.disks
-        if d.pool  # only an RBD disk is in a pool
-    }
-    if nova.images_type == "rbd" or pools:
-        pools.add((nova.images_rbd_pool, nova.images_rbd_ceph_conf, nova.rbd_user))
-    for pool, conf, user in sorted(pools, key=str):
-        listing = storage.rbd(pool or "", conf or "", user)
-        if listing.error:
-            report.errors.append(f"cannot list RBD pool {pool}: {listing.error}")
-            continue
-        untraced = in_use = 0
-        for image, vol in sorted(listing.volumes.items()):
-            parsed = naming.parse_rbd_image_name(image)
-            if not parsed:
-                continue
-            if parsed[0] not in defined and image not in kept:
-                if not complete and parsed[0] not in traces:
-                    untraced += 1  # another host's instance, as far as this host can tell
-                    continue
-                watchers = storage.rbd_watchers(pool or "", conf or "", user, image)
-                if watchers:
-                    in_use += 1  # a client (a guest on a host not scanned?) has it open
-                    continue
-                out.append(
-                    Finding.of(
-                        Code.ORPHAN_VOLUME,
-                        parsed[0],
-                        parsed[1],
-                        f"RBD image {pool}/{image} belongs to no defined domain",
-                    )
-                )
-            elif RESIZE_SNAPSHOT in vol.snapshots:
-                out.append(
-                    Finding.of(
-                        Code.ORPHAN_VOLUME,
-                        parsed[0],
-                        parsed[1],
-                        f"RBD image {pool}/{image} still has a leftover {RESIZE_SNAPSHOT} snapshot",
-                    )
-                )
-        out += _unowned(
-            report,
-            f"rbd:{pool}",
-            ("RBD image", "RBD images"),
-            f"in pool {pool}",
-            [
-                (
-                    untraced,
-                    "whose instance has no directory on this host (other compute hosts' in a "
-                    "shared pool, or orphans: audit all the hosts of the pool together with "
-                    "--complete to tell)",
-                ),
-                (in_use, "open by a client (rbd status)"),
-            ],
-        )
+    scan = OrphanScan(
+        storage,
+        nova,
+        result.instances,
+        defined,
+        kept,
+        traces,
+        complete,
+        report.errors,
+        lambda *args: _unowned(report, *args),
+    )
+    for backend in registry.all_backends():
+        out += backend.orphans(scan)
     return out
 
 

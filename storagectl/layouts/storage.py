@@ -1,9 +1,10 @@
-"""A cached, read-only view of the host's block storage for one inspection run.
+"""A cached, read-only view of the host's storage for one inspection run.
 
-Inspection must not run a subprocess per disk: LVM is listed once per volume group
-(``lvs``) and Ceph once per pool (``rbd ls -l``), and every disk is then looked up in
-memory. A VG that does not exist or a Ceph cluster that does not answer is remembered
-as such, so each problem costs one command and is reported on every disk it affects.
+Inspection must not run a subprocess per disk: each backend lists its volumes once per
+container (``lvs`` per volume group, ``rbd ls -l`` per pool: see the backends'
+``listing``), and every disk is then looked up in memory. A VG that does not exist or a
+Ceph cluster that does not answer is remembered as such, so each problem costs one
+command and is reported on every disk it affects.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from storagectl import errors
 from storagectl.process import Runner
 
 LOG = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class Volume:
 
 
 @dataclass
-class _Listing:
+class Listing:
     volumes: dict[str, Volume] = field(default_factory=dict)
     error: str | None = None  # why the listing could not be made
     missing: bool = False  # the VG / pool itself does not exist
@@ -46,9 +47,8 @@ def _lstat(path: str) -> os.stat_result | None:
 
 class StorageView:
     def __init__(self, runner: Runner) -> None:
-        self._runner = runner
-        self._vgs: dict[str, _Listing] = {}
-        self._pools: dict[tuple[str, str, str | None], _Listing] = {}
+        self.runner = runner
+        self._listings: dict[tuple, Listing] = {}
         self._bases: dict[tuple[str, str], Any] = {}
         self._real_dirs: dict[str, str] = {}
 
@@ -82,48 +82,8 @@ class StorageView:
             self._bases[key] = inspect_file(path, declared)
         return self._bases[key]
 
-    def lvm(self, vg: str) -> _Listing:
-        if vg not in self._vgs:
-            self._vgs[vg] = self._list_vg(vg)
-        return self._vgs[vg]
-
-    def rbd(self, pool: str, ceph_conf: str, user: str | None) -> _Listing:
-        key = (pool, ceph_conf, user)
-        if key not in self._pools:
-            self._pools[key] = self._list_pool(pool, ceph_conf, user)
-        return self._pools[key]
-
-    def rbd_watchers(self, pool: str, ceph_conf: str, user: str | None, image: str) -> list[str]:
-        """Addresses of the clients that have ``pool/image`` open (``rbd status``); a
-        status that cannot be read counts as one unknown client: an image is only called
-        an orphan when nothing can be using it."""
-        try:
-            return self._rbd(pool, ceph_conf, user).watchers(image)
-        except errors.StorageCtlError as exc:
-            LOG.debug("cannot read the status of %s/%s: %s", pool, image, exc)
-            return ["(status unreadable)"]
-
-    def _rbd(self, pool: str, ceph_conf: str, user: str | None) -> Any:
-        from storagectl.backends.rbd import RBD  # only hosts with RBD disks need it
-
-        return RBD(self._runner, pool=pool, ceph_conf=ceph_conf, user=user)
-
-    def _list_vg(self, vg: str) -> _Listing:
-        from storagectl.backends.lvm import LVM
-
-        try:
-            lvs = LVM(self._runner).list_volumes(vg)
-        except errors.VolumeGroupNotFound:
-            return _Listing(missing=True, error=f"volume group {vg} not found")
-        except errors.StorageCtlError as exc:
-            LOG.debug("cannot list VG %s", vg, exc_info=True)
-            return _Listing(error=str(exc))
-        return _Listing({lv.name: Volume(lv.size, tuple(lv.tags), lv.path) for lv in lvs})
-
-    def _list_pool(self, pool: str, ceph_conf: str, user: str | None) -> _Listing:
-        try:
-            images = self._rbd(pool, ceph_conf, user).list_long()
-        except errors.StorageCtlError as exc:
-            LOG.debug("cannot list pool %s", pool, exc_info=True)
-            return _Listing(error=str(exc))
-        return _Listing({img.name: Volume(img.size, snapshots=img.snapshots) for img in images})
+    def listing(self, key: tuple, make: Callable[[], Listing]) -> Listing:
+        """The listing of one VG / pool, made once per run (``key`` names it)."""
+        if key not in self._listings:
+            self._listings[key] = make()
+        return self._listings[key]
