@@ -34,10 +34,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from storagectl.config import load_nova_config  # noqa: E402
+from storagectl.host.config import load_nova_config  # noqa: E402
+from storagectl.host.process import Runner  # noqa: E402
 from storagectl.migrate.engine import Engine, Settings  # noqa: E402
 from storagectl.migrate.plan import Options  # noqa: E402
-from storagectl.process import Runner  # noqa: E402
 
 GiB = 1 << 30
 RUNS = int(os.environ.get("BENCH_MIGRATE_RUNS", "9"))

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 from storagectl import errors
 from storagectl.backends.base import DiskBackend, QemuSpec, Refusal, TargetSettings
 from storagectl.backends.registry import backend_class
+from storagectl.host.process import Runner
 from storagectl.model.location import Location
-from storagectl.process import Runner
 
 if TYPE_CHECKING:
-    from storagectl.layouts.model import DiskLayout
+    from storagectl.model.layout import DiskLayout
 
 __all__ = [
     "DiskBackend",

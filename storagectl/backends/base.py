@@ -2,7 +2,7 @@
 audit use, so that no module outside ``backends/`` needs to know which kind of storage
 a disk is on.
 
-A backend is constructed with a :class:`~storagectl.process.Runner` (nothing runs in the
+A backend is constructed with a :class:`~storagectl.host.process.Runner` (nothing runs in the
 constructor) and acts on the :class:`~storagectl.model.location.Location` type it
 declares. Adding a backend is one module (its location type and its ``DiskBackend``)
 and one line in :mod:`storagectl.backends.registry`.
@@ -15,17 +15,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from storagectl import errors
+from storagectl.host.process import Runner
 from storagectl.model.location import Location
-from storagectl.process import Runner
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    from storagectl.config import NovaConfig
-    from storagectl.layouts.domain import DomainDisk
-    from storagectl.layouts.model import DiskLayout, Finding, InstanceLayout
-    from storagectl.layouts.storage import StorageView
-    from storagectl.layouts.verify import Checker
+    from storagectl.host.config import NovaConfig
+    from storagectl.host.domain import DomainDisk
+    from storagectl.inspect.storage import StorageView
+    from storagectl.inspect.verify import Checker
+    from storagectl.model.layout import DiskLayout, Finding, InstanceLayout
 
 
 @dataclass(frozen=True)

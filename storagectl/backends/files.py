@@ -3,7 +3,7 @@
 Nova names them ``<instances_path>/<uuid>/<name>``. A ploop disk is a directory
 (``root.hds`` + ``DiskDescriptor.xml``); qemu-img reads its ``root.hds`` as
 ``parallels``. Every file qemu-img reads is vetted first, its whole backing chain
-named explicitly (:func:`storagectl.layouts.verify.copy_source`).
+named explicitly (:func:`storagectl.inspect.verify.copy_source`).
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from storagectl import fsutil
 from storagectl.backends.base import DiskBackend, QemuSpec, TargetSettings
-from storagectl.layouts import naming
-from storagectl.layouts.model import Backend, Code, DiskLayout, Role
+from storagectl.host import fsutil
+from storagectl.model import naming
+from storagectl.model.layout import Backend, Code, DiskLayout, Role
 from storagectl.model.location import Location, required
 
 if TYPE_CHECKING:
-    from storagectl.layouts.domain import DomainDisk
-    from storagectl.layouts.verify import Checker
+    from storagectl.host.domain import DomainDisk
+    from storagectl.inspect.verify import Checker
 
 TEMP_SUFFIX = ".migrating"
 RETAINED_SUFFIX = ".retained-"
@@ -90,7 +90,7 @@ class FilesBackend(DiskBackend):
 
     @classmethod
     def check_record_location(cls, value: Any, field: str) -> dict[str, Any]:
-        from storagectl.layouts import record_schema as schema
+        from storagectl.record import schema
 
         return schema.FILE_LOCATION(value, field)
 
@@ -200,7 +200,7 @@ class FilesBackend(DiskBackend):
         return QemuSpec(fmt, path, f"driver={fmt},file.driver=file,file.filename={opt(path)}")
 
     def read_name(self, loc: Location) -> str:
-        from storagectl.layouts.verify import copy_source
+        from storagectl.inspect.verify import copy_source
 
         spec = self.qemu_spec(loc)
         return copy_source(spec.filename, spec.format)
@@ -231,7 +231,7 @@ class FilesBackend(DiskBackend):
 
     @classmethod
     def classify(cls, d: DomainDisk, chk: Checker) -> DiskLayout | None:
-        from storagectl.layouts.verify import inside
+        from storagectl.inspect.verify import inside
 
         path = os.path.normpath(d.source or "")
         name = os.path.basename(path)
@@ -299,7 +299,7 @@ class FilesBackend(DiskBackend):
 
     @classmethod
     def verify(cls, disk: DiskLayout, chk: Checker, *, backing_hint: str | None) -> None:
-        from storagectl.layouts import verify
+        from storagectl.inspect import verify
 
         if disk.role in (Role.KERNEL, Role.RAMDISK):
             verify.verify_boot_file(disk, chk)

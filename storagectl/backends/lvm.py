@@ -1,6 +1,6 @@
 """LVM backend: Nova's ``images_type=lvm`` disks, through the lvm2 CLI.
 
-Every command goes through :class:`storagectl.process.Runner` and asks lvm2 for
+Every command goes through :class:`storagectl.host.process.Runner` and asks lvm2 for
 a JSON report in bytes (``--reportformat json --units b --nosuffix``), so sizes
 are exact integers and nothing depends on the operator's locale or
 ``global/units``. Report values are always strings in lvm2's ``json`` format::
@@ -47,7 +47,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from storagectl import errors, fsutil
+from storagectl import errors
 from storagectl.backends.base import (
     DiskBackend,
     OrphanScan,
@@ -55,16 +55,17 @@ from storagectl.backends.base import (
     Refusal,
     TargetSettings,
 )
-from storagectl.layouts import naming
-from storagectl.layouts.model import Backend, Code, DiskLayout, Finding
-from storagectl.layouts.storage import Listing, Volume
+from storagectl.host import fsutil
+from storagectl.host.process import Runner
+from storagectl.inspect.storage import Listing, Volume
+from storagectl.model import naming
+from storagectl.model.layout import Backend, Code, DiskLayout, Finding
 from storagectl.model.location import Location, required
-from storagectl.process import Runner
 
 if TYPE_CHECKING:
-    from storagectl.layouts.domain import DomainDisk
-    from storagectl.layouts.storage import StorageView
-    from storagectl.layouts.verify import Checker
+    from storagectl.host.domain import DomainDisk
+    from storagectl.inspect.storage import StorageView
+    from storagectl.inspect.verify import Checker
 
 LOG = logging.getLogger(__name__)
 
@@ -589,7 +590,7 @@ class LVMBackend(DiskBackend):
 
     @classmethod
     def check_record_location(cls, value: Any, field: str) -> dict[str, Any]:
-        from storagectl.layouts import record_schema as schema
+        from storagectl.record import schema
 
         name = schema.LVM_NAME
         return schema.mapping({"volume_group": name, "volume": name})(value, field)
@@ -850,7 +851,7 @@ class LVMBackend(DiskBackend):
 
     @classmethod
     def verify(cls, disk: DiskLayout, chk: Checker, *, backing_hint: str | None) -> None:
-        from storagectl.layouts.verify import check_image
+        from storagectl.inspect.verify import check_image
 
         vg, lv = disk.volume_group or "", disk.volume or ""
         listing = cls.listing(chk.storage, vg)

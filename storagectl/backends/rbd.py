@@ -1,6 +1,6 @@
 """Ceph RBD backend: Nova's ``images_type=rbd`` disks, through the ``rbd`` CLI.
 
-Every command goes through :class:`storagectl.process.Runner` and names the
+Every command goes through :class:`storagectl.host.process.Runner` and names the
 cluster explicitly (``--conf``, ``--id`` when a user is set, ``pool/image`` or
 ``--pool``), so nothing depends on the environment (``CEPH_CONF``, ``CEPH_ARGS``)
 of the operator's shell. The python rados/rbd bindings are not used: the CLI is
@@ -39,16 +39,16 @@ from storagectl.backends.base import (
     Refusal,
     TargetSettings,
 )
-from storagectl.layouts import naming
-from storagectl.layouts.model import Backend, Code, DiskLayout, Finding
-from storagectl.layouts.storage import Listing, Volume
+from storagectl.host.process import Runner
+from storagectl.inspect.storage import Listing, Volume
+from storagectl.model import naming
+from storagectl.model.layout import Backend, Code, DiskLayout, Finding
 from storagectl.model.location import Location, required
-from storagectl.process import Runner
 
 if TYPE_CHECKING:
-    from storagectl.layouts.domain import DomainDisk
-    from storagectl.layouts.storage import StorageView
-    from storagectl.layouts.verify import Checker
+    from storagectl.host.domain import DomainDisk
+    from storagectl.inspect.storage import StorageView
+    from storagectl.inspect.verify import Checker
 
 LOG = logging.getLogger(__name__)
 
@@ -676,7 +676,7 @@ class RBDBackend(DiskBackend):
 
     @classmethod
     def check_record_location(cls, value: Any, field: str) -> dict[str, Any]:
-        from storagectl.layouts import record_schema as schema
+        from storagectl.record import schema
 
         name = schema.like(r"[^/@\s]+", "a valid RBD name")
         # Nova's default images_rbd_ceph_conf is "": librados then searches its defaults.

@@ -1,7 +1,8 @@
 """storagectl's command line: the root group, global options and the error renderer.
 
 Every command module under ``storagectl/cli/`` is a thin click command; the logic lives
-in ``storagectl.layouts``, ``storagectl.backends`` and ``storagectl.migrate``.
+in the folders beside it (``model``, ``host``, ``backends``, ``inspector``, ``inspect``,
+``record``, ``audit``, ``migrate``, ``sandbox``).
 
 Errors: a :class:`storagectl.errors.StorageCtlError` is shown as one line,
 ``--> ClassName: message``, with its exit status; any other exception as
@@ -205,7 +206,7 @@ def cli(
         libvirt_factory=ctx.obj.libvirt_factory if isinstance(ctx.obj, Application) else None,
     )
     ctx.obj = app
-    from storagectl.layouts import hosts
+    from storagectl.host import hosts
 
     hosts.CONNECT_TIMEOUT = connect_timeout
     app.setup_logging()

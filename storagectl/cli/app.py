@@ -19,18 +19,18 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from storagectl import errors
-from storagectl.config import (
+from storagectl.host.config import (
     DEFAULT_NOVA_CONF,
     NovaConfig,
     check_instances_path,
     load_nova_config,
 )
-from storagectl.process import Runner
+from storagectl.host.process import Runner
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from storagectl.layouts.libvirt_port import LibvirtPort
+    from storagectl.host.libvirt_port import LibvirtPort
 
 LOG = logging.getLogger("storagectl")
 DEFAULT_URI = "qemu:///system"
@@ -116,7 +116,7 @@ class Application:
         """The read-write libvirt port of ``uri`` (connects on first use)."""
         if self.libvirt_factory is not None:
             return self.libvirt_factory(uri)
-        from storagectl.layouts.libvirt_port import LibvirtDomains
+        from storagectl.host.libvirt_port import LibvirtDomains
 
         return LibvirtDomains(uri, timeout=self.connect_timeout)
 
@@ -136,7 +136,7 @@ class Application:
                 LOG.warning("%s not found: using Nova's defaults", DEFAULT_NOVA_CONF)
             # Its instances are read here only for a host of this machine; a remote
             # host's instances_path need not exist locally.
-            from storagectl.layouts.hosts import is_local_uri
+            from storagectl.host.hosts import is_local_uri
 
             if any(is_local_uri(uri) for uri in self.uris):
                 check_instances_path(nova)

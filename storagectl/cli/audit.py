@@ -13,11 +13,11 @@ import time
 import click
 
 from storagectl import errors
+from storagectl.audit.audit import OK, UNKNOWN, AuditReport, run_audit
+from storagectl.audit.prometheus import TextfileError, check_textfile, write_textfile
 from storagectl.cli.app import Application, output_option
 from storagectl.cli.render import error_line
-from storagectl.layouts.audit import OK, UNKNOWN, AuditReport, run_audit
-from storagectl.layouts.locks import host_lock
-from storagectl.layouts.prometheus import TextfileError, check_textfile, write_textfile
+from storagectl.host.locks import host_lock
 
 LOG = logging.getLogger("storagectl")
 

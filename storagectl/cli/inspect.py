@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
+from storagectl.audit.audit import with_host
 from storagectl.cli.app import Application, output_option
-from storagectl.layouts.audit import with_host
-from storagectl.layouts.inspection import inspect_hosts
+from storagectl.inspect.inspection import inspect_hosts
 
 
 @click.command("inspect")

@@ -6,8 +6,8 @@ import click
 
 from storagectl import errors
 from storagectl.cli.app import Application, output_option
-from storagectl.layouts.inspection import inspect_hosts
-from storagectl.layouts.persist import REFUSED, WOULD_WRITE, persist
+from storagectl.inspect.inspection import inspect_hosts
+from storagectl.record.persist import REFUSED, WOULD_WRITE, persist
 
 _STYLE = {"written": "green", "unchanged": None, "refused": "bold red", "would-write": "cyan"}
 

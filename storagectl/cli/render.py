@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from storagectl.layouts.model import Finding, InstanceLayout
+from storagectl.model.layout import Finding, InstanceLayout
 
 if TYPE_CHECKING:
     from rich.console import Console

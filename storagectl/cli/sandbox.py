@@ -10,7 +10,7 @@ import click
 
 from storagectl import errors
 from storagectl.cli.app import Application, output_option
-from storagectl.process import Runner
+from storagectl.host.process import Runner
 from storagectl.sandbox import Sandbox, SandboxSpec, create_sandbox
 
 _EXTRA_KINDS = ("lvm", "rbd")

@@ -9,9 +9,9 @@ import click
 from storagectl import errors
 from storagectl.cli.app import Application, output_option
 from storagectl.cli.render import emit_table, human_size
-from storagectl.layouts.hosts import scan_hosts
-from storagectl.layouts.naming import is_uuid
-from storagectl.layouts.record import read_record, record_path
+from storagectl.host.hosts import scan_hosts
+from storagectl.model.naming import is_uuid
+from storagectl.record.record import read_record, record_path
 
 
 class NoSuchInstance(errors.InstanceNotFound):

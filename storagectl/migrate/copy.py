@@ -21,7 +21,7 @@ the copy may still be dirty pages when the switch is journaled. Hence (as Nova's
 ``images.convert_image``):
 
 * ``-t none`` (O_DIRECT writes, then one ``fdatasync``) for files and LVs; where the
-  file system refuses O_DIRECT (:func:`~storagectl.fsutil.direct_io_supported`),
+  file system refuses O_DIRECT (:func:`~storagectl.host.fsutil.direct_io_supported`),
   ``-t writeback`` (buffered writes, then one ``fdatasync``). ``none`` over
   ``writeback`` by measurement (256 MiB, 3 runs: writeback 0.18-0.22 s, none 0.20-0.23 s;
   bench/RESULTS.md for 2 GiB): the same wall time here, and a copy
@@ -46,8 +46,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from storagectl.backends import Storage
+from storagectl.host.process import Runner
 from storagectl.migrate.plan import DiskMove
-from storagectl.process import Runner
 
 LOG = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def convert_argv(move: DiskMove, storage: Storage, *, bwlimit: int | None) -> li
         argv.append("--target-is-zero")
     if bwlimit:
         argv += ["-r", f"{bwlimit}M"]
-    # Every file qemu-img will read is vetted again now (storagectl.layouts.verify).
+    # Every file qemu-img will read is vetted again now (storagectl.inspect.verify).
     return [*argv, storage.read_name(move.source), dst.filename]
 
 

@@ -19,21 +19,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from storagectl import errors
+from storagectl.audit.interrupted import migration_state
 from storagectl.backends import Storage
-from storagectl.config import NovaConfig
-from storagectl.layouts import naming
-from storagectl.layouts import record as rec
-from storagectl.layouts.hosts import is_local_uri
-from storagectl.layouts.inspection import inspect_hosts
-from storagectl.layouts.interrupted import migration_state
-from storagectl.layouts.libvirt_port import (  # driver_problem: importable from here too
+from storagectl.host.config import NovaConfig
+from storagectl.host.hosts import is_local_uri
+from storagectl.host.libvirt_port import (  # driver_problem: importable from here too
     LibvirtDomains,
     LibvirtPort,
     driver_problem,  # noqa: F401
 )
-from storagectl.layouts.locks import instance_lock
-from storagectl.layouts.mirror import write_mirror
-from storagectl.layouts.model import Code, Severity
+from storagectl.host.locks import instance_lock
+from storagectl.host.process import Runner
+from storagectl.inspect.inspection import inspect_hosts
 from storagectl.migrate import roundtrip, switch
 from storagectl.migrate.copy import NullProgress, Progress, copy_all
 from storagectl.migrate.journal import STEPS, Journal, JournalInvalid, journal_path, read_journal
@@ -48,7 +45,10 @@ from storagectl.migrate.plan import (
 from storagectl.migrate.preflight import preflight
 from storagectl.migrate.retained import delete_retained, retained_locations
 from storagectl.migrate.verify import verify_disk
-from storagectl.process import Runner
+from storagectl.model import naming
+from storagectl.model.layout import Code, Severity
+from storagectl.record import record as rec
+from storagectl.record.mirror import write_mirror
 
 LOG = logging.getLogger(__name__)
 

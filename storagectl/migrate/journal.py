@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from storagectl import errors
-from storagectl.fsutil import atomic_write, fsync_dir
+from storagectl.host.fsutil import atomic_write, fsync_dir
 from storagectl.migrate.plan import Plan
 
 LOG = logging.getLogger(__name__)

@@ -23,10 +23,10 @@ from typing import Any
 from storagectl import errors
 from storagectl.backends import registry
 from storagectl.backends.base import nova_settings
-from storagectl.config import NovaConfig
-from storagectl.layouts.model import DiskLayout, Role
-from storagectl.layouts.record import Record
+from storagectl.host.config import NovaConfig
+from storagectl.model.layout import DiskLayout, Role
 from storagectl.model.location import Location
+from storagectl.record.record import Record
 
 #: Backends this slice can write to and read from.
 TARGETS = registry.all_targets()

@@ -15,10 +15,10 @@ import logging
 from collections import defaultdict
 
 from storagectl.backends import Refusal, Storage, remove_command
-from storagectl.layouts import record as rec
 from storagectl.migrate import roundtrip
 from storagectl.migrate.plan import MigrationRefused, Plan
 from storagectl.model.location import Location
+from storagectl.record import record as rec
 
 LOG = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from dataclasses import replace
 
 from storagectl import errors
 from storagectl.backends import Storage, registry
-from storagectl.layouts import naming
-from storagectl.layouts import record as rec
+from storagectl.host.process import Runner
 from storagectl.migrate import roundtrip
+from storagectl.model import naming
 from storagectl.model.location import Location
-from storagectl.process import Runner
+from storagectl.record import record as rec
 
 LOG = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
 from storagectl.backends import registry
-from storagectl.layouts.model import DiskLayout
-from storagectl.layouts.naming import aside_name, is_aside_of  # noqa: F401 - their old home
+from storagectl.model.layout import DiskLayout
 from storagectl.model.location import Location
+from storagectl.model.naming import aside_name, is_aside_of  # noqa: F401 - their old home
 
 LOG = logging.getLogger(__name__)
 

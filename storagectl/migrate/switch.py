@@ -15,7 +15,7 @@ that each leave the domain pointing at a complete, verified disk (kill -9 anywhe
 step checks what is already done, so running the switch again finishes it, and
 :func:`undo` walks back the same way.
 
-Domains are read and redefined through a ``LibvirtPort`` (``layouts.libvirt_port``).
+Domains are read and redefined through a ``LibvirtPort`` (``storagectl.host.libvirt_port``).
 """
 
 from __future__ import annotations
@@ -28,15 +28,15 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import replace
 
-from storagectl import fsutil
 from storagectl.backends import Storage, registry
-from storagectl.fsutil import atomic_write
-from storagectl.layouts import record as rec
-from storagectl.layouts.libvirt_port import LibvirtDomains, LibvirtPort, SwitchError
-from storagectl.layouts.model import DiskLayout, Role
+from storagectl.host import fsutil
+from storagectl.host.fsutil import atomic_write
+from storagectl.host.libvirt_port import LibvirtDomains, LibvirtPort, SwitchError
 from storagectl.migrate import roundtrip
 from storagectl.migrate.plan import DiskMove, Plan
+from storagectl.model.layout import DiskLayout, Role
 from storagectl.model.location import Location
+from storagectl.record import record as rec
 
 LOG = logging.getLogger(__name__)
 

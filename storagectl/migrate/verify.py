@@ -32,8 +32,8 @@ import logging
 
 from storagectl import errors
 from storagectl.backends import Storage
+from storagectl.host.process import Runner
 from storagectl.migrate.plan import DiskMove
-from storagectl.process import Runner
 
 LOG = logging.getLogger(__name__)
 COMPARE_TIMEOUT = 24 * 3600
@@ -53,7 +53,7 @@ def compare_argv(move: DiskMove, storage: Storage) -> list[str]:
         dst = storage.qemu_spec(dst_loc, size=size)
         return ["qemu-img", "compare", "--image-opts", src.image_opts, dst.image_opts]
     # The source's chain is vetted again and named explicitly, as for the copy: qemu-img
-    # never follows a backing name from a header (storagectl.layouts.verify.copy_source).
+    # never follows a backing name from a header (storagectl.inspect.verify.copy_source).
     # Beside a file, an LV is a json: name cut to the disk's size.
     src, dst = storage.qemu_spec(src_loc), storage.qemu_spec(dst_loc)
     dst_name = dst_b.sized_name(dst_loc, size) if dst_b.ROUNDED_SIZE else dst.filename

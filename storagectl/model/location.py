@@ -16,10 +16,10 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from storagectl.layouts.model import Backend
+from storagectl.model.layout import Backend
 
 if TYPE_CHECKING:
-    from storagectl.layouts.model import DiskLayout
+    from storagectl.model.layout import DiskLayout
 
 #: Every key a location may write into a journal entry or a retained item.
 RECORD_KEYS = ("path", "volume_group", "volume", "pool", "image", "ceph_conf", "user")

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from storagectl import errors
-from storagectl.process import Runner
+from storagectl.host.process import Runner
 from storagectl.sandbox.build import (
     Backends,
     define_domains,

@@ -1,6 +1,6 @@
 """Making the sandbox's files, volumes and domains the way Nova made them.
 
-Every disk comes from the real tools, through :class:`storagectl.process.Runner`:
+Every disk comes from the real tools, through :class:`storagectl.host.process.Runner`:
 
 - image cache entry (raw, sparse): ``qemu-img create -f raw _base/<sha1> 117440512``,
   then a partition table and a stamped data area written in place;
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from storagectl.layouts.libvirt_port import LibvirtDomains, LibvirtPort, SwitchError
-from storagectl.process import Runner
+from storagectl.host.libvirt_port import LibvirtDomains, LibvirtPort, SwitchError
+from storagectl.host.process import Runner
 from storagectl.sandbox.iso import build_iso
 from storagectl.sandbox.model import SandboxDisk, SandboxError, SandboxInstance
 from storagectl.sandbox.plan import (

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from storagectl.layouts.naming import lv_name, rbd_image_name
+from storagectl.model.naming import lv_name, rbd_image_name
 from storagectl.sandbox.model import KINDS, SandboxDisk, SandboxError, SandboxInstance, SandboxSpec
 
 MiB = 1 << 20

@@ -13,7 +13,7 @@ import pytest
 
 from storagectl import errors
 from storagectl.backends.rbd import RBD
-from storagectl.process import Runner
+from storagectl.host.process import Runner
 from tests.env.ceph import CephCluster, free_port, hold_open
 
 MiB = 1024 * 1024

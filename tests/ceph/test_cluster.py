@@ -18,7 +18,7 @@ import pytest
 
 from storagectl import errors
 from storagectl.backends.rbd import RBD
-from storagectl.process import Runner
+from storagectl.host.process import Runner
 from tests.env.ceph import CephCluster, daemon_pids_for_conf, reap_orphans
 
 REPO = Path(__file__).resolve().parents[2]

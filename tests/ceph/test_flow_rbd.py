@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from storagectl.cli import cli
-from storagectl.layouts import naming
+from storagectl.model import naming
 from tests.env.ceph import hold_open, rbd_sandbox
 from tests.flowcheck import assert_inspect_matches_manifest, run, run_json
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from storagectl.backends import Storage
+from storagectl.host.process import Runner
 from storagectl.model.location import Location, location
-from storagectl.process import Runner
 from tests.env.ceph import CephCluster, free_port
 
 MiB = 1024 * 1024

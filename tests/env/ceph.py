@@ -419,7 +419,7 @@ def rbd_sandbox(
     made by hand) is removed, snapshots first.
     """
     from storagectl.backends.rbd import RBD
-    from storagectl.process import Runner
+    from storagectl.host.process import Runner
     from storagectl.sandbox import SandboxSpec, create_sandbox
 
     runner = Runner()

@@ -54,7 +54,7 @@ from pathlib import Path
 
 import pytest
 
-from storagectl.process import Runner
+from storagectl.host.process import Runner
 
 #: Set by tests/env/vng.py inside the guest: the block device the tier may wipe.
 GUEST_DISK_ENV = "STORAGECTL_GUEST_DISK"

@@ -9,7 +9,7 @@ import time
 
 import yaml
 
-from storagectl.layouts.locks import host_lock
+from storagectl.host.locks import host_lock
 from tests.functional.conftest import qemu_img
 from tests.functional.test_persist import legacy_instance, persist_json
 
@@ -145,7 +145,7 @@ def test_shared_instances_path_other_hosts_and_unrecorded_dirs(mini_node, monkey
     may be any host's, and a resize leftover whose record names another host is that
     host's - both counted (info, and a Prometheus gauge), not orphans; --complete reports
     them. A domainless directory recorded as this host's is still reported."""
-    monkeypatch.setattr("storagectl.layouts.ownership.is_shared_path", lambda path: True)
+    monkeypatch.setattr("storagectl.audit.ownership.is_shared_path", lambda path: True)
     _a, b, c, d = recorded_node(mini_node, 4)
     del mini_node.domains[1:]  # only a is still defined here
     (mini_node.instances / b / "storage.yaml").unlink()  # b: a directory without record

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from storagectl.layouts.inspector import InspectionReport, inspect_file
+from storagectl.inspector import InspectionReport, inspect_file
 
 SECRET = ("--object", "secret,id=sec0,data=storagectl-test")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from storagectl.layouts.locks import host_lock, instance_lock
+from storagectl.host.locks import host_lock, instance_lock
 from tests.functional.test_audit import audit, metric, recorded_node
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from storagectl.layouts import record as rec
+from storagectl.record import record as rec
 from storagectl.sandbox import SandboxSpec, create_sandbox
 from tests.flowcheck import run
 

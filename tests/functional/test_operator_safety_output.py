@@ -11,10 +11,10 @@ import pytest
 from rich.console import Console
 
 from storagectl.cli.render import LAYOUT_COLUMNS, LAYOUT_DROP, findings_table, layouts_table
-from storagectl.config import load_nova_config
-from storagectl.layouts.inspection import inspect_hosts
-from storagectl.layouts.model import Finding, Severity
-from storagectl.process import Runner
+from storagectl.host.config import load_nova_config
+from storagectl.host.process import Runner
+from storagectl.inspect.inspection import inspect_hosts
+from storagectl.model.layout import Finding, Severity
 from tests.functional.test_persist import legacy_instance
 
 WIDTHS = (60, 80, 100, 120, 160, 240, 400)

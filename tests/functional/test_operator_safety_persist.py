@@ -16,8 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from storagectl.cli import cli
-from storagectl.layouts import persist as persist_mod
-from storagectl.layouts import record as rec
+from storagectl.record import persist as persist_mod
+from storagectl.record import record as rec
 from storagectl.sandbox import SandboxSpec, create_sandbox
 from tests.flowcheck import run
 

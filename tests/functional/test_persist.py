@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from storagectl.layouts.locks import instance_lock
+from storagectl.host.locks import instance_lock
 from tests.functional.conftest import codes, qemu_img, write_json
 
 MiB = 1 << 20

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from storagectl.layouts import record as rec
-from storagectl.layouts.locks import instance_lock
-from storagectl.layouts.model import Backend, Backing, DiskLayout, InstanceLayout, Role
+from storagectl.host.locks import instance_lock
+from storagectl.model.layout import Backend, Backing, DiskLayout, InstanceLayout, Role
+from storagectl.record import record as rec
 
 U = "5eed0001-0000-4000-8000-00000000c0de"
 NOW = "2026-11-23T23:59:01Z"

@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from storagectl.cli import cli
-from storagectl.config import load_nova_config
+from storagectl.host.config import load_nova_config
 from storagectl.sandbox import Sandbox, SandboxSpec, create_sandbox, load_sandbox
 from storagectl.sandbox.iso import build_iso
 from storagectl.sandbox.novaxml import mon_hosts_from_conf

@@ -13,9 +13,9 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from storagectl.layouts.hosts import scan_hosts
-from storagectl.layouts.storage import StorageView
-from storagectl.process import Runner
+from storagectl.host.hosts import scan_hosts
+from storagectl.host.process import Runner
+from storagectl.inspect.storage import StorageView
 
 from .conftest import MiniNode, qemu_img
 

@@ -17,12 +17,12 @@ import pytest
 import yaml
 
 from storagectl.backends import Storage
-from storagectl.layouts.inspector import chain
-from storagectl.layouts.verify import copy_source
+from storagectl.host.process import Runner
+from storagectl.inspect.verify import copy_source
+from storagectl.inspector import chain
 from storagectl.migrate.copy import convert_argv
 from storagectl.migrate.plan import DiskMove
 from storagectl.model.location import location
-from storagectl.process import Runner
 from tests.functional.conftest import qemu_img
 
 MiB = 1 << 20

@@ -153,7 +153,7 @@ def test_a_reader_failing_unexpectedly_is_inspection_failed_for_that_instance(
 ):
     """The net under every reader: content no check anticipated still becomes a critical
     finding about its instance (here a reader made to hit the recursion limit)."""
-    from storagectl.layouts import inspection
+    from storagectl.inspect import inspection
 
     good = clean_instance(mini_node)
     victim = clean_instance(mini_node)

@@ -191,7 +191,7 @@ def test_refusals_change_nothing(node: Node, tmp_path: Path) -> None:
 
 
 def _hold(lock_path: str, uuid: str, ready, release) -> None:  # noqa: ANN001
-    from storagectl.layouts.locks import instance_lock
+    from storagectl.host.locks import instance_lock
 
     with instance_lock(lock_path, uuid):
         ready.set()

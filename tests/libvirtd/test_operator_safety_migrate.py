@@ -33,7 +33,7 @@ from tests.migrate_support import (
 
 
 def _hold(lock_path: str, uuid: str, ready, release) -> None:  # noqa: ANN001
-    from storagectl.layouts.locks import instance_lock
+    from storagectl.host.locks import instance_lock
 
     with instance_lock(lock_path, uuid):
         ready.set()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from storagectl.backends.lvm import LVM, parse_tag
-from storagectl.layouts import naming
+from storagectl.model import naming
 from storagectl.sandbox import SandboxSpec, create_sandbox
 from tests.flowcheck import assert_inspect_matches_manifest, run, run_json
 

@@ -30,7 +30,7 @@ from storagectl.backends.lvm import (
     parse_tag,
     safe_tag,
 )
-from storagectl.process import Runner
+from storagectl.host.process import Runner
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "lvm"
 VG = "stctl_capture"

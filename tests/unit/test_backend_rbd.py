@@ -21,7 +21,7 @@ from oslo_concurrency import processutils
 from storagectl import errors
 from storagectl.backends import rbd as rbd_module
 from storagectl.backends.rbd import RBD, RBDImage, parse_free_bytes
-from storagectl.process import Runner
+from storagectl.host.process import Runner
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "rbd"
 CONF = "CONF"

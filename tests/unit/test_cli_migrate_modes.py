@@ -16,11 +16,11 @@ from click.testing import CliRunner
 
 from storagectl.cli import cli
 from storagectl.cli.app import Application
-from storagectl.layouts.locks import instance_lock
+from storagectl.host.locks import instance_lock
 
 # New in this change (imported where used, so that the behaviour tests run - and
 # fail - on the code before it): storagectl.cli.migrate.command,
-# storagectl.layouts.interrupted, storagectl.migrate.engine.driver_problem.
+# storagectl.audit.interrupted, storagectl.migrate.engine.driver_problem.
 U = "5eed0001-0000-4000-8000-000000000001"
 
 
@@ -153,7 +153,7 @@ def _hold(lock_path: str, ready, release) -> None:  # noqa: ANN001
 
 
 def test_a_running_migration_is_told_from_a_dead_one_by_its_lock(tmp_path: Path) -> None:
-    from storagectl.layouts.interrupted import (
+    from storagectl.audit.interrupted import (
         INTERRUPTED,
         RUNNING,
         lock_holder,

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from storagectl import errors
-from storagectl.config import load_nova_config
+from storagectl.host.config import load_nova_config
 
 
 def write(tmp_path, name, text):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from storagectl import errors
-from storagectl.config import check_instances_path, load_nova_config
+from storagectl.host.config import check_instances_path, load_nova_config
 
 REPO = Path(__file__).resolve().parents[2]
 INTERNALS = ("\\x00", "codec", "0xff", "File contains", "Errno", "source=", "'\\n'", "b'")
@@ -59,7 +59,7 @@ def test_unreadable_nova_conf_is_permission_denied_not_missing(tmp_path):
     code = (
         "import sys\n"
         "from storagectl import errors\n"
-        "from storagectl.config import load_nova_config\n"
+        "from storagectl.host.config import load_nova_config\n"
         "try:\n"
         "    load_nova_config([sys.argv[1]])\n"
         "except errors.ConfigError as exc:\n"

@@ -26,7 +26,7 @@ MODULES = _with_examples()
 
 
 def test_the_examples_are_found() -> None:
-    assert {"storagectl.process", "storagectl.layouts.ownership"} <= set(MODULES)
+    assert {"storagectl.host.process", "storagectl.audit.ownership"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("name", MODULES)

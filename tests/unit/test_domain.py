@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from storagectl.layouts.domain import DomainXMLError, parse_domain_xml
+from storagectl.host.domain import DomainXMLError, parse_domain_xml
 
 U = "0c5d6c1e-0b0c-4c1b-8d2e-5b1f1b2f3a4b"
 XML = f"""<domain type="kvm">

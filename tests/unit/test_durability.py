@@ -20,15 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from storagectl import fsutil
 from storagectl.backends import Storage
-from storagectl.layouts.model import Backend
+from storagectl.host import fsutil
+from storagectl.host.process import Runner
 from storagectl.migrate.copy import convert_argv
 from storagectl.migrate.engine import Engine, Settings
 from storagectl.migrate.journal import Journal
 from storagectl.migrate.plan import DiskMove, Options, Plan
+from storagectl.model.layout import Backend
 from storagectl.model.location import Location, location
-from storagectl.process import Runner
 
 UUID = "5e1b0c1e-4b9a-4f7e-8d52-19d0c0a0b019"
 MiB = 1 << 20

@@ -13,7 +13,7 @@ import struct
 import pytest
 
 from storagectl import errors
-from storagectl.layouts.inspector import (
+from storagectl.inspector import (
     MAX_READ,
     InspectionReport,
     InspectorError,
@@ -22,9 +22,9 @@ from storagectl.layouts.inspector import (
     inspect_bytes,
     inspect_file,
 )
-from storagectl.layouts.inspector.engine import inspect_source
-from storagectl.layouts.inspector.reader import BoundedReader
-from storagectl.layouts.inspector.vmware import qemu_extents
+from storagectl.inspector.engine import inspect_source
+from storagectl.inspector.reader import BoundedReader
+from storagectl.inspector.vmware import qemu_extents
 from tests.fixtures.images import headers as h
 
 MiB = 1024 * 1024

@@ -19,14 +19,14 @@ import tempfile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from storagectl.layouts.inspector import (
+from storagectl.inspector import (
     MAX_READ,
     InspectionReport,
     detect_formats,
     inspect_bytes,
     inspect_file,
 )
-from storagectl.layouts.inspector.engine import inspect_source
+from storagectl.inspector.engine import inspect_source
 from tests.fixtures.images import headers as h
 
 DECLARED = [

@@ -34,7 +34,7 @@ BRANCHES = {
 #: Where knowing the kinds is the point: the backends, and the enum that names them.
 ALLOWED = (
     "backends/",
-    "layouts/model.py",  # class Backend(StrEnum): the names themselves
+    "model/layout.py",  # class Backend(StrEnum): the names themselves
     # The sandbox builds a legacy node of each kind for tests and the demo: creating LVs
     # and RBD images for it is its job (it is not used by inspect/persist/audit/migrate).
     "sandbox/",

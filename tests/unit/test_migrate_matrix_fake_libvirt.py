@@ -30,7 +30,7 @@ from click.testing import CliRunner
 from storagectl import errors
 from storagectl.cli import cli
 from storagectl.cli.app import Application
-from storagectl.layouts.libvirt_port import FakeLibvirt, LibvirtPort, SwitchError
+from storagectl.host.libvirt_port import FakeLibvirt, LibvirtPort, SwitchError
 from storagectl.migrate.journal import STEPS
 
 MiB = 1 << 20
@@ -320,7 +320,7 @@ def test_a_running_domain_is_refused_by_resume(node: FakeNode) -> None:
 
 
 def test_the_application_builds_the_real_port_with_the_connect_timeout() -> None:
-    from storagectl.layouts.libvirt_port import LibvirtDomains
+    from storagectl.host.libvirt_port import LibvirtDomains
 
     port = Application(connect_timeout=3.5).libvirt("qemu+ssh://cn7/system")
     assert isinstance(port, LibvirtDomains) and isinstance(port, LibvirtPort)

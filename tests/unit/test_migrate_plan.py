@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 
 from storagectl import errors
-from storagectl.config import load_nova_config
-from storagectl.layouts.model import Backend, Backing, DiskLayout, Role
-from storagectl.layouts.record import Record
+from storagectl.host.config import load_nova_config
 from storagectl.migrate.journal import Journal, check_fault, journal_path, read_journal
 from storagectl.migrate.plan import MigrationRefused, Options, Plan, describe, make_plan
 from storagectl.migrate.retained import RetainedInvalid, _location
+from storagectl.model.layout import Backend, Backing, DiskLayout, Role
+from storagectl.record.record import Record
 
 UUID = "0f6a3c1e-2b1d-4c59-9a43-5d8e7b2f1a00"
 OTHER = "9d6c3e7a-0f1b-4c2d-8e3f-4a5b6c7d8e9f"

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from storagectl.backends import Storage
+from storagectl.host.process import Runner
 from storagectl.migrate.copy import convert_argv
 from storagectl.migrate.plan import DiskMove
 from storagectl.migrate.verify import compare_argv
 from storagectl.model.location import location
-from storagectl.process import Runner
 
 
 def ploop_move(inst: Path) -> DiskMove:

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from storagectl.backends import Storage, rbd
-from storagectl.config import load_nova_config
-from storagectl.layouts.model import Backend, DiskLayout, Role
-from storagectl.layouts.record import Record
+from storagectl.host.config import load_nova_config
+from storagectl.host.process import Runner
 from storagectl.migrate import switch
 from storagectl.migrate.plan import DiskMove, Options, Plan, make_plan
+from storagectl.model.layout import Backend, DiskLayout, Role
 from storagectl.model.location import Location, location
-from storagectl.process import Runner
+from storagectl.record.record import Record
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "libvirt"
 UUID = "0f6a3c1e-2b1d-4c59-9a43-5d8e7b2f1a00"

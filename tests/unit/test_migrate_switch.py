@@ -11,17 +11,18 @@ from types import SimpleNamespace
 import pytest
 from oslo_concurrency import processutils
 
-from storagectl import errors, fsutil
+from storagectl import errors
 from storagectl.backends import Storage, rbd
 from storagectl.backends.rbd import parse_mon_hosts, rbd_auth
-from storagectl.layouts.model import Backend, Backing, DiskLayout, Role
-from storagectl.layouts.record import Record, parse_record
+from storagectl.host import fsutil
+from storagectl.host.process import Runner
 from storagectl.migrate import switch
 from storagectl.migrate.copy import convert_argv, copy_all, parse_percent
 from storagectl.migrate.plan import DiskMove, Options, Plan
 from storagectl.migrate.verify import VerifyFailed, compare_argv, verify_disk
+from storagectl.model.layout import Backend, Backing, DiskLayout, Role
 from storagectl.model.location import Location, location
-from storagectl.process import Runner
+from storagectl.record.record import Record, parse_record
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "libvirt"
 UUID = "0f6a3c1e-2b1d-4c59-9a43-5d8e7b2f1a00"

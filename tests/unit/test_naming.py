@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from storagectl.layouts import naming
-from storagectl.layouts.model import Role
+from storagectl.model import naming
+from storagectl.model.layout import Role
 
 U = "0c5d6c1e-0b0c-4c1b-8d2e-5b1f1b2f3a4b"
 

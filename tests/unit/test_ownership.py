@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from storagectl.layouts import ownership
-from storagectl.layouts.ownership import filesystem_type, host_names, is_one_of, parse_mountinfo
+from storagectl.audit import ownership
+from storagectl.audit.ownership import filesystem_type, host_names, is_one_of, parse_mountinfo
 
 # Lines in the kernel's format (Documentation/filesystems/proc.rst, "3.5 /proc/<pid>/
 # mountinfo"): optional fields (shared:N, master:N) before the "-" separator, none at all,

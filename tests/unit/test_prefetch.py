@@ -10,10 +10,10 @@ from dataclasses import replace
 import pytest
 
 from storagectl import errors
-from storagectl.config import load_nova_config
-from storagectl.layouts import inspection
-from storagectl.layouts import record as rec
-from storagectl.layouts.prefetch import RecordPrefetch
+from storagectl.host.config import load_nova_config
+from storagectl.inspect import inspection
+from storagectl.inspect.prefetch import RecordPrefetch
+from storagectl.record import record as rec
 from tests.unit.test_record import U, a_record
 
 U2 = "5eed0001-0000-4000-8000-0000000000b2"

@@ -4,7 +4,7 @@ import pytest
 from oslo_concurrency import processutils
 
 from storagectl import errors
-from storagectl.process import Runner, mask_argv
+from storagectl.host.process import Runner, mask_argv
 from tests.env.procs import alive
 
 
@@ -141,7 +141,7 @@ def test_a_streamed_child_dies_with_a_sigkilled_parent(tmp_path, in_thread):
     pidfile = tmp_path / "pid"
     script = textwrap.dedent(f"""
         import threading
-        from storagectl.process import Runner
+        from storagectl.host.process import Runner
         def copy():
             Runner().stream("sh", "-c", "echo $$ > {pidfile}; exec sleep 60",
                             on_line=print)

@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storagectl import errors
-from storagectl.layouts import naming
-from storagectl.layouts import record as rec
-from storagectl.layouts.locks import host_lock, instance_lock, lock_file
-from storagectl.layouts.model import Backend, Backing, DiskLayout, InstanceLayout, Role
+from storagectl.host.locks import host_lock, instance_lock, lock_file
+from storagectl.model import naming
+from storagectl.model.layout import Backend, Backing, DiskLayout, InstanceLayout, Role
+from storagectl.record import record as rec
 
 U = "5eed0001-0000-4000-8000-000000000001"
 OTHER = "5eed0001-0000-4000-8000-000000000002"
@@ -559,7 +559,7 @@ def test_backup_copies_the_bytes_even_of_an_invalid_record(inst_dir):
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from storagectl.layouts.locks import instance_lock
+    from storagectl.host.locks import instance_lock
     with instance_lock(sys.argv[1], sys.argv[2]):
         print("held", flush=True)
         time.sleep(float(sys.argv[3]))

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from storagectl.layouts import record as rec
-from storagectl.layouts import record_schema
-from storagectl.layouts.record_canonical import MAX_CHARS, NotCanonical, load_canonical
+from storagectl.record import record as rec
+from storagectl.record import schema as record_schema
+from storagectl.record.canonical import MAX_CHARS, NotCanonical, load_canonical
 from tests.unit.test_record import NOW, U, a_record, layouts_and_records, qcow2_disk
 
 

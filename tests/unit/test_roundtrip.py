@@ -14,16 +14,16 @@ from pathlib import Path
 import pytest
 
 from storagectl.backends import Storage, remove_command
-from storagectl.config import load_nova_config
-from storagectl.layouts import record as rec
-from storagectl.layouts.model import Backend, Code, DiskLayout, Role
-from storagectl.layouts.persist import WRITTEN, PersistOutcome, _write_locked
+from storagectl.host.config import load_nova_config
+from storagectl.host.process import Runner
 from storagectl.migrate import roundtrip, switch
 from storagectl.migrate.plan import MigrationRefused, Options, describe, make_plan
 from storagectl.migrate.preflight import preflight
 from storagectl.migrate.retained import RetainedInvalid, delete_retained, retained_location
+from storagectl.model.layout import Backend, Code, DiskLayout, Role
 from storagectl.model.location import Location, location
-from storagectl.process import Runner
+from storagectl.record import record as rec
+from storagectl.record.persist import WRITTEN, PersistOutcome, _write_locked
 
 UUID = "0f6a3c1e-2b1d-4c59-9a43-5d8e7b2f1a00"
 OTHER = "9d6c3e7a-0f1b-4c2d-8e3f-4a5b6c7d8e9f"
@@ -330,8 +330,8 @@ def test_delete_retained_drops_the_live_item_and_removes_the_rest(nova) -> None:
 
 
 def test_audit_finding_and_persist_repair(nova) -> None:
-    from storagectl.layouts.audit import _record_checks
-    from storagectl.layouts.inspection import InspectionResult
+    from storagectl.audit.audit import _record_checks
+    from storagectl.inspect.inspection import InspectionResult
 
     live = kept_file(nova, "disk", "flat")
     record = a_record(nova, Backend.FLAT, live, kept_image(f"{UUID}_disk"))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from storagectl.layouts.inspector import chain, inspect_bytes
-from storagectl.layouts.inspector.checks import Check
+from storagectl.inspector import chain, inspect_bytes
+from storagectl.inspector.checks import Check
 from tests.unit.test_security_fuzz import qcow2_naming
 
 

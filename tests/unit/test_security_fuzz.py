@@ -19,11 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storagectl import errors
-from storagectl.layouts.domain import DomainXMLError, parse_domain_xml
-from storagectl.layouts.inspector import chain, inspect_bytes
-from storagectl.layouts.inspector.checks import Check
-from storagectl.layouts.record import parse_record
-from storagectl.layouts.verify import read_disk_info
+from storagectl.host.domain import DomainXMLError, parse_domain_xml
+from storagectl.inspect.verify import read_disk_info
+from storagectl.inspector import chain, inspect_bytes
+from storagectl.inspector.checks import Check
+from storagectl.record.record import parse_record
 
 UUID = "00000000-0000-0000-0000-000000000001"
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))

@@ -1,0 +1,1 @@
+"""The audit: drift, orphans, unsafe images, interrupted migrations; Prometheus."""

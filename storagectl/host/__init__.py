@@ -1,0 +1,1 @@
+"""The compute host: nova.conf, commands, files, libvirt, domain XML, locks."""

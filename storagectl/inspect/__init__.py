@@ -1,0 +1,1 @@
+"""Inference and verification: an instance's layout from authoritative sources."""

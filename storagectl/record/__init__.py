@@ -1,0 +1,1 @@
+"""The per-instance record (storage.yaml): schema, store, persist, mirror, drift."""
