@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from storagectl import errors
+from storagectl.host import fsutil
 from storagectl.host.process import Runner
 from storagectl.model.location import Location
 
@@ -228,7 +229,12 @@ class DiskBackend:
         """Make a finished copy at ``loc`` survive a power cut."""
 
     def before_compare(self, loc: Location) -> None:
-        """Flush ``loc`` and drop its cached pages, so compare reads the media."""
+        """Flush ``loc`` and drop its cached pages, so compare reads the media (a file or
+        a device node; a backend whose volumes have no local path overrides it)."""
+        path = getattr(loc, "path", None)
+        if path:
+            fsutil.fsync_path(path)
+            fsutil.drop_cache(path)
 
     def domain_context(self, original_xml: str, plan: Any, *, resolve: bool) -> Any:
         """What :meth:`disk_xml` needs from the domain or the cluster (RBD: credentials

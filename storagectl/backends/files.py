@@ -215,11 +215,6 @@ class FilesBackend(DiskBackend):
         fsutil.fsync_path(loc.path)
         fsutil.fsync_dir(os.path.dirname(os.path.abspath(loc.path)))
 
-    def before_compare(self, loc: Location) -> None:
-        assert isinstance(loc, FileLocation)
-        fsutil.fsync_path(loc.path)
-        fsutil.drop_cache(loc.path)
-
     def disk_xml(
         self, loc: Location, context: Any
     ) -> tuple[str, ET.Element, tuple[str, str] | None]:

@@ -48,13 +48,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from storagectl import errors
-from storagectl.backends.base import (
-    DiskBackend,
-    OrphanScan,
-    QemuSpec,
-    Refusal,
-    TargetSettings,
-)
+from storagectl.backends.base import DiskBackend, OrphanScan, QemuSpec, Refusal, TargetSettings
 from storagectl.host import fsutil
 from storagectl.host.process import Runner
 from storagectl.inspect.storage import Listing, Volume
@@ -739,11 +733,6 @@ class LVMBackend(DiskBackend):
     def make_durable(self, loc: Location) -> None:
         assert isinstance(loc, LVMLocation)
         fsutil.fsync_path(loc.path)
-
-    def before_compare(self, loc: Location) -> None:
-        assert isinstance(loc, LVMLocation)
-        fsutil.fsync_path(loc.path)
-        fsutil.drop_cache(loc.path)
 
     def disk_xml(
         self, loc: Location, context: Any

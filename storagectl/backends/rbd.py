@@ -32,13 +32,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from storagectl import errors
-from storagectl.backends.base import (
-    DiskBackend,
-    OrphanScan,
-    QemuSpec,
-    Refusal,
-    TargetSettings,
-)
+from storagectl.backends.base import DiskBackend, OrphanScan, QemuSpec, Refusal, TargetSettings
 from storagectl.host.process import Runner
 from storagectl.inspect.storage import Listing, Volume
 from storagectl.model import naming
