@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from storagectl import errors
+from storagectl.cli.render import error_line, print_error
 from storagectl.host.config import (
     DEFAULT_NOVA_CONF,
     NovaConfig,
@@ -189,15 +190,16 @@ class Application:
         stderr; 1 if there was any, else 0 (inspect's and persist's exit status)."""
         status = 0
         for host in result.failed_hosts:
-            self.info(f"--> HostUnreachable: {host.uri}: {host.error}")
+            self.info(error_line(f"HostUnreachable: {host.uri}: {host.error}"))
             status = 1
         for missing in result.not_found:
-            self.info(f"--> InstanceNotFound: no instance {missing} on {', '.join(self.uris)}")
+            where = ", ".join(self.uris)
+            self.info(error_line(f"InstanceNotFound: no instance {missing} on {where}"))
             status = 1
         return status
 
     def abort(self, message: str, code: int = 1) -> NoReturn:
-        click.secho(f"--> {message}", fg="red", err=True)
+        print_error(message)
         raise click.exceptions.Exit(code)
 
     # -- logging ----------------------------------------------------------------
@@ -269,8 +271,11 @@ class _LogFileHandler(logging.FileHandler):
         logging.getLogger().removeHandler(self)
         try:
             sys.stderr.write(
-                f"--> LogFileError: cannot write log file {self.baseFilename}: {reason}; "
-                "logging to it stopped\n"
+                error_line(
+                    f"LogFileError: cannot write log file {self.baseFilename}: {reason}; "
+                    "logging to it stopped"
+                )
+                + "\n"
             )
         except (OSError, ValueError):
             pass

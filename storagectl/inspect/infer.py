@@ -37,22 +37,14 @@ def infer_instance(
 ) -> InstanceLayout:
     """Classify every disk of the domain, then verify each against reality."""
     chk = Checker(dom.info.uuid, nova, storage, local)
-    layout = InstanceLayout(
-        uuid=dom.info.uuid,
-        name=dom.info.name,
-        host=host,
-        state=dom.state,
-        source="inferred",
-        findings=chk.findings,
-    )
-    hints: dict[str, str | None] = {}
+    disks, hints = [], {}
     for disk, ddisk in classify_domain(dom.info, chk):
-        layout.disks.append(disk)
+        disks.append(disk)
         hints[disk.name] = ddisk.backing_format if ddisk else None
-    for disk in layout.disks:
+    for disk in disks:
         verify_disk(disk, chk, backing_hint=hints.get(disk.name))
     if local:
-        check_disk_info(layout.disks, chk)
+        check_disk_info(disks, chk)
     else:
         chk.add(
             Code.NOT_INSPECTED,
@@ -60,7 +52,16 @@ def infer_instance(
             f"host {host} is remote: disk contents and disk.info were not inspected; "
             "run storagectl on the compute host itself for the safety checks",
         )
-    return layout
+    # the layout gets its own list: the checker is done
+    return InstanceLayout(
+        uuid=dom.info.uuid,
+        name=dom.info.name,
+        host=host,
+        state=dom.state,
+        source="inferred",
+        disks=disks,
+        findings=list(chk.findings),
+    )
 
 
 def classify_domain(info: DomainInfo, chk: Checker) -> list[tuple[DiskLayout, DomainDisk | None]]:

@@ -40,7 +40,6 @@ def layout_from_record(
     chk = Checker(record.uuid, nova, storage, local)
     layout = record.to_instance_layout(dom.state)
     layout.host = host
-    layout.findings = chk.findings
     xml_disks = {d.name: (d, dd) for d, dd in classify_domain(dom.info, chk)}
     drift = compare(record.disks, {n: d for n, (d, _) in xml_disks.items()})
     for item in drift:
@@ -65,6 +64,7 @@ def layout_from_record(
                     )
                 )
         check_disk_info(layout.disks, chk)
+    layout.findings = list(chk.findings)  # its own list: the checker is done
     _dedupe(layout)
     return layout, drift
 
