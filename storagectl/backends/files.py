@@ -274,17 +274,17 @@ class FilesBackend(DiskBackend):
     def classify_boot(cls, path: str, role: Role, chk: Checker) -> DiskLayout:
         """The ``<kernel>`` / ``<initrd>`` of an AMI-style instance: a raw file."""
         path = os.path.normpath(path)
+        inside = os.path.dirname(path) == chk.inst_dir
         disk = DiskLayout(
             name=os.path.basename(path),
             role=role,
             target=None,
-            backend=Backend.FLAT,
+            backend=Backend.FLAT if inside else Backend.UNKNOWN,
             format="raw",
             path=path,
             device="kernel",
         )
-        if os.path.dirname(path) != chk.inst_dir:
-            disk.backend = Backend.UNKNOWN
+        if not inside:
             chk.add(
                 Code.DISK_OUTSIDE_INSTANCE_DIR,
                 disk.name,

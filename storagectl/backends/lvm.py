@@ -851,7 +851,7 @@ class LVMBackend(DiskBackend):
         if vol is None:
             chk.add(Code.DISK_MISSING, disk.name, f"LV {vg}/{lv} ({disk.target}) does not exist")
             return
-        disk.virtual_size = disk.allocated_size = vol.size
+        chk.observe(disk, virtual_size=vol.size, allocated_size=vol.size)
         path = disk.path or f"/dev/{vg}/{lv}"
         if not os.path.exists(path):
             # Only an active LV has a device node to read the first bytes from.
@@ -863,4 +863,4 @@ class LVMBackend(DiskBackend):
         elif disk.format == "raw":
             # /dev/VG/LV -> dm-N
             check_image(disk, os.path.realpath(path), chk, declared="raw")
-            disk.virtual_size = vol.size
+            chk.observe(disk, virtual_size=vol.size)

@@ -990,7 +990,7 @@ class RBDBackend(DiskBackend):
                 f"RBD image {pool}/{image} ({disk.target}) does not exist",
             )
             return
-        disk.virtual_size = vol.size
+        chk.observe(disk, virtual_size=vol.size)
 
 
 # -- the domain's rbd credentials ------------------------------------------------------

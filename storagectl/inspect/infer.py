@@ -18,6 +18,7 @@ detect danger - the image headers.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 from storagectl.backends import registry
 from storagectl.host.config import NovaConfig
@@ -43,6 +44,7 @@ def infer_instance(
         hints[disk.name] = ddisk.backing_format if ddisk else None
     for disk in disks:
         verify_disk(disk, chk, backing_hint=hints.get(disk.name))
+    disks = [chk.seen(d) for d in disks]
     if local:
         check_disk_info(disks, chk)
     else:
@@ -72,7 +74,7 @@ def classify_domain(info: DomainInfo, chk: Checker) -> list[tuple[DiskLayout, Do
         disk = _classify(ddisk, chk)
         if disk is None:
             continue
-        disk.name = _unique(disk.name, used)
+        disk = replace(disk, name=_unique(disk.name, used))
         _check_backing_store(disk, ddisk, chk)
         out.append((disk, ddisk))
     for path, role in ((info.kernel, Role.KERNEL), (info.initrd, Role.RAMDISK)):

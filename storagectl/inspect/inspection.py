@@ -205,7 +205,7 @@ def _verify_unrecorded(
         if disk.name in names:
             verify_disk(disk, chk, backing_hint=ddisk.backing_format if ddisk else None)
             if disk.name not in recorded:
-                layout.disks.append(disk)
+                layout.disks.append(chk.seen(disk))
     seen = {(f.code, f.disk, f.message) for f in layout.findings}
     layout.findings += [f for f in chk.findings if (f.code, f.disk, f.message) not in seen]
 

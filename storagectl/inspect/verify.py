@@ -18,7 +18,7 @@ import errno
 import json
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from storagectl import errors
@@ -56,6 +56,8 @@ class Checker:
     storage: StorageView
     local: bool
     findings: list[Finding] = field(default_factory=list)
+    #: disk name -> the DiskLayout fields verification observed (see ``seen``)
+    observed: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.inst_dir = os.path.normpath(self.nova.instance_dir(self.uuid))
@@ -64,6 +66,15 @@ class Checker:
 
     def add(self, code: Code, disk: str | None, message: str) -> None:
         self.findings.append(Finding.of(code, self.uuid, disk, message))
+
+    def observe(self, disk: DiskLayout, **fields: Any) -> None:
+        """Remember what verification found about ``disk`` (sizes, backing file)."""
+        self.observed.setdefault(disk.name, {}).update(fields)
+
+    def seen(self, disk: DiskLayout) -> DiskLayout:
+        """``disk`` with what verification observed about it."""
+        found = self.observed.get(disk.name)
+        return replace(disk, **found) if found else disk
 
 
 def verify_disk(disk: DiskLayout, chk: Checker, *, backing_hint: str | None = None) -> None:
@@ -119,7 +130,7 @@ def verify_foreign(disk: DiskLayout, chk: Checker, *, volume: bool) -> None:
         chk.add(Code.UNKNOWN_LAYOUT, disk.name, str(exc))
         return
     if volume:
-        disk.virtual_size = report.virtual_size
+        chk.observe(disk, virtual_size=report.virtual_size)
     embedded = probe_danger(report)
     if embedded:
         chk.add(
@@ -171,7 +182,7 @@ def verify_file(
             f"disk {path} ({disk.target}) is not a regular file (a device, FIFO or socket)",
         )
         return
-    disk.allocated_size = st.st_blocks * 512
+    chk.observe(disk, allocated_size=st.st_blocks * 512)
     # Every existing file is inspected, whatever backend it maps to, so that an unsafe
     # format (QED, a VMDK with host-path extents ...) is flagged even where storagectl
     # itself would never open it.
@@ -187,8 +198,8 @@ def verify_boot_file(disk: DiskLayout, chk: Checker) -> None:
     except FileNotFoundError:
         chk.add(Code.DISK_MISSING, disk.name, f"{disk.role.value} {disk.path} does not exist")
         return
-    disk.virtual_size = st.st_size
-    disk.allocated_size = st.st_blocks * 512
+    chk.observe(disk, virtual_size=st.st_size)
+    chk.observe(disk, allocated_size=st.st_blocks * 512)
 
 
 def check_image(
@@ -206,7 +217,7 @@ def check_image(
     except InspectorError as exc:
         chk.add(Code.UNKNOWN_LAYOUT, disk.name, str(exc))
         return
-    disk.virtual_size = report.virtual_size
+    chk.observe(disk, virtual_size=report.virtual_size)
     embedded = probe_danger(report)
     if embedded:
         hidden = report.embedded.backing_file if report.embedded else None
@@ -275,10 +286,12 @@ def _chain_to_findings(disk: DiskLayout, walked: chain.Chain, chk: Checker) -> N
         first.format if first is not None and not first.probed else None
     )
     if walked.bases:
-        disk.backing = Backing(path=os.path.normpath(walked.bases[0].path), format=first_format)
+        chk.observe(
+            disk, backing=Backing(path=os.path.normpath(walked.bases[0].path), format=first_format)
+        )
     elif chain.not_a_path(name) is None:
         joined = os.path.join(os.path.dirname(top.path), name)
-        disk.backing = Backing(path=os.path.normpath(joined), format=first_format)
+        chk.observe(disk, backing=Backing(path=os.path.normpath(joined), format=first_format))
     # else: not a path at all (json:, nbd://, a NUL ...): the finding names it, and no
     # reader of disk.backing ever treats it as one.
     for problem in walked.problems:

@@ -139,9 +139,11 @@ class Backing:
         return {"path": self.path, "format": self.format}
 
 
-@dataclass
+@dataclass(frozen=True)
 class DiskLayout:
-    """One disk of an instance, as storagectl understands it."""
+    """One disk of an instance, as storagectl understands it (frozen: what verification
+    observes - sizes, the backing file - is collected by its ``Checker`` and applied with
+    ``Checker.seen``, a new value)."""
 
     name: str  # Nova's disk name: disk, disk.local, disk.eph0, disk.swap, disk.config ...
     role: Role

@@ -49,6 +49,7 @@ def layout_from_record(
         for disk, was in zip(layout.disks, record.disks, strict=True):
             hint = xml_disks.get(disk.name, (None, None))[1]
             verify_disk(disk, chk, backing_hint=hint.backing_format if hint else None)
+            disk = chk.seen(disk)  # noqa: PLW2901 - what was found, not what was recorded
             if (
                 was.virtual_size
                 and disk.virtual_size is not None
@@ -63,6 +64,7 @@ def layout_from_record(
                         f"{disk.virtual_size}",
                     )
                 )
+        layout.disks = [chk.seen(d) for d in layout.disks]
         check_disk_info(layout.disks, chk)
     layout.findings = list(chk.findings)  # its own list: the checker is done
     _dedupe(layout)

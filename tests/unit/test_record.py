@@ -9,7 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from dataclasses import replace
+from dataclasses import FrozenInstanceError, replace
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +174,9 @@ def test_to_instance_layout_is_metadata_sourced_and_a_copy():
     )
     assert inst.disks == [recorded(make()) for make in ALL_DISKS]
     assert inst.disk("disk.local").path == f"/dev/nova-vg/{U}_disk.local"
-    inst.disks[0].virtual_size = 1
+    with pytest.raises(FrozenInstanceError):  # a disk is a value
+        inst.disks[0].virtual_size = 1  # type: ignore[misc]
+    inst.disks[0] = replace(inst.disks[0], virtual_size=1)
     assert record.disks[0].virtual_size == 1 << 30
 
 
@@ -226,22 +228,25 @@ def _disks(draw: st.DrawFn) -> DiskLayout:
         device=draw(st.sampled_from(["disk", "cdrom"])),
     )
     if backend is Backend.LVM:
-        disk.volume_group, disk.volume = (
-            draw(st.from_regex(r"[a-z][a-z0-9_-]{0,20}", fullmatch=True)),
-            naming.lv_name(U, name),
-        )
-        disk.path = f"/dev/{disk.volume_group}/{disk.volume}"
+        vg = draw(st.from_regex(r"[a-z][a-z0-9_-]{0,20}", fullmatch=True))
+        lv = naming.lv_name(U, name)
+        disk = replace(disk, volume_group=vg, volume=lv, path=f"/dev/{vg}/{lv}")
     elif backend is Backend.RBD:
-        disk.pool, disk.image = draw(st.sampled_from(["vms", "nova.pool"])), f"{U}_{name}"
-        disk.ceph_conf = draw(st.sampled_from(["", None, "/etc/ceph/ceph.conf"]))
-        disk.rbd_user = draw(st.none() | st.sampled_from(["nova", "admin"]))
+        disk = replace(
+            disk,
+            pool=draw(st.sampled_from(["vms", "nova.pool"])),
+            image=f"{U}_{name}",
+            ceph_conf=draw(st.sampled_from(["", None, "/etc/ceph/ceph.conf"])),
+            rbd_user=draw(st.none() | st.sampled_from(["nova", "admin"])),
+        )
     else:
-        disk.path = f"/srv/nova/instances/{U}/{name}"
+        disk = replace(disk, path=f"/srv/nova/instances/{U}/{name}")
     if backend is Backend.QCOW2 and draw(st.booleans()):
-        disk.backing = Backing(
+        backing = Backing(
             "/srv/nova/instances/_base/" + draw(st.text("0123456789abcdef", min_size=1)),
             draw(st.none() | st.just("raw")),
         )
+        disk = replace(disk, backing=backing)
     return disk
 
 
@@ -255,8 +260,8 @@ def layouts_and_records(draw: st.DrawFn) -> tuple[InstanceLayout, rec.Record]:
             st.sampled_from(["domain-xml", "nova.conf", "disk.info", "lvm", "ceph"]), unique=True
         )
     )
-    for d in disks:  # targets must be unique: give each its own
-        d.target = d.target and f"vd{'abcdefgh'[disks.index(d)]}"
+    # targets must be unique: give each its own
+    disks = [replace(d, target=d.target and f"vd{'abcdefgh'[i]}") for i, d in enumerate(disks)]
     inst = InstanceLayout(U, name, "cn-1", "running", "inferred", disks)
     return inst, rec.record_from_layout(inst, evidence=evidence, now=NOW)
 
