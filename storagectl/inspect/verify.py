@@ -37,6 +37,7 @@ from storagectl.model.layout import (
     Finding,
     content_error,
 )
+from storagectl.model.location import Location
 
 DISK_INFO_MAX = 1 << 20  # disk.info is a few hundred bytes; refuse to parse megabytes
 # disk.info spellings that mean the same as the XML's driver type.
@@ -417,17 +418,15 @@ def check_disk_info(disks: list[DiskLayout], chk: Checker) -> None:
     if not info:
         return
     for disk in disks:
-        keys = [
-            k
-            for k in (
-                disk.path,
-                f"rbd:{disk.pool}/{disk.image}" if disk.pool else None,
-                f"{disk.pool}/{disk.image}" if disk.pool else None,
-            )
-            if k
-        ]
+        if disk.backend is Backend.VOLUME or disk.format is None:
+            continue  # Nova keeps no disk.info entry for a volume
+        try:
+            loc = Location.of_disk(disk)
+            keys = registry.backend_class(loc.backend).disk_info_keys(loc)
+        except ValueError:  # no backend's (an unknown file): its path, if any
+            keys = [disk.path] if disk.path else []
         recorded = next((info[k] for k in keys if k in info), None)
-        if recorded is None or disk.format is None or disk.backend is Backend.VOLUME:
+        if recorded is None:
             continue
         if _DISK_INFO_ALIASES.get(recorded, recorded) != disk.format:
             chk.add(
