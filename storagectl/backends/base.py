@@ -270,6 +270,23 @@ class DiskBackend:
         """Volumes of this backend that belong to no defined domain (audit)."""
         return []
 
+    @staticmethod
+    def classified(d: DomainDisk, name: str, loc: Location) -> DiskLayout:
+        """The DiskLayout of domain disk ``d``, Nova's disk ``name``, stored at ``loc``
+        (the format is the one the XML declares: the authority)."""
+        from storagectl.model import naming
+        from storagectl.model.layout import DiskLayout
+
+        return DiskLayout(
+            name=name,
+            role=naming.role_of(name),
+            target=d.target,
+            backend=loc.kind,
+            format=d.driver_type,
+            device=d.device,
+            **loc.disk_fields(),
+        )
+
     @classmethod
     def classify_boot(cls, path: str, role: Any, chk: Checker) -> DiskLayout:
         """A ``<kernel>`` / ``<initrd>`` file (only the files backend has them)."""

@@ -53,7 +53,7 @@ from storagectl.host import fsutil
 from storagectl.host.process import Runner
 from storagectl.inspect.storage import Listing, Volume
 from storagectl.model import naming
-from storagectl.model.layout import Backend, Code, DiskLayout, Finding
+from storagectl.model.layout import Code, DiskLayout, Finding
 from storagectl.model.location import Location, required
 
 if TYPE_CHECKING:
@@ -789,17 +789,7 @@ class LVMBackend(DiskBackend):
                 name,
                 f"LV {vg}/{lv} is opened as {d.driver_type!r}; Nova's LVM backend uses raw",
             )
-        return DiskLayout(
-            name=name,
-            role=naming.role_of(name),
-            target=d.target,
-            backend=Backend.LVM,
-            format=d.driver_type,
-            path=src,
-            volume_group=vg,
-            volume=lv,
-            device=d.device,
-        )
+        return cls.classified(d, name, LVMLocation(vg, lv, path=src))
 
     @classmethod
     def orphans(cls, scan: OrphanScan) -> list[Finding]:

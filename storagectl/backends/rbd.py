@@ -874,18 +874,9 @@ class RBDBackend(DiskBackend):
         if not parsed or parsed[0] != chk.uuid:
             return None
         name = parsed[1]
-        return DiskLayout(
-            name=name,
-            role=naming.role_of(name),
-            target=d.target,
-            backend=Backend.RBD,
-            format=d.driver_type,
-            pool=pool,
-            image=image,
-            device=d.device,
-            ceph_conf=chk.nova.images_rbd_ceph_conf,
-            rbd_user=chk.nova.rbd_user or d.auth_username,
-        )
+        user = chk.nova.rbd_user or d.auth_username
+        loc = RBDLocation(pool, image, chk.nova.images_rbd_ceph_conf, user)
+        return cls.classified(d, name, loc)
 
     @classmethod
     def orphans(cls, scan: OrphanScan) -> list[Finding]:

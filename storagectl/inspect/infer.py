@@ -27,7 +27,7 @@ from storagectl.host.hosts import ScannedDomain
 from storagectl.inspect.storage import StorageView
 from storagectl.inspect.verify import Checker, check_disk_info, inside, verify_disk
 from storagectl.inspector import chain
-from storagectl.model.layout import Backend, Code, DiskLayout, InstanceLayout, Role
+from storagectl.model.layout import Backend, Code, DiskLayout, Finding, InstanceLayout, Role
 
 #: kernel and initrd files are classified by the files backend
 _FILES = registry.for_xml_type("file")
@@ -54,15 +54,21 @@ def infer_instance(
             f"host {host} is remote: disk contents and disk.info were not inspected; "
             "run storagectl on the compute host itself for the safety checks",
         )
-    # the layout gets its own list: the checker is done
+    return inferred_layout(dom, host, disks, chk.findings)
+
+
+def inferred_layout(
+    dom: ScannedDomain, host: str, disks: list[DiskLayout], findings: list[Finding]
+) -> InstanceLayout:
+    """The layout of a domain without a record (its own lists: the checker is done)."""
     return InstanceLayout(
         uuid=dom.info.uuid,
         name=dom.info.name,
         host=host,
         state=dom.state,
         source="inferred",
-        disks=disks,
-        findings=list(chk.findings),
+        disks=list(disks),
+        findings=list(findings),
     )
 
 

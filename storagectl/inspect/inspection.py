@@ -17,7 +17,7 @@ from storagectl import errors
 from storagectl.host.config import NovaConfig
 from storagectl.host.hosts import HostScan, ScannedDomain, is_local_uri, scan_hosts
 from storagectl.host.process import Runner
-from storagectl.inspect.infer import classify_domain, infer_instance
+from storagectl.inspect.infer import classify_domain, infer_instance, inferred_layout
 from storagectl.inspect.prefetch import RecordPrefetch
 from storagectl.inspect.storage import StorageView
 from storagectl.inspect.verify import Checker, verify_disk
@@ -134,21 +134,9 @@ def _layout(dom: ScannedDomain, host: str, build: Callable[[], InstanceLayout]) 
         LOG.debug("instance %s on %s could not be inspected", dom.info.uuid, host, exc_info=True)
         why = content_error(exc) if not isinstance(exc, OSError) else str(exc)
         LOG.warning("instance %s on %s could not be inspected: %s", dom.info.uuid, host, why)
-        return InstanceLayout(
-            uuid=dom.info.uuid,
-            name=dom.info.name,
-            host=host,
-            state=dom.state,
-            source="inferred",
-            findings=[
-                Finding.of(
-                    Code.INSPECTION_FAILED,
-                    dom.info.uuid,
-                    None,
-                    f"instance {dom.info.name} on {host} could not be inspected: {why}",
-                )
-            ],
-        )
+        message = f"instance {dom.info.name} on {host} could not be inspected: {why}"
+        failed = Finding.of(Code.INSPECTION_FAILED, dom.info.uuid, None, message)
+        return inferred_layout(dom, host, [], [failed])
 
 
 def _layout_of(
