@@ -515,20 +515,21 @@ def _volume(vg: str, row: dict[str, Any]) -> LogicalVolume:
 
 @dataclass(frozen=True)
 class LVMLocation(Location):
-    """``/dev/<volume_group>/<volume>``, opened raw. ``path`` is the device node qemu
-    opens (``/dev/VG/LV`` unless given: a mapped device in front of the LV)."""
+    """``/dev/<volume_group>/<volume>``, opened raw. ``device``: another node qemu opens
+    in front of the LV (e.g. Nova's dm-crypt mapping), None for the LV's own; ``path`` is
+    the one qemu opens. ``replace(loc, volume=...)`` names another LV (and its node)."""
 
     volume_group: str
     volume: str
     format: str = "raw"
     backend: str = "lvm"
-    path: str = ""
+    device: str | None = None
 
     BACKENDS: ClassVar[tuple[str, ...]] = ("lvm",)
 
-    def __post_init__(self) -> None:
-        if not self.path:
-            object.__setattr__(self, "path", f"/dev/{self.volume_group}/{self.volume}")
+    @property
+    def path(self) -> str:
+        return self.device or self.key()
 
     def describe(self) -> str:
         return self.path
@@ -542,18 +543,25 @@ class LVMLocation(Location):
     def disk_fields(self) -> dict[str, Any]:
         return {"path": self.path, "volume_group": self.volume_group, "volume": self.volume}
 
+    def to_record(self) -> dict[str, Any]:
+        return {"backend": self.backend, "format": self.format} | self.disk_fields()
+
+    @classmethod
+    def _make(cls, vg: str, lv: str, fmt: str, path: str | None) -> LVMLocation:
+        standard = f"/dev/{vg}/{lv}"
+        return cls(vg, lv, format=fmt, device=path if path and path != standard else None)
+
     @classmethod
     def _from_record(cls, data: dict[str, Any]) -> LVMLocation:
         vg, lv = required(data, "volume_group", "volume")
         path = data.get("path")
-        return cls(vg, lv, format=str(data.get("format") or "raw"), path=str(path or ""))
+        return cls._make(vg, lv, str(data.get("format") or "raw"), str(path) if path else None)
 
     @classmethod
     def _of_disk(cls, disk: DiskLayout) -> LVMLocation:
         if not (disk.volume_group and disk.volume):
             raise ValueError(f"disk {disk.name} names no LV")
-        fmt = disk.format or "raw"
-        return cls(disk.volume_group, disk.volume, format=fmt, path=disk.path or "")
+        return cls._make(disk.volume_group, disk.volume, disk.format or "raw", disk.path)
 
 
 class LVMBackend(DiskBackend):
@@ -789,7 +797,7 @@ class LVMBackend(DiskBackend):
                 name,
                 f"LV {vg}/{lv} is opened as {d.driver_type!r}; Nova's LVM backend uses raw",
             )
-        return cls.classified(d, name, LVMLocation(vg, lv, path=src))
+        return cls.classified(d, name, LVMLocation._make(vg, lv, "raw", src))
 
     @classmethod
     def orphans(cls, scan: OrphanScan) -> list[Finding]:

@@ -352,3 +352,24 @@ def test_audit_finding_and_persist_repair(nova) -> None:
     after = rec.read_record(inst(nova), expect_uuid=UUID)
     assert after.retained_sources == (kept_image(f"{UUID}_disk"),)
     assert after.disks == record.disks
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        location("flat", "raw", path=f"/i/{UUID}/disk"),
+        location("lvm", "raw", volume_group="nova", volume=f"{UUID}_disk"),
+        location("rbd", "raw", pool="vms", image=f"{UUID}_disk"),
+    ],
+    ids=["file", "lvm", "rbd"],
+)
+def test_an_aside_location_is_named_and_opened_by_its_new_name(at) -> None:
+    """A displaced copy's new location is the new name in every field that says where it
+    is (an LV's device node too: found by the lvm_guest round trip)."""
+    from storagectl.backends import registry
+
+    to = registry.backend_class(at.backend).aside(at, UUID, "disk", 1)
+    assert to.key() != at.key() and to.describe() != at.describe()
+    assert to.describe().endswith(f"disk.retained-{at.backend}-1")
+    assert Location.from_record(to.to_record()) == to
+    assert registry.backend_class(at.backend).owns_retained(to, UUID, "disk", f"/i/{UUID}")
