@@ -72,6 +72,10 @@ class TargetSettings:
     rbd_user: str | None = None
 
 
+class NovaCannotName(Exception):  # noqa: N818 - a condition, not a failure of ours
+    """Nova's imagebackend would raise before naming a place (a setting it needs is unset)."""
+
+
 class DiskBackend:
     """Base class; every method takes the backend's own location type."""
 
@@ -97,6 +101,12 @@ class DiskBackend:
     #: qemu-img must be handed a vetted name for what it reads here (guest-writable
     #: headers may name other files): :meth:`read_name`
     VETTED: ClassVar[bool] = False
+    #: Nova's ``_cleanup`` removes such volumes only while ``images_type`` names this
+    #: backend (LVM, RBD); files go with the instance directory whatever it says
+    NOVA_CLEANS_BY_IMAGES_TYPE: ClassVar[bool] = False
+    #: under ``images_type`` = this backend Nova keeps the config drive here too (RBD);
+    #: otherwise it is a local raw file (driver.py ``_get_disk_config_image_type``)
+    NOVA_CONFIG_DRIVE: ClassVar[bool] = False
 
     def __init__(self, runner: Runner, *, ceph_timeout: int = 60) -> None:
         self.runner = runner
@@ -163,6 +173,29 @@ class DiskBackend:
     @classmethod
     def disk_info_keys(cls, loc: Location) -> list[str]:
         """Nova's disk.info keys for ``loc`` (the first is the one Nova writes)."""
+        raise NotImplementedError
+
+    # -- what Nova opens ---------------------------------------------------------------
+
+    @classmethod
+    def nova_location(
+        cls, backend: str, uuid: str, disk_name: str, nova: NovaConfig, like: Location | None
+    ) -> Location:
+        """Where Nova's imagebackend ``backend`` (an ``images_type``) names disk
+        ``disk_name`` of instance ``uuid`` with this nova.conf. ``like``: where the disk
+        is stored now (what Nova knows of the instance beyond nova.conf, e.g. that its
+        ephemeral storage is encrypted). Raises :class:`NovaCannotName`."""
+        return cls.target(backend, uuid, disk_name, nova_settings(nova, nova.instance_dir(uuid)))
+
+    @classmethod
+    def nova_format(cls, backend: str, disk_info: str | None) -> str | None:
+        """The format Nova's ``backend`` hands libvirt, given the disk's disk.info entry;
+        None when it would probe the disk's contents."""
+        return cls.formats(backend)[0]
+
+    @classmethod
+    def present(cls, loc: Location, view: StorageView) -> bool | None:
+        """Whether ``loc`` exists (None: cannot tell), from the run's cached view."""
         raise NotImplementedError
 
     # -- volumes ----------------------------------------------------------------------

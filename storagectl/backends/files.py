@@ -30,6 +30,8 @@ RETAINED_SUFFIX = ".retained-"
 _BY_FORMAT = {"qcow2": "qcow2", "raw": "flat", "ploop": "ploop", "parallels": "ploop"}
 _FORMATS = {"qcow2": ("qcow2",), "flat": ("raw",), "ploop": ("ploop", "parallels")}
 PLOOP_IMAGE = "root.hds"
+#: Nova's images that take their format from disk.info, else from the file's contents
+_NOVA_PROBES = ("flat",)
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,22 @@ class FilesBackend(DiskBackend):
     EVIDENCE = "image-headers"
     IN_INSTANCE_DIR = True
     VETTED = True
+
+    # -- what Nova opens ----------------------------------------------------------------
+
+    @classmethod
+    def nova_format(cls, backend: str, disk_info: str | None) -> str | None:
+        """Nova's Qcow2 and Ploop images are always their own format. Its Flat image
+        takes the format from disk.info and, without an entry there, *probes* the file
+        (``Flat.correct_format`` -> ``qemu_img_info``): None."""
+        if backend in _NOVA_PROBES:
+            return disk_info or None
+        return cls.formats(backend)[0]
+
+    @classmethod
+    def present(cls, loc: Location, view: Any) -> bool | None:
+        assert isinstance(loc, FileLocation)
+        return os.path.lexists(loc.path)
 
     # -- record and naming --------------------------------------------------------------
 

@@ -48,7 +48,14 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from storagectl import errors
-from storagectl.backends.base import DiskBackend, OrphanScan, QemuSpec, Refusal, TargetSettings
+from storagectl.backends.base import (
+    DiskBackend,
+    NovaCannotName,
+    OrphanScan,
+    QemuSpec,
+    Refusal,
+    TargetSettings,
+)
 from storagectl.host import fsutil
 from storagectl.host.process import Runner
 from storagectl.inspect.storage import Listing, Volume
@@ -57,6 +64,7 @@ from storagectl.model.layout import Code, DiskLayout, Finding
 from storagectl.model.location import Location, required
 
 if TYPE_CHECKING:
+    from storagectl.host.config import NovaConfig
     from storagectl.host.domain import DomainDisk
     from storagectl.inspect.storage import StorageView
     from storagectl.inspect.verify import Checker
@@ -513,6 +521,14 @@ def _volume(vg: str, row: dict[str, Any]) -> LogicalVolume:
 # -- the disk backend -------------------------------------------------------------------
 
 
+def dmcrypt_device(volume: str) -> str:
+    """The node Nova opens an encrypted ephemeral LV through (nova ``dmcrypt.volume_name``)."""
+    return f"/dev/mapper/{volume}{DMCRYPT_SUFFIX}"
+
+
+DMCRYPT_SUFFIX = "-dmcrypt"
+
+
 @dataclass(frozen=True)
 class LVMLocation(Location):
     """``/dev/<volume_group>/<volume>``, opened raw. ``device``: another node qemu opens
@@ -575,6 +591,7 @@ class LVMBackend(DiskBackend):
     LOCATION = LVMLocation
     EVIDENCE = "lvm"
     ROUNDED_SIZE = True
+    NOVA_CLEANS_BY_IMAGES_TYPE = True
 
     def __init__(self, runner: Runner, *, ceph_timeout: int = 60) -> None:
         super().__init__(runner, ceph_timeout=ceph_timeout)
@@ -614,6 +631,33 @@ class LVMBackend(DiskBackend):
                 reason="--to lvm needs --volume-group (nova.conf has no images_volume_group)"
             )
         return LVMLocation(where.volume_group, naming.lv_name(uuid, disk_name))
+
+    @classmethod
+    def nova_location(
+        cls, backend: str, uuid: str, disk_name: str, nova: NovaConfig, like: Location | None
+    ) -> Location:
+        """``/dev/<images_volume_group>/<uuid>_<name>``; for an instance whose ephemeral
+        storage is encrypted (``ephemeral_key_uuid``: its disks are opened through a
+        dm-crypt mapping) ``/dev/mapper/<lv>-dmcrypt`` (nova ``Lvm.__init__``)."""
+        vg = nova.images_volume_group
+        if not vg:
+            raise NovaCannotName(
+                "[libvirt] images_volume_group is not set (Nova's LVM images raise "
+                "'You should specify images_volume_group')"
+            )
+        lv = naming.lv_name(uuid, disk_name)
+        encrypted = isinstance(like, LVMLocation) and like.device == dmcrypt_device(like.volume)
+        return LVMLocation(vg, lv, device=dmcrypt_device(lv) if encrypted else None)
+
+    @classmethod
+    def present(cls, loc: Location, view: StorageView) -> bool | None:
+        assert isinstance(loc, LVMLocation)
+        listing = cls.listing(view, loc.volume_group)
+        if listing.missing:
+            return False
+        if listing.error:
+            return None
+        return loc.volume in listing.volumes
 
     @classmethod
     def aside(cls, loc: Location, uuid: str, disk_name: str, n: int) -> Location:
@@ -704,6 +748,12 @@ class LVMBackend(DiskBackend):
 
     def check(self, loc: Location, *, target: bool) -> None:
         assert isinstance(loc, LVMLocation)
+        if loc.device and loc.device == dmcrypt_device(loc.volume):
+            raise Refusal(
+                reason=f"{loc.describe()} is the dm-crypt mapping of an encrypted ephemeral "
+                f"LV ({loc.label()}): storagectl does not move encrypted disks (the copy "
+                "would be written in clear)"
+            )
         if not target:
             return
         try:
@@ -713,7 +763,7 @@ class LVMBackend(DiskBackend):
 
     def check_key(self, loc: Location) -> Any:
         assert isinstance(loc, LVMLocation)
-        return loc.volume_group
+        return loc.volume_group, loc.device
 
     # -- qemu and libvirt ---------------------------------------------------------------
 
@@ -784,9 +834,16 @@ class LVMBackend(DiskBackend):
         ``/dev/disk/by-*`` and other instances' LVs are volumes."""
         src = os.path.normpath(d.source or "")
         parts = src.split("/")
-        if not (len(parts) == 4 and parts[1] == "dev" and parts[2] not in ("mapper", "disk")):
+        if len(parts) != 4 or parts[1] != "dev" or parts[2] == "disk":
             return None
         vg, lv = parts[2], parts[3]
+        if vg == "mapper":
+            # Nova's encrypted ephemeral LVs: /dev/mapper/<uuid>_<name>-dmcrypt of an LV
+            # in images_volume_group (the mapping does not say which VG; Nova assumes it)
+            lv = lv.removesuffix(DMCRYPT_SUFFIX)
+            vg = chk.nova.images_volume_group or ""
+            if lv == parts[3] or not vg or src != dmcrypt_device(lv):
+                return None
         parsed = naming.parse_lv_name(lv)
         if not parsed or parsed[0] != chk.uuid:
             return None

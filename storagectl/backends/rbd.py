@@ -641,6 +641,8 @@ class RBDBackend(DiskBackend):
     MIRRORED = True
     LOCATION = RBDLocation
     EVIDENCE = "rbd"
+    NOVA_CLEANS_BY_IMAGES_TYPE = True
+    NOVA_CONFIG_DRIVE = True
 
     def client(self, loc: Location) -> RBD:
         """The ``rbd`` CLI for ``loc``'s pool, cluster and user."""
@@ -701,6 +703,15 @@ class RBDBackend(DiskBackend):
     def target(cls, backend: str, uuid: str, disk_name: str, where: TargetSettings) -> Location:
         image = naming.rbd_image_name(uuid, disk_name)
         return RBDLocation(where.pool or "", image, where.ceph_conf, where.rbd_user)
+
+    @classmethod
+    def present(cls, loc: Location, view: StorageView) -> bool | None:
+        assert isinstance(loc, RBDLocation)
+        conf = loc.ceph_conf or DEFAULT_CEPH_CONF
+        listing = cls.listing(view, loc.pool, conf, loc.user)
+        if listing.error:
+            return None
+        return loc.image in listing.volumes
 
     @classmethod
     def aside(cls, loc: Location, uuid: str, disk_name: str, n: int) -> Location:

@@ -25,6 +25,7 @@ from storagectl.host.config import (
     NovaConfig,
     check_instances_path,
     load_nova_config,
+    parse_assumption,
 )
 from storagectl.host.process import Runner
 
@@ -88,6 +89,30 @@ def output_option(
     )
 
 
+def assume_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--assume '[section] option=value'`` (repeatable): read nova.conf as if it said
+    this too - "if I flip nova.conf now, which instances break?" without editing it."""
+
+    def store(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> None:
+        if values:
+            app = ctx.find_object(Application)
+            assert app is not None
+            try:
+                app.assume = tuple(parse_assumption(v) for v in values)
+            except errors.UsageError as exc:
+                raise click.BadParameter(str(exc), ctx, param) from None
+
+    return click.option(
+        "--assume",
+        multiple=True,
+        metavar="'[SECTION] OPTION=VALUE'",
+        expose_value=False,
+        callback=store,
+        help="Read nova.conf as if it also said this (repeatable), e.g. "
+        "--assume '[libvirt] images_type=rbd': which instances would Nova then misread?",
+    )(func)
+
+
 @dataclass
 class Application:
     connect: tuple[str, ...] = ()
@@ -100,6 +125,8 @@ class Application:
     #: timeout). Tests hand in their own: ``invoke(cli, args, obj=Application(
     #: libvirt_factory=lambda uri: FakeLibvirt(uri=uri)))`` - see ``cli()``.
     libvirt_factory: Callable[[str], LibvirtPort] | None = None
+    #: ``--assume`` settings over nova.conf (``(section, option, value)``)
+    assume: tuple[tuple[str, str, str], ...] = ()
     _runner: Runner | None = None
     _console: Console | None = None
     _err: Console | None = None
@@ -132,7 +159,7 @@ class Application:
         if self._nova is None:
             explicit = bool(self.nova_conf)
             paths = list(self.nova_conf) or [DEFAULT_NOVA_CONF]
-            nova = load_nova_config(paths, explicit=explicit)
+            nova = load_nova_config(paths, explicit=explicit, assume=self.assume)
             if not nova.files:
                 LOG.warning("%s not found: using Nova's defaults", DEFAULT_NOVA_CONF)
             # Its instances are read here only for a host of this machine; a remote

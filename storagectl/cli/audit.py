@@ -15,7 +15,7 @@ import click
 from storagectl import errors
 from storagectl.audit.audit import OK, UNKNOWN, AuditReport, run_audit
 from storagectl.audit.prometheus import TextfileError, check_textfile, write_textfile
-from storagectl.cli.app import Application, output_option
+from storagectl.cli.app import Application, assume_option, output_option
 from storagectl.cli.render import error_line
 from storagectl.host.locks import host_lock
 
@@ -35,6 +35,7 @@ class AuditCommand(click.Command):
 
 @click.command("audit", cls=AuditCommand)
 @output_option("table", "json", "yaml", aliases={"text": "table"})
+@assume_option
 @click.option(
     "-q",
     "--quiet",

@@ -5,13 +5,14 @@ from __future__ import annotations
 import click
 
 from storagectl.audit.audit import with_host
-from storagectl.cli.app import Application, output_option
+from storagectl.cli.app import Application, assume_option, output_option
 from storagectl.inspect.inspection import inspect_hosts
 
 
 @click.command("inspect")
 @click.argument("instances", nargs=-1, metavar="[INSTANCE]...")
 @output_option("table", "json", "yaml")
+@assume_option
 @click.pass_obj
 def inspect_cmd(app: Application, instances: tuple[str, ...], fmt: str) -> None:
     """Infer the storage layout of every instance (or the INSTANCEs, by uuid or name).

@@ -63,6 +63,8 @@ class NovaConfig:
     #: The libvirt secret holding ``rbd_user``'s key: Nova puts it in every rbd disk's
     #: ``<auth>``; migrate does too when nothing more specific names one.
     rbd_secret_uuid: str | None = None
+    #: ``--assume`` settings over the files, as ``[section] option=value``
+    assumed: tuple[str, ...] = ()
 
     @property
     def image_cache_path(self) -> str:
@@ -81,13 +83,45 @@ class NovaConfig:
         return os.path.join(self.instances_path, uuid)
 
 
+#: What ``--assume`` may set: the options storagectl reads (and the old cache spelling).
+ASSUMABLE = tuple(_DEFAULTS) + (("DEFAULT", "image_cache_subdirectory_name"),)
+_ASSUMPTION = re.compile(r"^\s*(?:\[\s*(\w+)\s*\]\s*|(\w+)\s*/\s*)?(\w+)\s*=\s*(.*?)\s*$")
+
+
+def parse_assumption(text: str) -> tuple[str, str, str]:
+    """``--assume`` text -> ``(section, option, value)``.
+
+    ``[libvirt] images_type=rbd``, ``libvirt/images_type=rbd`` or, where the option
+    name is unambiguous, ``images_type=rbd``. Only the options storagectl reads are
+    accepted: a misspelt one would otherwise change nothing, silently.
+    """
+    match = _ASSUMPTION.match(text)
+    if not match:
+        raise errors.UsageError(
+            reason=f"{text!r}: expected '[section] option=value', e.g. '[libvirt] images_type=rbd'"
+        )
+    section, option, value = match.group(1) or match.group(2), match.group(3), match.group(4)
+    known = [(sec, opt) for sec, opt in ASSUMABLE if opt == option and sec == (section or sec)]
+    if len(known) != 1:
+        names = ", ".join(f"[{sec}] {opt}" for sec, opt in ASSUMABLE)
+        where = f"[{section}] {option}" if section else option
+        raise errors.UsageError(
+            reason=f"{text!r}: storagectl reads no nova.conf option {where}; it reads {names}"
+        )
+    return known[0][0], known[0][1], value
+
+
 def load_nova_config(
-    paths: Sequence[str | os.PathLike[str]] = (), *, explicit: bool = True
+    paths: Sequence[str | os.PathLike[str]] = (),
+    *,
+    explicit: bool = True,
+    assume: Sequence[tuple[str, str, str]] = (),
 ) -> NovaConfig:
     """Read nova.conf files (later override earlier) into a :class:`NovaConfig`.
 
     ``explicit=False`` means the paths are only the built-in default: a missing file then
-    yields Nova's defaults instead of an error.
+    yields Nova's defaults instead of an error. ``assume``: ``(section, option, value)``
+    settings over the files (``--assume``: "if nova.conf said this").
     """
     parser = configparser.RawConfigParser(strict=False, interpolation=None, default_section="\0")
     parser.optionxform = str  # type: ignore[assignment,method-assign]  # keep option case
@@ -99,6 +133,10 @@ def load_nova_config(
             continue
         _parse(parser, path, text)
         used.append(path)
+    for section, option, setting in assume:
+        if not parser.has_section(section):
+            parser.add_section(section)
+        parser.set(section, option, setting)
 
     def raw_value(section: str, option: str) -> str:
         if parser.has_section(section) and parser.has_option(section, option):
@@ -179,6 +217,7 @@ def load_nova_config(
         sparse_logical_volumes=boolean("libvirt", "sparse_logical_volumes"),
         image_cache_subdirectory=cache_dir,
         rbd_secret_uuid=value("libvirt", "rbd_secret_uuid") or None,
+        assumed=tuple(f"[{sec}] {opt}={val}" for sec, opt, val in assume),
     )
 
 

@@ -24,6 +24,7 @@ from storagectl.backends import registry
 from storagectl.host.config import NovaConfig
 from storagectl.host.domain import DomainDisk, DomainInfo
 from storagectl.host.hosts import ScannedDomain
+from storagectl.inspect.nova import check_nova
 from storagectl.inspect.storage import StorageView
 from storagectl.inspect.verify import Checker, check_disk_info, inside, verify_disk
 from storagectl.inspector import chain
@@ -46,7 +47,7 @@ def infer_instance(
         verify_disk(disk, chk, backing_hint=hints.get(disk.name))
     disks = [chk.seen(d) for d in disks]
     if local:
-        check_disk_info(disks, chk)
+        disks = finish_local(disks, chk)
     else:
         chk.add(
             Code.NOT_INSPECTED,
@@ -55,6 +56,13 @@ def infer_instance(
             "run storagectl on the compute host itself for the safety checks",
         )
     return inferred_layout(dom, host, disks, chk.findings)
+
+
+def finish_local(disks: list[DiskLayout], chk: Checker) -> list[DiskLayout]:
+    """The checks that look at the instance as a whole, once its disks are verified:
+    disk.info against the declared formats, and what Nova would open for each disk."""
+    check_disk_info(disks, chk)
+    return check_nova(disks, chk)
 
 
 def inferred_layout(

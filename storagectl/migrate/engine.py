@@ -46,7 +46,7 @@ from storagectl.migrate.preflight import preflight
 from storagectl.migrate.retained import delete_retained, retained_locations
 from storagectl.migrate.verify import verify_disk
 from storagectl.model import naming
-from storagectl.model.layout import Code, Severity
+from storagectl.model.layout import Code, blocking
 from storagectl.record import record as rec
 from storagectl.record.mirror import write_mirror
 
@@ -141,7 +141,7 @@ class Engine:
                 "the record no longer matches reality (run storagectl audit): "
                 + "; ".join(d.message for d in drift)
             )
-        critical = [f for f in layout.findings if f.severity is Severity.CRITICAL]
+        critical = blocking(layout.findings)
         if critical:
             raise refuse(
                 "critical findings (run storagectl audit): "

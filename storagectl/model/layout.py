@@ -106,6 +106,15 @@ class Code(StrEnum):
     BASE_IMAGE_UNUSED = "base-image-unused", Severity.INFO
     MIGRATION_INTERRUPTED = "migration-interrupted", Severity.WARNING  # interrupted.py
     RETAINED_IN_USE = "retained-in-use", Severity.WARNING
+    # Issue #15: nova-compute, with the host's nova.conf, would open the disk elsewhere or
+    # in another format than it is stored (storagectl/inspect/nova.py).
+    NOVA_WOULD_MISREAD = "nova-would-misread", Severity.CRITICAL
+
+
+#: Critical findings that say how *Nova* would read an instance, not that its storage is
+#: unsafe to read: recording its layout (persist) or moving it (migrate - which may be
+#: the very fix) goes ahead despite them.
+NOT_BLOCKING = frozenset({Code.NOVA_WOULD_MISREAD.value})
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,32 @@ class Finding:
             "instance": self.instance,
             "disk": self.disk,
             "message": self.message,
+        }
+
+
+def blocking(findings: list[Finding]) -> list[Finding]:
+    """The critical findings that stop persist and migrate."""
+    return [f for f in findings if f.severity is Severity.CRITICAL and f.code not in NOT_BLOCKING]
+
+
+@dataclass(frozen=True)
+class NovaView:
+    """What nova-compute, with a given nova.conf, would open for one disk at its next
+    hard reboot, rescue, resize or evacuate (``storagectl.inspect.nova``)."""
+
+    images_type: str  # the imagebackend Nova would use: qcow2, flat, lvm, rbd, ploop
+    location: str | None  # where it would look (None: it cannot name a place)
+    format: str | None  # the format it would hand libvirt (None: it would probe)
+    exists: bool | None  # whether that place exists (None: unknown)
+    matches: bool  # the same place and format as the disk is stored
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "images_type": self.images_type,
+            "location": self.location,
+            "format": self.format,
+            "exists": self.exists,
+            "matches": self.matches,
         }
 
 
@@ -161,6 +196,8 @@ class DiskLayout:
     device: str = "disk"  # disk | cdrom | floppy | lun
     ceph_conf: str | None = None
     rbd_user: str | None = None
+    #: what Nova would open for it (inspect and audit; never recorded)
+    nova: NovaView | None = None
 
     @property
     def location(self) -> str:
@@ -187,6 +224,7 @@ class DiskLayout:
             "virtual_size": self.virtual_size,
             "allocated_size": self.allocated_size,
             "backing": self.backing.to_dict() if self.backing else None,
+            "nova": self.nova.to_dict() if self.nova else None,
         }
 
 

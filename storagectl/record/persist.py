@@ -26,7 +26,7 @@ from storagectl.host.process import Runner
 from storagectl.inspect.inspection import InspectionResult
 from storagectl.inspect.verify import read_disk_info
 from storagectl.migrate.roundtrip import drop_live_retained, entry_key
-from storagectl.model.layout import InstanceLayout, Severity
+from storagectl.model.layout import InstanceLayout, blocking
 from storagectl.record import record as rec
 from storagectl.record.mirror import write_mirror
 
@@ -131,7 +131,7 @@ def persist_one(
             "host itself (records live in its instance directories)"
         )
         return out
-    critical = [f for f in layout.findings if f.severity is Severity.CRITICAL]
+    critical = blocking(layout.findings)
     if critical:
         out.reason = "critical findings must be resolved first: " + "; ".join(
             f"{f.code} ({f.disk or 'instance'})" for f in critical

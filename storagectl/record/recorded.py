@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from storagectl.host.config import NovaConfig
 from storagectl.host.hosts import ScannedDomain
-from storagectl.inspect.infer import classify_domain
+from storagectl.inspect.infer import classify_domain, finish_local
 from storagectl.inspect.storage import StorageView
-from storagectl.inspect.verify import Checker, check_disk_info, verify_disk
+from storagectl.inspect.verify import Checker, verify_disk
 from storagectl.model.layout import Code, DiskLayout, InstanceLayout
 from storagectl.record.record import Record
 
@@ -64,8 +64,7 @@ def layout_from_record(
                         f"{disk.virtual_size}",
                     )
                 )
-        layout.disks = [chk.seen(d) for d in layout.disks]
-        check_disk_info(layout.disks, chk)
+        layout.disks = finish_local([chk.seen(d) for d in layout.disks], chk)
     layout.findings = list(chk.findings)  # its own list: the checker is done
     _dedupe(layout)
     return layout, drift

@@ -78,6 +78,10 @@ class SandboxDisk:
     lv: str | None = None
     pool: str | None = None
     image: str | None = None
+    #: Nova, with the sandbox's nova.conf (images_type=default, use_cow_images=True: its
+    #: Qcow2 images), would open this disk otherwise than it is stored - a disk of an
+    #: older layout of the host (``nova-would-misread``)
+    nova_misread: bool = False
 
     @property
     def location(self) -> str:

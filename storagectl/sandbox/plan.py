@@ -28,6 +28,10 @@ MiB = 1 << 20
 GiB = 1 << 30
 
 BASE_DIR = "_base"
+#: What Nova makes of the sandbox's nova.conf (build.nova_conf_text): its Qcow2 images.
+#: Disks of every other kind are of an older layout of the host, and Nova would misread
+#: them; a local config drive (a raw file with its disk.info entry) is read as stored.
+NOVA_IMAGES_TYPE = "qcow2"
 EPHEMERAL_FS = "ext4"  # nova.conf default_ephemeral_format
 NOVA_VERSION = "21.2.4"  # a Ussuri-era compute node: old enough to be "legacy"
 FIRST_INSTANCE_ID = 0x101
@@ -306,7 +310,14 @@ def _disk(
 ) -> SandboxDisk:
     spec = plan.spec
     kind = inst.record.kind
-    common = dict(name=name, target=f"vd{letter}", bus="virtio", device="disk", virtual_size=size)
+    common = dict(
+        name=name,
+        target=f"vd{letter}",
+        bus="virtio",
+        device="disk",
+        virtual_size=size,
+        nova_misread=kind != NOVA_IMAGES_TYPE,
+    )
     inst_dir = Path(inst.record.instance_dir)
     if kind == "qcow2":
         return SandboxDisk(
@@ -348,9 +359,10 @@ def _config_disk(plan: Plan, inst: PlannedInstance) -> SandboxDisk:
     )
     if inst.record.kind == "rbd":
         # With images_type=rbd Nova imports the config drive into the pool and deletes
-        # the local file.
+        # the local file. This host's Nova (not rbd) looks for the local file.
         return SandboxDisk(
             **common,
+            nova_misread=True,
             backend="rbd",
             pool=plan.spec.rbd_pool,
             image=rbd_image_name(inst.record.uuid, "disk.config"),

@@ -34,6 +34,12 @@ class MiniNode:
         self.domains: list[str] = []
         self._n = 0
 
+    def flat_host(self) -> MiniNode:
+        """nova.conf says ``use_cow_images = false``: Nova's Flat images (raw files,
+        format from disk.info), as on a host whose instances are raw files."""
+        self.conf.write_text(self.conf.read_text() + "use_cow_images = false\n")
+        return self
+
     def dir(self, uuid: str) -> Path:
         d = self.instances / uuid
         d.mkdir(exist_ok=True)

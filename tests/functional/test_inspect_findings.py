@@ -30,6 +30,9 @@ def finding(inst, code):
 
 
 def test_clean_qcow2_on_base_and_flat_disk(mini_node):
+    # Nova's Flat images (use_cow_images = false) take each file's format from disk.info:
+    # a qcow2 root (force_raw_images = false) beside a raw ephemeral is as Nova reads it
+    mini_node.flat_host()
     u = mini_node.new_uuid()
     d = mini_node.dir(u)
     base = raw_base(mini_node)
@@ -73,6 +76,14 @@ def test_clean_qcow2_on_base_and_flat_disk(mini_node):
         "virtual_size",
         "allocated_size",
         "backing",
+        "nova",
+    }
+    assert root["nova"] == {
+        "images_type": "flat",
+        "location": str(d / "disk"),
+        "format": "qcow2",
+        "exists": True,
+        "matches": True,
     }
 
 

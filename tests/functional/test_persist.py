@@ -17,7 +17,9 @@ MiB = 1 << 20
 
 
 def legacy_instance(node, *, flat=False):
-    """A Nova instance: qcow2 root on a raw base (or a flat root) and a raw ephemeral."""
+    """A Nova instance: qcow2 root on a raw base and a qcow2 ephemeral, as Nova's Qcow2
+    images make them (the host's default), or with ``flat`` a raw root and ephemeral (a
+    Flat host: ``MiniNode.flat_host``)."""
     u = node.new_uuid()
     d = node.dir(u)
     if flat:
@@ -28,9 +30,9 @@ def legacy_instance(node, *, flat=False):
         qemu_img("create", "-f", "raw", str(base), str(8 * MiB))
         qemu_img("create", "-f", "qcow2", "-b", str(base), "-F", "raw", str(d / "disk"))
         fmt = "qcow2"
-    qemu_img("create", "-f", "raw", str(d / "disk.local"), str(2 * MiB))
-    write_json(d / "disk.info", {str(d / "disk"): fmt, str(d / "disk.local"): "raw"})
-    node.add(u, [{"fmt": fmt, "src": d / "disk"}, {"fmt": "raw", "src": d / "disk.local"}])
+    qemu_img("create", "-f", fmt, str(d / "disk.local"), str(2 * MiB))
+    write_json(d / "disk.info", {str(d / "disk"): fmt, str(d / "disk.local"): fmt})
+    node.add(u, [{"fmt": fmt, "src": d / "disk"}, {"fmt": fmt, "src": d / "disk.local"}])
     return u
 
 
@@ -62,7 +64,7 @@ def test_persist_writes_record_and_inspect_then_trusts_it(mini_node):
     assert root["backing"]["format"] == "raw"
     inst = mini_node.instance(u)
     assert inst["source"] == "metadata" and inst["findings"] == []
-    assert [d["backend"] for d in inst["disks"]] == ["qcow2", "flat"]
+    assert [d["backend"] for d in inst["disks"]] == ["qcow2", "qcow2"]
     # show prints the same record, by uuid and by domain name
     code, out, _ = mini_node.run("show", u)
     assert code == 0 and yaml.safe_load(out) == data
@@ -88,13 +90,31 @@ def test_record_survives_a_change_of_host_config(mini_node):
     assert data[a]["source"] == data[b]["source"] == "metadata"
     assert [(d["backend"], d["format"]) for d in data[a]["disks"]] == [
         ("qcow2", "qcow2"),
-        ("flat", "raw"),
+        ("qcow2", "qcow2"),
     ]
     assert [(d["backend"], d["format"]) for d in data[b]["disks"]] == [
         ("flat", "raw"),
         ("flat", "raw"),
     ]
-    assert data[a]["findings"] == data[b]["findings"] == []
+    # ... and Nova, which never reads the record, would now look for LVs: every disk is
+    # nova-would-misread, naming the LV Nova would open (the record is not the fix)
+    for u in (a, b):
+        found = [(f["code"], f["disk"]) for f in data[u]["findings"]]
+        assert found == [("nova-would-misread", "disk"), ("nova-would-misread", "disk.local")]
+        views = [d["nova"] for d in data[u]["disks"]]
+        assert [v["location"] for v in views] == [
+            f"/dev/nova-vg/{u}_disk",
+            f"/dev/nova-vg/{u}_disk.local",
+        ]
+        assert {(v["images_type"], v["exists"], v["matches"]) for v in views} == {
+            ("lvm", False, False)
+        }
+    # the question before flipping it, asked with --assume: qcow2 instances are fine
+    # under qcow2, the flat one is not
+    flip = ("--assume", "[libvirt] images_type=qcow2")
+    data = {i["uuid"]: i for i in mini_node.inspect(*flip)["instances"]}
+    assert data[a]["findings"] == []
+    assert {f["code"] for f in data[b]["findings"]} == {"nova-would-misread"}
 
 
 def test_critical_finding_refuses_that_instance_only(mini_node, tmp_path):

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from storagectl.sandbox.iso import build_iso
-from tests.functional.conftest import codes, qemu_img
+from tests.functional.conftest import codes, qemu_img, write_json
 
 MiB = 1 << 20
 
@@ -221,9 +221,11 @@ def luks_disk(path: Path, version: int, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("version", [1, 2])
 def test_guest_encrypted_raw_disk_is_normal_and_persistable(mini_node, tmp_path, version):
+    mini_node.flat_host()  # a raw disk, as Nova's Flat images keep it
     u = mini_node.new_uuid()
     d = mini_node.dir(u)
     luks_disk(d / "disk", version, tmp_path)
+    write_json(d / "disk.info", {str(d / "disk"): "raw"})
     mini_node.add(u, [{"fmt": "raw", "src": d / "disk"}])
     inst = mini_node.instance(u)
     assert not [f for f in inst["findings"] if f["severity"] == "critical"], inst["findings"]

@@ -121,6 +121,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_one_hostile_file_is_a_finding_about_its_instance(mini_node, case):
     plant, code = CASES[case]
+    mini_node.flat_host()
     good = clean_instance(mini_node)
     bad_guest = attacked_instance(mini_node)
     u = mini_node.new_uuid()
@@ -155,6 +156,7 @@ def test_a_reader_failing_unexpectedly_is_inspection_failed_for_that_instance(
     finding about its instance (here a reader made to hit the recursion limit)."""
     from storagectl.inspect import inspection
 
+    mini_node.flat_host()
     good = clean_instance(mini_node)
     victim = clean_instance(mini_node)
     real_infer = inspection.infer_instance
