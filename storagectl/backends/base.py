@@ -194,6 +194,12 @@ class DiskBackend:
         return cls.formats(backend)[0]
 
     @classmethod
+    def nova_conf_for(cls, loc: Location) -> tuple[tuple[str, str, str], ...]:
+        """The nova.conf settings (``(section, option, value)``) under which Nova opens
+        ``loc`` as it is stored: what to set once a host's disks are all like it."""
+        return (("libvirt", "images_type", loc.backend),)
+
+    @classmethod
     def present(cls, loc: Location, view: StorageView) -> bool | None:
         """Whether ``loc`` exists (None: cannot tell), from the run's cached view."""
         raise NotImplementedError

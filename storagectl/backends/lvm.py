@@ -650,6 +650,14 @@ class LVMBackend(DiskBackend):
         return LVMLocation(vg, lv, device=dmcrypt_device(lv) if encrypted else None)
 
     @classmethod
+    def nova_conf_for(cls, loc: Location) -> tuple[tuple[str, str, str], ...]:
+        assert isinstance(loc, LVMLocation)
+        return (
+            ("libvirt", "images_type", loc.backend),
+            ("libvirt", "images_volume_group", loc.volume_group),
+        )
+
+    @classmethod
     def present(cls, loc: Location, view: StorageView) -> bool | None:
         assert isinstance(loc, LVMLocation)
         listing = cls.listing(view, loc.volume_group)

@@ -705,6 +705,18 @@ class RBDBackend(DiskBackend):
         return RBDLocation(where.pool or "", image, where.ceph_conf, where.rbd_user)
 
     @classmethod
+    def nova_conf_for(cls, loc: Location) -> tuple[tuple[str, str, str], ...]:
+        assert isinstance(loc, RBDLocation)
+        out = [
+            ("libvirt", "images_type", loc.backend),
+            ("libvirt", "images_rbd_pool", loc.pool),
+            ("libvirt", "images_rbd_ceph_conf", loc.ceph_conf or DEFAULT_CEPH_CONF),
+        ]
+        if loc.user:
+            out.append(("libvirt", "rbd_user", loc.user))
+        return tuple(out)
+
+    @classmethod
     def present(cls, loc: Location, view: StorageView) -> bool | None:
         assert isinstance(loc, RBDLocation)
         conf = loc.ceph_conf or DEFAULT_CEPH_CONF

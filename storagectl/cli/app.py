@@ -154,12 +154,16 @@ class Application:
             self._runner = Runner()
         return self._runner
 
+    def nova_files(self, assume: Sequence[tuple[str, str, str]] = ()) -> NovaConfig:
+        """This host's nova.conf (``--nova-conf``, else the default), ``assume`` over it."""
+        explicit = bool(self.nova_conf)
+        paths = list(self.nova_conf) or [DEFAULT_NOVA_CONF]
+        return load_nova_config(paths, explicit=explicit, assume=assume)
+
     @property
     def nova(self) -> NovaConfig:
         if self._nova is None:
-            explicit = bool(self.nova_conf)
-            paths = list(self.nova_conf) or [DEFAULT_NOVA_CONF]
-            nova = load_nova_config(paths, explicit=explicit, assume=self.assume)
+            nova = self.nova_files(self.assume)
             if not nova.files:
                 LOG.warning("%s not found: using Nova's defaults", DEFAULT_NOVA_CONF)
             # Its instances are read here only for a host of this machine; a remote

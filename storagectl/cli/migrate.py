@@ -17,9 +17,12 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 from storagectl import errors
 from storagectl.cli.app import DEFAULT_LOCK_PATH, Application, DiskRoles, output_option
 from storagectl.cli.render import emit_table, print_error
+from storagectl.host.config import NovaConfig, load_nova_config, parse_assumption
+from storagectl.inspect.inspection import inspect_hosts
 from storagectl.migrate.engine import Engine, Settings
 from storagectl.migrate.journal import check_fault
 from storagectl.migrate.plan import MOVABLE_ROLES, Options, Plan, describe
+from storagectl.model.layout import Code
 
 FAULT_ENV = "STORAGECTL_FAULT"
 
@@ -76,7 +79,17 @@ class PlainProgress:
 #: The modes of ``migrate``: exactly one per command line (none given = ``--to``).
 MODES = ("to", "resume", "rollback", "status", "delete_retained")
 #: Options each mode uses; any other given on the command line is refused, never ignored.
-_RUN_ONLY = ("disks", "volume_group", "pool", "secret_uuid", "delete_source", "parallel", "bwlimit")
+_RUN_ONLY = (
+    "disks",
+    "volume_group",
+    "pool",
+    "secret_uuid",
+    "delete_source",
+    "parallel",
+    "bwlimit",
+    "assume",
+    "nova_conf_after",
+)
 ACCEPTS = {
     "to": {*_RUN_ONLY, "dry_run", "yes", "ceph_timeout", "fmt"},
     "resume": {"dry_run", "yes", "ceph_timeout"},
@@ -134,6 +147,8 @@ class Args:
     status: bool
     delete_retained: bool
     fmt: str
+    assume: tuple[str, ...] = ()
+    nova_conf_after: tuple[str, ...] = ()
 
     def given(self) -> dict[str, object]:
         """The modes the command line asks for (:func:`choose_mode`)."""
@@ -204,6 +219,21 @@ class Args:
     is_flag=True,
     help="Do not ask for confirmation (required when stdin is not a terminal).",
 )
+@click.option(
+    "--assume",
+    multiple=True,
+    metavar="'[SECTION] OPTION=VALUE'",
+    help="The nova.conf this host will have when the moves are done, as settings over "
+    "its nova.conf (repeatable), e.g. --assume '[libvirt] images_type=rbd'. Without it a "
+    "move Nova would misread under the current nova.conf is refused.",
+)
+@click.option(
+    "--nova-conf-after",
+    multiple=True,
+    metavar="PATH",
+    help="The nova.conf file(s) this host will have when the moves are done (like "
+    "--assume, whole files).",
+)
 @click.option("--resume", is_flag=True, help="Finish an interrupted migration.")
 @click.option(
     "--rollback",
@@ -248,8 +278,19 @@ def migrate_cmd(ctx: click.Context, instances: tuple[str, ...], **params: Any) -
         ceph_timeout=args.ceph_timeout,
         say=app.info,
         libvirt=app.libvirt(app.uris[0]),
+        nova_after=_nova_after(app, args),
     )
     HANDLERS[mode](app, Engine(settings), instances, args)
+
+
+def _nova_after(app: Application, args: Args) -> NovaConfig | None:
+    """--assume / --nova-conf-after: the nova.conf the host will have; None if not named."""
+    if not args.assume and not args.nova_conf_after:
+        return None
+    assume = tuple(parse_assumption(text) for text in args.assume)
+    if args.nova_conf_after:
+        return load_nova_config(list(args.nova_conf_after), assume=assume)
+    return app.nova_files(assume=assume)
 
 
 def _migrate_to(app: Application, engine: Engine, instances: tuple[str, ...], args: Args) -> None:
@@ -258,6 +299,8 @@ def _migrate_to(app: Application, engine: Engine, instances: tuple[str, ...], ar
     _needs_terminal(args.dry_run, args.yes)
     engine.check_driver()
     plans, code = _plan_all(app, engine, instances, options, args.fmt)
+    if plans and engine.s.nova_after is not None and args.fmt == "table":
+        click.echo(_still_to_move(app, engine.s.nova_after, plans))
     if args.dry_run or not plans:
         if args.dry_run and plans:
             app.info("dry run: nothing was changed")
@@ -317,11 +360,36 @@ def _plan_all(
             print_error(exc)
             code = exc.exit_code
     if fmt != "table":
-        app.print_data({"host": app.uris[0], "plans": [p.to_dict() for p in plans]}, fmt)
+        data: dict[str, Any] = {"host": app.uris[0], "plans": [p.to_dict() for p in plans]}
+        if engine.s.nova_after is not None:
+            data["still_to_move"] = [
+                {"uuid": u, "name": n} for u, n in _misread(app, engine.s.nova_after, plans)
+            ]
+        app.print_data(data, fmt)
     else:
         for plan in plans:
             click.echo("\n".join(describe(plan)))
     return plans, code
+
+
+def _misread(app: Application, nova: NovaConfig, plans: list[Plan]) -> list[tuple[str, str]]:
+    """The other instances of the host that Nova, with ``nova``, would misread."""
+    moving = {p.uuid for p in plans}
+    result = inspect_hosts(app.uris[:1], nova, app.runner)
+    return [
+        (i.uuid, i.name)
+        for i in result.instances
+        if i.uuid not in moving and any(f.code == Code.NOVA_WOULD_MISREAD for f in i.findings)
+    ]
+
+
+def _still_to_move(app: Application, nova: NovaConfig, plans: list[Plan]) -> str:
+    """What else must move before the host's nova.conf can say what ``nova`` says."""
+    others = _misread(app, nova, plans)
+    if not others:
+        return "no other instance of this host would be misread with that nova.conf"
+    names = ", ".join(f"{n} ({u})" for u, n in others)
+    return f"before nova.conf says so, these instances must move too ({len(others)}): {names}"
 
 
 def _status(app: Application, engine: Engine, instances: tuple[str, ...], args: Args) -> None:

@@ -74,9 +74,12 @@ def nova_view(
     nova: NovaConfig,
     storage: StorageView,
     disk_info: dict[str, str] | None,
+    will_exist: frozenset[str] = frozenset(),
 ) -> tuple[NovaView | None, str | None]:
     """``(what Nova would open for disk, why that misreads it or None)``; ``(None,
-    None)`` for a disk Nova does not rebuild from its config (volumes, kernel files)."""
+    None)`` for a disk Nova does not rebuild from its config (volumes, kernel files).
+    ``will_exist``: places (:func:`place`) that exist by the time Nova looks (a planned
+    migration's targets)."""
     if disk.role in _NOT_IMAGEBACKEND or not registry.stored(disk.backend):
         return None, None
     try:
@@ -91,12 +94,12 @@ def nova_view(
         except NovaCannotName as exc:
             view = NovaView(images_type, None, None, None, False)
             return view, f"Nova ({_setting(nova)}) cannot open disk {disk.name}: {exc}"
-        exists = backend.present(loc, storage)
+        exists = True if place(loc) in will_exist else backend.present(loc, storage)
         if exists is False and n + 1 < len(tried):
             continue  # Nova's fall-back: the next image type
         entry = _disk_info_entry(backend, loc, disk_info)
         fmt = backend.nova_format(images_type, entry)
-        same_place = _place(loc) == _place(stored)
+        same_place = place(loc) == place(stored)
         matches = same_place and (fmt == disk.format or (fmt is None and disk.format != "raw"))
         view = NovaView(images_type, loc.describe(), fmt, exists, matches)
         if matches:
@@ -129,7 +132,8 @@ def _setting(nova: NovaConfig) -> str:
     return f"images_type={nova.images_type}"
 
 
-def _place(loc: Location) -> str:
+def place(loc: Location) -> str:
+    """A comparable name of where a location is."""
     return os.path.normpath(loc.describe())
 
 
@@ -156,7 +160,7 @@ def _why(
     """One sentence: what Nova would open, and what happens to the instance then."""
     setting = _setting(nova)
     held = f"{disk.name} is stored at {stored.describe()} ({disk.format})"
-    if _place(loc) == _place(stored):
+    if place(loc) == place(stored):
         if view.format is None:
             return (
                 f"{held} but disk.info has no entry for it: Nova ({setting}) would probe "

@@ -31,7 +31,8 @@ from storagectl.host.libvirt_port import (  # driver_problem: importable from he
 from storagectl.host.locks import instance_lock
 from storagectl.host.process import Runner
 from storagectl.inspect.inspection import inspect_hosts
-from storagectl.migrate import roundtrip, switch
+from storagectl.inspect.storage import StorageView
+from storagectl.migrate import novaguard, roundtrip, switch
 from storagectl.migrate.copy import NullProgress, Progress, copy_all
 from storagectl.migrate.journal import STEPS, Journal, JournalInvalid, journal_path, read_journal
 from storagectl.migrate.plan import (
@@ -79,6 +80,9 @@ class Settings:
     progress: Progress = field(default_factory=NullProgress)
     say: Callable[[str], None] = lambda _msg: None
     libvirt: LibvirtPort | None = None  # None: LibvirtDomains(uri)
+    #: the nova.conf the host will have when the moves are done (--assume,
+    #: --nova-conf-after); None: the one it has
+    nova_after: NovaConfig | None = None
 
 
 class Engine:
@@ -151,6 +155,12 @@ class Engine:
         if record is None:  # removed since inspection
             raise refuse(f"it has no storage record; run storagectl persist {layout.uuid} first")
         plan = make_plan(record, options, s.nova, uri=s.uri)
+        assumed = s.nova_after is not None
+        nova = s.nova_after or s.nova
+        found = novaguard.outcome(plan, record, nova, StorageView(s.runner), assumed=assumed)
+        if found.misread:
+            raise refuse(novaguard.refusal(plan, found, assumed=assumed))
+        plan.nova = found.to_dict()
         preflight(plan, self.storage)
         self._checked.add(plan.uuid)
         return plan

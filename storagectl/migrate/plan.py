@@ -128,6 +128,8 @@ class Plan:
     # <auth> (after --secret-uuid and an rbd disk of the domain), journaled so that a
     # resume switches with the secret the migration started with.
     nova_secret_uuid: str | None = None
+    #: how Nova reads the result (``novaguard.NovaOutcome.to_dict``), once checked
+    nova: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -139,6 +141,7 @@ class Plan:
             "moves": [m.to_dict() for m in self.moves],
             "skipped": list(self.skipped),
             "nova_secret_uuid": self.nova_secret_uuid,
+            "nova": self.nova,
         }
 
     @classmethod
@@ -152,6 +155,7 @@ class Plan:
             moves=[DiskMove.from_dict(m) for m in data["moves"]],
             skipped=list(data.get("skipped") or ()),
             nova_secret_uuid=data.get("nova_secret_uuid"),
+            nova=data.get("nova"),
         )
 
 
@@ -244,6 +248,8 @@ def describe(plan: Plan) -> list[str]:
         lines += roundtrip.describe_lines(m, o.delete_retained)
     for s in plan.skipped:
         lines.append(f"  skipped {s}")
+    if plan.nova and not plan.nova["misread"]:
+        lines.append(f"  Nova reads the result as stored with {plan.nova['config']}")
     lines.append(
         "  steps: plan, preflight, create target, copy (qemu-img convert), verify "
         "(qemu-img compare), switch (domain XML + record), cleanup"

@@ -255,9 +255,14 @@ def _moved_disk(disk: DiskLayout, dest: Location) -> DiskLayout:
 
 
 def disk_info_after(original: str | None, moves: Iterable[DiskMove]) -> str | None:
-    """Nova's disk.info (``{path: format}``) with the moved disks' entries replaced."""
+    """Nova's disk.info (``{path: format}``) with the moved disks' entries replaced; made
+    when there is none and a disk moves into the instance directory (else Nova's Flat
+    image would probe that disk's format)."""
+    moves = list(moves)
     if original is None:
-        return None
+        if not any(registry.backend_class(m.dest.backend).IN_INSTANCE_DIR for m in moves):
+            return None
+        original = "{}"
     try:
         data = json.loads(original)
     except ValueError:
@@ -280,8 +285,9 @@ def write_disk_info(instance_dir: str, text: str | None) -> None:
     try:
         st = os.stat(path)
         owner, mode = (st.st_uid, st.st_gid), st.st_mode & 0o7777
-    except FileNotFoundError:
-        owner, mode = None, 0o644
+    except FileNotFoundError:  # Nova's own, as it would make it: the directory's owner
+        st = os.stat(instance_dir)
+        owner, mode = (st.st_uid, st.st_gid), 0o644
     atomic_write(path, text.encode(), mode=mode)
     if owner is not None and owner != (os.geteuid(), os.getegid()):
         os.chown(path, *owner)

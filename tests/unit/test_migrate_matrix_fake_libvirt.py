@@ -36,10 +36,13 @@ from storagectl.migrate.journal import STEPS
 MiB = 1 << 20
 DISK_RE = re.compile(r"<disk[\s>].*?</disk>", re.DOTALL)
 TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"
+#: Nova's Flat images read both layouts below as stored (the format of each file from
+#: disk.info); the node's nova.conf is Nova's default (Qcow2), so every move names it
+FLAT = ("--assume", "[libvirt] images_type=flat")
 #: root format of the instance -> (the migrate arguments, the root after, the retained name)
 DIRECTIONS = {
-    "qcow2": (("--to", "flat"), "raw", "flat", "disk.retained-qcow2"),
-    "flat": (("--to", "qcow2", "--disks", "root"), "qcow2", "qcow2", "disk.retained-flat"),
+    "qcow2": (("--to", "flat", *FLAT), "raw", "flat", "disk.retained-qcow2"),
+    "flat": (("--to", "qcow2", "--disks", "root", *FLAT), "qcow2", "qcow2", "disk.retained-flat"),
 }
 
 
@@ -144,6 +147,15 @@ class FakeNode:
 
     def xml(self, uuid: str) -> str:
         return self.libvirt().persistent_xml(uuid)
+
+    def rescan(self) -> None:
+        """The node file (what inspect scans) with the fake's domains as now defined."""
+        devices = re.compile(r"<devices>.*</devices>", re.DOTALL)
+        for n, dom in enumerate(self.domains):
+            uuid = re.search(r"<uuid>(.*?)</uuid>", dom).group(1)
+            now = devices.search(self.xml(uuid)).group(0)
+            self.domains[n] = devices.sub(lambda _m, now=now: now, dom)
+        self.node_file.write_text("<node>\n" + "".join(self.domains) + "</node>\n")
 
     def record(self, uuid: str) -> dict:
         return yaml.safe_load((self.instances / uuid / "storage.yaml").read_text())
@@ -293,7 +305,7 @@ def test_a_refused_define_at_the_switch_keeps_the_journal_then_rollback(
     fake.fail("define", SwitchError(instance="domain", reason="libvirt refused the XML: nope"))
     res = CliRunner().invoke(
         cli,
-        node.args("migrate", uuid, "--to", "flat", "--yes"),
+        node.args("migrate", uuid, "--to", "flat", *FLAT, "--yes"),
         obj=Application(libvirt_factory=lambda uri: fake),
     )
     assert res.exit_code == 1, res.output

@@ -176,6 +176,9 @@ def test_disk_info_follows_the_disks() -> None:
         f"{INST}/disk.local": "raw",
     }
     assert switch.disk_info_after(None, [rbd]) is None
+    # none yet, a disk moves into the instance directory: made, as Nova's Flat would
+    # otherwise probe the format of that file
+    assert json.loads(switch.disk_info_after(None, [flat])) == {f"{INST}/disk": "raw"}
     assert switch.disk_info_after("not json", [rbd]) is None
 
 
