@@ -52,7 +52,7 @@ from storagectl.backends.base import DiskBackend, OrphanScan, QemuSpec, Refusal,
 from storagectl.host import fsutil
 from storagectl.host.process import Runner
 from storagectl.inspect.storage import Listing, Volume
-from storagectl.model import naming
+from storagectl.model import attrs, naming
 from storagectl.model.layout import Code, DiskLayout, Finding
 from storagectl.model.location import Location, required
 
@@ -541,7 +541,7 @@ class LVMLocation(Location):
         return f"{self.volume_group}/{self.volume}"
 
     def disk_fields(self) -> dict[str, Any]:
-        return {"path": self.path, "volume_group": self.volume_group, "volume": self.volume}
+        return attrs(self, "path", "volume_group", "volume")
 
     def to_record(self) -> dict[str, Any]:
         return {"backend": self.backend, "format": self.format} | self.disk_fields()

@@ -20,6 +20,7 @@ from storagectl.cli.render import emit_table, print_error
 from storagectl.migrate.engine import Engine, Settings
 from storagectl.migrate.journal import check_fault
 from storagectl.migrate.plan import MOVABLE_ROLES, Options, Plan, describe
+from storagectl.model import attrs
 
 FAULT_ENV = "STORAGECTL_FAULT"
 
@@ -138,10 +139,7 @@ class Args:
     def given(self) -> dict[str, object]:
         """The modes the command line asks for (:func:`choose_mode`)."""
         return {
-            "to": self.to,
-            "resume": self.resume,
-            "rollback": self.rollback,
-            "status": self.status,
+            **attrs(self, "to", "resume", "rollback", "status"),
             # With --to, --delete-retained is that migration's option
             # (Options.delete_retained).
             "delete_retained": self.delete_retained and not self.to,

@@ -26,6 +26,7 @@ from storagectl.host.process import Runner
 from storagectl.inspect.inspection import InspectionResult
 from storagectl.inspect.verify import read_disk_info
 from storagectl.migrate.roundtrip import drop_live_retained, entry_key
+from storagectl.model import attrs
 from storagectl.model.layout import InstanceLayout, Severity
 from storagectl.record import record as rec
 from storagectl.record.mirror import write_mirror
@@ -59,12 +60,7 @@ class PersistOutcome:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "uuid": self.uuid,
-            "name": self.name,
-            "status": self.status,
-            "reason": self.reason,
-            "path": self.path,
-            "backup": self.backup,
+            **attrs(self, "uuid", "name", "status", "reason", "path", "backup"),
             "diff": self.diff or None,
         }
 
