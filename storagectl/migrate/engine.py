@@ -30,6 +30,7 @@ from storagectl.host.libvirt_port import (  # driver_problem: importable from he
 )
 from storagectl.host.locks import instance_lock
 from storagectl.host.process import Runner
+from storagectl.host.resolve import instance_uuid
 from storagectl.inspect.inspection import inspect_hosts
 from storagectl.migrate import roundtrip, switch
 from storagectl.migrate.copy import NullProgress, Progress, copy_all
@@ -354,10 +355,11 @@ class Engine:
             return delete_retained(inst_dir, uuid, self.storage, self.s.runner)
 
     def resolve(self, instance: str) -> str:
-        if naming.is_uuid(instance):
-            return instance.lower()
+        return instance_uuid(instance, self._uuid_of)
+
+    def _uuid_of(self, name: str) -> str:
         try:
-            return self.libvirt.uuid_of(instance)
+            return self.libvirt.uuid_of(name)
         finally:
             self.libvirt.close()
 
