@@ -75,7 +75,7 @@ class TargetSettings:
 class DiskBackend:
     """Base class; every method takes the backend's own location type."""
 
-    #: the record's ``backend`` values this backend stores
+    #: the record's ``backend`` values this backend stores: its ``LOCATION``'s
     BACKENDS: ClassVar[tuple[str, ...]] = ()
     #: the ``backend`` values ``migrate --to`` can create here
     CREATES: ClassVar[tuple[str, ...]] = ()
@@ -97,6 +97,11 @@ class DiskBackend:
     #: qemu-img must be handed a vetted name for what it reads here (guest-writable
     #: headers may name other files): :meth:`read_name`
     VETTED: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "LOCATION" in cls.__dict__:
+            cls.BACKENDS = cls.LOCATION.BACKENDS
 
     def __init__(self, runner: Runner, *, ceph_timeout: int = 60) -> None:
         self.runner = runner
@@ -162,8 +167,9 @@ class DiskBackend:
 
     @classmethod
     def disk_info_keys(cls, loc: Location) -> list[str]:
-        """Nova's disk.info keys for ``loc`` (the first is the one Nova writes)."""
-        raise NotImplementedError
+        """Nova's disk.info keys for ``loc`` (the first is the one Nova writes): here its
+        path (a file's, an LV's device node); a backend without one says its own."""
+        return [loc.path]  # type: ignore[attr-defined]
 
     # -- volumes ----------------------------------------------------------------------
 

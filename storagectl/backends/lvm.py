@@ -568,7 +568,6 @@ class LVMBackend(DiskBackend):
     """Nova's LVM disks; thin (``sparse_logical_volumes``: a private ``<lv>_pool``) or
     thick. :class:`LVM` runs the commands."""
 
-    BACKENDS = LVMLocation.BACKENDS
     XML_TYPES = ("block",)
     CREATES = ("lvm",)
     MIRRORED = True
@@ -632,11 +631,6 @@ class LVMBackend(DiskBackend):
     def remove_command(cls, loc: Location) -> str:
         assert isinstance(loc, LVMLocation)
         return f"lvremove {loc.volume_group}/{loc.volume}"
-
-    @classmethod
-    def disk_info_keys(cls, loc: Location) -> list[str]:
-        assert isinstance(loc, LVMLocation)
-        return [loc.path]
 
     # -- volumes ------------------------------------------------------------------------
 

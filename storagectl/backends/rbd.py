@@ -630,7 +630,6 @@ class RBDBackend(DiskBackend):
     """Nova's RBD disks. :class:`RBD` runs the commands; every librados wait of this
     backend's commands (and of qemu-img on its images) gives up after ``ceph_timeout``."""
 
-    BACKENDS = RBDLocation.BACKENDS
     XML_TYPES = ("network",)
     CREATES = ("rbd",)
     MIRRORED = True
