@@ -81,24 +81,16 @@ def persist(
     nova: NovaConfig,
     runner: Runner,
     *,
-    lock_path: str,
-    force: bool = False,
-    dry_run: bool = False,
     remote_hosts: Sequence[str] = (),
+    **options: Any,
 ) -> list[PersistOutcome]:
+    """:func:`persist_one` for each instance of ``result``, with its ``options``
+    (``lock_path``, ``force``, ``dry_run``); those of ``remote_hosts`` are refused."""
     outcomes: list[PersistOutcome] = []
     for layout in result.instances:
         try:
             outcomes.append(
-                persist_one(
-                    layout,
-                    nova,
-                    runner,
-                    lock_path=lock_path,
-                    force=force,
-                    dry_run=dry_run,
-                    remote=layout.host in remote_hosts,
-                )
+                persist_one(layout, nova, runner, remote=layout.host in remote_hosts, **options)
             )
         except KeyboardInterrupt:
             raise PersistInterrupted(
