@@ -79,7 +79,7 @@ class NovaCannotName(Exception):  # noqa: N818 - a condition, not a failure of o
 class DiskBackend:
     """Base class; every method takes the backend's own location type."""
 
-    #: the record's ``backend`` values this backend stores
+    #: the record's ``backend`` values this backend stores: its ``LOCATION``'s
     BACKENDS: ClassVar[tuple[str, ...]] = ()
     #: the ``backend`` values ``migrate --to`` can create here
     CREATES: ClassVar[tuple[str, ...]] = ()
@@ -107,6 +107,11 @@ class DiskBackend:
     #: under ``images_type`` = this backend Nova keeps the config drive here too (RBD);
     #: otherwise it is a local raw file (driver.py ``_get_disk_config_image_type``)
     NOVA_CONFIG_DRIVE: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "LOCATION" in cls.__dict__:
+            cls.BACKENDS = cls.LOCATION.BACKENDS
 
     def __init__(self, runner: Runner, *, ceph_timeout: int = 60) -> None:
         self.runner = runner
@@ -172,8 +177,9 @@ class DiskBackend:
 
     @classmethod
     def disk_info_keys(cls, loc: Location) -> list[str]:
-        """Nova's disk.info keys for ``loc`` (the first is the one Nova writes)."""
-        raise NotImplementedError
+        """Nova's disk.info keys for ``loc`` (the first is the one Nova writes): here its
+        path (a file's, an LV's device node); a backend without one says its own."""
+        return [loc.path]  # type: ignore[attr-defined]
 
     # -- what Nova opens ---------------------------------------------------------------
 

@@ -68,7 +68,6 @@ def _is_dir(path: str) -> bool:
 
 
 class FilesBackend(DiskBackend):
-    BACKENDS = FileLocation.BACKENDS
     XML_TYPES = ("file", "dir")
     CREATES = ("flat", "qcow2")
     LOCATION = FileLocation
@@ -156,11 +155,6 @@ class FilesBackend(DiskBackend):
     def remove_command(cls, loc: Location) -> str:
         assert isinstance(loc, FileLocation)
         return f"rm -r -- {loc.path}" if _is_dir(loc.path) else f"rm -- {loc.path}"
-
-    @classmethod
-    def disk_info_keys(cls, loc: Location) -> list[str]:
-        assert isinstance(loc, FileLocation)
-        return [loc.path]
 
     # -- volumes ------------------------------------------------------------------------
 

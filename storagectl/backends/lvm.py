@@ -59,7 +59,7 @@ from storagectl.backends.base import (
 from storagectl.host import fsutil
 from storagectl.host.process import Runner
 from storagectl.inspect.storage import Listing, Volume
-from storagectl.model import naming
+from storagectl.model import attrs, naming
 from storagectl.model.layout import Code, DiskLayout, Finding
 from storagectl.model.location import Location, required
 
@@ -557,7 +557,7 @@ class LVMLocation(Location):
         return f"{self.volume_group}/{self.volume}"
 
     def disk_fields(self) -> dict[str, Any]:
-        return {"path": self.path, "volume_group": self.volume_group, "volume": self.volume}
+        return attrs(self, "path", "volume_group", "volume")
 
     def to_record(self) -> dict[str, Any]:
         return {"backend": self.backend, "format": self.format} | self.disk_fields()
@@ -584,7 +584,6 @@ class LVMBackend(DiskBackend):
     """Nova's LVM disks; thin (``sparse_logical_volumes``: a private ``<lv>_pool``) or
     thick. :class:`LVM` runs the commands."""
 
-    BACKENDS = LVMLocation.BACKENDS
     XML_TYPES = ("block",)
     CREATES = ("lvm",)
     MIRRORED = True
@@ -684,11 +683,6 @@ class LVMBackend(DiskBackend):
     def remove_command(cls, loc: Location) -> str:
         assert isinstance(loc, LVMLocation)
         return f"lvremove {loc.volume_group}/{loc.volume}"
-
-    @classmethod
-    def disk_info_keys(cls, loc: Location) -> list[str]:
-        assert isinstance(loc, LVMLocation)
-        return [loc.path]
 
     # -- volumes ------------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ from storagectl import errors
 from storagectl.backends.base import DiskBackend, OrphanScan, QemuSpec, Refusal, TargetSettings
 from storagectl.host.process import Runner
 from storagectl.inspect.storage import Listing, Volume
-from storagectl.model import naming
+from storagectl.model import attrs, naming
 from storagectl.model.layout import Backend, Code, DiskLayout, Finding
 from storagectl.model.location import Location, required
 
@@ -603,12 +603,7 @@ class RBDLocation(Location):
         return f"{self.pool}/{self.image}"
 
     def disk_fields(self) -> dict[str, Any]:
-        return {
-            "pool": self.pool,
-            "image": self.image,
-            "ceph_conf": self.ceph_conf,
-            "rbd_user": self.user,
-        }
+        return {**attrs(self, "pool", "image", "ceph_conf"), "rbd_user": self.user}
 
     @classmethod
     def _from_record(cls, data: dict[str, Any]) -> RBDLocation:
@@ -635,7 +630,6 @@ class RBDBackend(DiskBackend):
     """Nova's RBD disks. :class:`RBD` runs the commands; every librados wait of this
     backend's commands (and of qemu-img on its images) gives up after ``ceph_timeout``."""
 
-    BACKENDS = RBDLocation.BACKENDS
     XML_TYPES = ("network",)
     CREATES = ("rbd",)
     MIRRORED = True

@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
@@ -127,10 +128,6 @@ class Application:
     libvirt_factory: Callable[[str], LibvirtPort] | None = None
     #: ``--assume`` settings over nova.conf (``(section, option, value)``)
     assume: tuple[tuple[str, str, str], ...] = ()
-    _runner: Runner | None = None
-    _console: Console | None = None
-    _err: Console | None = None
-    _nova: NovaConfig | None = None
 
     # -- settings ---------------------------------------------------------------
     @property
@@ -148,11 +145,10 @@ class Application:
 
         return LibvirtDomains(uri, timeout=self.connect_timeout)
 
-    @property
+    # The services are made on first use, once (cached_property).
+    @cached_property
     def runner(self) -> Runner:
-        if self._runner is None:
-            self._runner = Runner()
-        return self._runner
+        return Runner()
 
     def nova_files(self, assume: Sequence[tuple[str, str, str]] = ()) -> NovaConfig:
         """This host's nova.conf (``--nova-conf``, else the default), ``assume`` over it."""
@@ -160,41 +156,35 @@ class Application:
         paths = list(self.nova_conf) or [DEFAULT_NOVA_CONF]
         return load_nova_config(paths, explicit=explicit, assume=assume)
 
-    @property
+    @cached_property
     def nova(self) -> NovaConfig:
-        if self._nova is None:
-            nova = self.nova_files(self.assume)
-            if not nova.files:
-                LOG.warning("%s not found: using Nova's defaults", DEFAULT_NOVA_CONF)
-            # Its instances are read here only for a host of this machine; a remote
-            # host's instances_path need not exist locally.
-            from storagectl.host.hosts import is_local_uri
+        nova = self.nova_files(self.assume)
+        if not nova.files:
+            LOG.warning("%s not found: using Nova's defaults", DEFAULT_NOVA_CONF)
+        # Its instances are read here only for a host of this machine; a remote
+        # host's instances_path need not exist locally.
+        from storagectl.host.hosts import is_local_uri
 
-            if any(is_local_uri(uri) for uri in self.uris):
-                check_instances_path(nova)
-            self._nova = nova
-        return self._nova
+        if any(is_local_uri(uri) for uri in self.uris):
+            check_instances_path(nova)
+        return nova
 
     # -- output -----------------------------------------------------------------
     # rich is imported only when something is drawn with it: `inspect -o json` from cron
     # or a script never pays for it (~60 ms of a whole run).
-    @property
+    @cached_property
     def console(self) -> Console:
-        if self._console is None:
-            self._console = _console()
-        return self._console
+        return _console()
 
-    @property
+    @cached_property
     def err(self) -> Console:
-        if self._err is None:
-            self._err = _console(stderr=True)
-        return self._err
+        return _console(stderr=True)
 
     @property
     def interactive(self) -> bool:
         """Whether stdout is a terminal (what rich would decide, without importing rich)."""
-        if self._console is not None:
-            return self._console.is_terminal
+        if "console" in self.__dict__:  # made already (cached_property)
+            return self.console.is_terminal
         try:
             return sys.stdout.isatty()
         except (AttributeError, ValueError):  # replaced or closed stdout

@@ -22,6 +22,7 @@ from storagectl.inspect.inspection import inspect_hosts
 from storagectl.migrate.engine import Engine, Settings
 from storagectl.migrate.journal import check_fault
 from storagectl.migrate.plan import MOVABLE_ROLES, Options, Plan, describe
+from storagectl.model import attrs
 from storagectl.model.layout import Code
 
 FAULT_ENV = "STORAGECTL_FAULT"
@@ -153,10 +154,7 @@ class Args:
     def given(self) -> dict[str, object]:
         """The modes the command line asks for (:func:`choose_mode`)."""
         return {
-            "to": self.to,
-            "resume": self.resume,
-            "rollback": self.rollback,
-            "status": self.status,
+            **attrs(self, "to", "resume", "rollback", "status"),
             # With --to, --delete-retained is that migration's option
             # (Options.delete_retained).
             "delete_retained": self.delete_retained and not self.to,

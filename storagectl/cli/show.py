@@ -9,17 +9,9 @@ import click
 from storagectl import errors
 from storagectl.cli.app import Application, output_option
 from storagectl.cli.render import emit_table, human_size
-from storagectl.host.hosts import scan_hosts
+from storagectl.host.resolve import NoSuchInstance, instance_uuid, uuid_by_name
 from storagectl.model.naming import is_uuid
 from storagectl.record.record import read_record, record_path
-
-
-class NoSuchInstance(errors.InstanceNotFound):
-    template = "no such instance %(instance)s: %(why)s"
-
-
-class AmbiguousInstance(errors.StorageCtlError):
-    template = "%(instance)s names more than one instance: %(matches)s; give the uuid"
 
 
 class RecordNotFound(errors.StorageCtlError):
@@ -35,14 +27,11 @@ class RecordNotFound(errors.StorageCtlError):
 @click.pass_obj
 def show_cmd(app: Application, instance: str, fmt: str) -> None:
     """Print INSTANCE's storage record (by uuid, or by domain name via --connect)."""
-    if is_uuid(instance):
-        uuid = instance.lower()
-        inst_dir = app.nova.instance_dir(uuid)
-        if not os.path.isdir(inst_dir):
-            raise NoSuchInstance(instance=instance, why=f"no instance directory {inst_dir}")
-    else:
-        uuid = _uuid_of(app, instance)
-        inst_dir = app.nova.instance_dir(uuid)
+    uuid = instance_uuid(instance, lambda name: uuid_by_name(name, app.uris))
+    inst_dir = app.nova.instance_dir(uuid)
+    # A domain found by its name exists; a uuid given must have its instance directory.
+    if is_uuid(instance) and not os.path.isdir(inst_dir):
+        raise NoSuchInstance(instance=instance, why=f"no instance directory {inst_dir}")
     record = read_record(inst_dir, expect_uuid=uuid)
     if record is None:
         raise RecordNotFound(instance=instance, path=str(record_path(inst_dir)))
@@ -96,23 +85,3 @@ def _table(app: Application, data: dict) -> None:
             f"{len(retained)} retained source(s): storagectl migrate --delete-retained "
             f"{inst.get('uuid')}"
         )
-
-
-def _uuid_of(app: Application, name: str) -> str:
-    """The uuid of the domain named ``name``: exactly one across the --connect hosts."""
-    matches, unreachable = [], []
-    for scan in scan_hosts(app.uris):
-        if scan.report.error:
-            unreachable.append(f"{scan.report.uri} ({scan.report.error})")
-        for dom in scan.domains:
-            if dom.info.name == name:
-                host = scan.report.hostname or scan.report.uri
-                matches.append((dom.info.uuid, f"{dom.info.uuid} on {host} ({scan.report.uri})"))
-    if len({uuid for uuid, _ in matches}) > 1:
-        raise AmbiguousInstance(instance=name, matches=", ".join(m for _, m in matches))
-    if matches:
-        return matches[0][0]
-    why = f"no domain of that name on {', '.join(app.uris)}"
-    if unreachable:
-        why += f" (not scanned: {', '.join(unreachable)})"
-    raise NoSuchInstance(instance=name, why=why)

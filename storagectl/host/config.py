@@ -22,20 +22,27 @@ from storagectl import errors
 
 DEFAULT_NOVA_CONF = "/etc/nova/nova.conf"
 
-# Nova's defaults (nova/conf/compute.py, nova/conf/libvirt.py, nova/conf/imagecache.py).
-_DEFAULTS: dict[tuple[str, str], str] = {
-    ("DEFAULT", "state_path"): "/var/lib/nova",
-    ("DEFAULT", "instances_path"): "$state_path/instances",
-    ("DEFAULT", "use_cow_images"): "true",
-    ("DEFAULT", "force_raw_images"): "true",
-    ("libvirt", "images_type"): "default",
-    ("libvirt", "images_volume_group"): "",
-    ("libvirt", "images_rbd_pool"): "rbd",
-    ("libvirt", "images_rbd_ceph_conf"): "",
-    ("libvirt", "rbd_user"): "",
-    ("libvirt", "rbd_secret_uuid"): "",
-    ("libvirt", "sparse_logical_volumes"): "false",
-    ("image_cache", "subdirectory_name"): "_base",
+# Nova's defaults (nova/conf/compute.py, nova/conf/libvirt.py, nova/conf/imagecache.py),
+# by nova.conf section.
+_DEFAULTS: dict[str, dict[str, str]] = {
+    "DEFAULT": {
+        "state_path": "/var/lib/nova",
+        "instances_path": "$state_path/instances",
+        "use_cow_images": "true",
+        "force_raw_images": "true",
+    },
+    "libvirt": {
+        "images_type": "default",
+        "images_volume_group": "",
+        "images_rbd_pool": "rbd",
+        "images_rbd_ceph_conf": "",
+        "rbd_user": "",
+        "rbd_secret_uuid": "",
+        "sparse_logical_volumes": "false",
+    },
+    "image_cache": {
+        "subdirectory_name": "_base",
+    },
 }
 
 _IMAGES_TYPES = ("raw", "flat", "qcow2", "lvm", "rbd", "ploop", "default")
@@ -84,7 +91,9 @@ class NovaConfig:
 
 
 #: What ``--assume`` may set: the options storagectl reads (and the old cache spelling).
-ASSUMABLE = tuple(_DEFAULTS) + (("DEFAULT", "image_cache_subdirectory_name"),)
+ASSUMABLE = tuple((sec, opt) for sec, opts in _DEFAULTS.items() for opt in opts) + (
+    ("DEFAULT", "image_cache_subdirectory_name"),
+)
 _ASSUMPTION = re.compile(r"^\s*(?:\[\s*(\w+)\s*\]\s*|(\w+)\s*/\s*)?(\w+)\s*=\s*(.*?)\s*$")
 
 
@@ -141,7 +150,7 @@ def load_nova_config(
     def raw_value(section: str, option: str) -> str:
         if parser.has_section(section) and parser.has_option(section, option):
             return parser.get(section, option).strip()
-        return _DEFAULTS[(section, option)]
+        return _DEFAULTS[section][option]
 
     def value(section: str, option: str, depth: int = 0) -> str:
         text = raw_value(section, option)
@@ -154,7 +163,7 @@ def load_nova_config(
         def sub(match: re.Match[str]) -> str:
             name = match.group(1) or match.group(2)
             for sec in (section, "DEFAULT"):
-                if (sec, name) in _DEFAULTS or (
+                if name in _DEFAULTS.get(sec, {}) or (
                     parser.has_section(sec) and parser.has_option(sec, name)
                 ):
                     return value(sec, name, depth + 1)

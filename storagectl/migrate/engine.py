@@ -13,9 +13,10 @@ failed copy or verification rolls back at once (targets removed, source untouche
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from storagectl import errors
@@ -30,6 +31,7 @@ from storagectl.host.libvirt_port import (  # driver_problem: importable from he
 )
 from storagectl.host.locks import instance_lock
 from storagectl.host.process import Runner
+from storagectl.host.resolve import instance_uuid
 from storagectl.inspect.inspection import inspect_hosts
 from storagectl.inspect.storage import StorageView
 from storagectl.migrate import novaguard, roundtrip, switch
@@ -202,31 +204,18 @@ class Engine:
 
     def resume(self, instance: str) -> Plan:
         uuid = self.resolve(instance)
-        domains = self.libvirt
-        try:
-            with self._lock(uuid, instance):
-                journal = self._journal(uuid, instance)
-                if domains.is_active(uuid):
-                    raise MigrationRefused(
-                        instance=instance, reason="it is running; shut it off before resuming"
-                    )
-                self.s.say(f"resuming {journal.plan.name} at {journal.step} ({journal.phase})")
-                journal.pid, journal.error = os.getpid(), None
-                self._steps(journal, domains)
-                return journal.plan
-        finally:
-            domains.close()
+        with self._journaled(uuid, instance) as journal:
+            self._refuse_running(uuid, instance)
+            self.s.say(f"resuming {journal.plan.name} at {journal.step} ({journal.phase})")
+            journal.pid, journal.error = os.getpid(), None
+            self._steps(journal, self.libvirt)
+            return journal.plan
 
     def rollback(self, instance: str) -> Plan:
         uuid = self.resolve(instance)
-        domains = self.libvirt
-        try:
-            with self._lock(uuid, instance):
-                journal = self._journal(uuid, instance)
-                self._rollback(journal, domains)
-                return journal.plan
-        finally:
-            domains.close()
+        with self._journaled(uuid, instance) as journal:
+            self._rollback(journal, self.libvirt)
+            return journal.plan
 
     def status(self, instance: str | None = None) -> list[dict]:
         """In-progress migrations (one instance, or every one under instances_path)."""
@@ -297,29 +286,21 @@ class Engine:
             return [f"instance {uuid}: would delete {len(locations)} retained source(s)"] + [
                 f"  delete {loc.backend} {loc.describe()}" for loc in locations
             ]
-        domains = self.libvirt
-        try:
-            with self._lock(uuid, instance):
-                j = self._journal(uuid, instance)
-                who = f"{j.plan.name} ({j.plan.uuid})"
-                head = (
-                    f"migration of {who} to {j.plan.options.to}, stopped at {j.step} "
-                    f"({j.phase}), started {j.started_at or '?'} by pid {j.pid}"
-                )
-                if mode == "resume":
-                    if domains.is_active(uuid):
-                        raise MigrationRefused(
-                            instance=instance, reason="it is running; shut it off before resuming"
-                        )
-                    left = [s for s in STEPS if s not in j.done]
-                    return [
-                        f"would resume the {head}",
-                        f"  steps to run: {', '.join(left) or '(none)'}",
-                        *describe(j.plan),
-                    ]
-                return [f"would roll back the {head}", *self._undo_lines(j, domains)]
-        finally:
-            domains.close()
+        with self._journaled(uuid, instance) as j:
+            who = f"{j.plan.name} ({j.plan.uuid})"
+            head = (
+                f"migration of {who} to {j.plan.options.to}, stopped at {j.step} "
+                f"({j.phase}), started {j.started_at or '?'} by pid {j.pid}"
+            )
+            if mode == "resume":
+                self._refuse_running(uuid, instance)
+                left = [s for s in STEPS if s not in j.done]
+                return [
+                    f"would resume the {head}",
+                    f"  steps to run: {', '.join(left) or '(none)'}",
+                    *describe(j.plan),
+                ]
+            return [f"would roll back the {head}", *self._undo_lines(j, self.libvirt)]
 
     def _refuse_rollback(self, j: Journal, domains: switch.Domains) -> None:
         """What makes a rollback impossible (the real one and its dry run alike)."""
@@ -364,10 +345,11 @@ class Engine:
             return delete_retained(inst_dir, uuid, self.storage, self.s.runner)
 
     def resolve(self, instance: str) -> str:
-        if naming.is_uuid(instance):
-            return instance.lower()
+        return instance_uuid(instance, self._uuid_of)
+
+    def _uuid_of(self, name: str) -> str:
         try:
-            return self.libvirt.uuid_of(instance)
+            return self.libvirt.uuid_of(name)
         finally:
             self.libvirt.close()
 
@@ -409,25 +391,15 @@ class Engine:
                 self._rollback(j, domains)
             except Exception as undo_exc:  # noqa: BLE001
                 LOG.error("rollback after a failed %s failed", step, exc_info=True)
-                raise MigrationFailed(
-                    instance=who,
-                    step=step,
-                    reason=str(exc),
-                    outcome=f"the rollback failed too ({undo_exc}); run "
-                    "storagectl migrate --rollback when it can work",
-                ) from exc
-            raise MigrationFailed(
-                instance=who,
-                step=step,
-                reason=str(exc),
-                outcome="rolled back: targets removed, source untouched",
-            ) from exc
-        raise MigrationFailed(
-            instance=who,
-            step=step,
-            reason=str(exc),
-            outcome="the journal is kept: storagectl migrate --resume or --rollback",
-        ) from exc
+                outcome = (
+                    f"the rollback failed too ({undo_exc}); run "
+                    "storagectl migrate --rollback when it can work"
+                )
+            else:
+                outcome = "rolled back: targets removed, source untouched"
+        else:
+            outcome = "the journal is kept: storagectl migrate --resume or --rollback"
+        raise MigrationFailed(instance=who, step=step, reason=str(exc), outcome=outcome) from exc
 
     def _plan(self, j: Journal, domains: switch.Domains) -> None:
         pass  # the plan is the journal itself
@@ -535,6 +507,22 @@ class Engine:
 
     def _lock(self, uuid: str, who: str):  # noqa: ANN202 - a context manager
         return _Locked(self.s.lock_path, uuid, who)
+
+    @contextlib.contextmanager
+    def _journaled(self, uuid: str, who: str) -> Iterator[Journal]:
+        """The journal of ``uuid``'s migration, under its lock (resume, rollback and their
+        dry runs); the libvirt port is closed after."""
+        try:
+            with self._lock(uuid, who):
+                yield self._journal(uuid, who)
+        finally:
+            self.libvirt.close()
+
+    def _refuse_running(self, uuid: str, who: str) -> None:
+        if self.libvirt.is_active(uuid):
+            raise MigrationRefused(
+                instance=who, reason="it is running; shut it off before resuming"
+            )
 
 
 class _Locked:

@@ -24,6 +24,7 @@ from storagectl import errors
 from storagectl.backends import registry
 from storagectl.backends.base import nova_settings
 from storagectl.host.config import NovaConfig
+from storagectl.model import attrs
 from storagectl.model.layout import DiskLayout, Role
 from storagectl.model.location import Location
 from storagectl.record.record import Record
@@ -133,10 +134,7 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "uuid": self.uuid,
-            "name": self.name,
-            "uri": self.uri,
-            "instance_dir": self.instance_dir,
+            **attrs(self, "uuid", "name", "uri", "instance_dir"),
             "options": self.options.to_dict(),
             "moves": [m.to_dict() for m in self.moves],
             "skipped": list(self.skipped),

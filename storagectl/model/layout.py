@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from storagectl.model import attrs
+
 #: What parsing hostile bytes can raise besides a parser's own error class. Every
 #: reader of a file that a guest, an image or another host could have written (record,
 #: disk.info, image headers, domain XML) turns these into a finding about that
@@ -132,10 +134,7 @@ class Finding:
     def to_dict(self) -> dict[str, Any]:
         return {
             "severity": self.severity.value,
-            "code": self.code,
-            "instance": self.instance,
-            "disk": self.disk,
-            "message": self.message,
+            **attrs(self, "code", "instance", "disk", "message"),
         }
 
 
@@ -249,11 +248,7 @@ class InstanceLayout:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "uuid": self.uuid,
-            "name": self.name,
-            "host": self.host,
-            "state": self.state,
-            "source": self.source,
+            **attrs(self, "uuid", "name", "host", "state", "source"),
             "disks": [d.to_dict() for d in self.disks],
             "findings": [f.to_dict() for f in self.findings],
         }

@@ -26,6 +26,7 @@ from storagectl.host.process import Runner
 from storagectl.inspect.inspection import InspectionResult
 from storagectl.inspect.verify import read_disk_info
 from storagectl.migrate.roundtrip import drop_live_retained, entry_key
+from storagectl.model import attrs
 from storagectl.model.layout import InstanceLayout, blocking
 from storagectl.record import record as rec
 from storagectl.record.mirror import write_mirror
@@ -59,12 +60,7 @@ class PersistOutcome:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "uuid": self.uuid,
-            "name": self.name,
-            "status": self.status,
-            "reason": self.reason,
-            "path": self.path,
-            "backup": self.backup,
+            **attrs(self, "uuid", "name", "status", "reason", "path", "backup"),
             "diff": self.diff or None,
         }
 
@@ -85,24 +81,16 @@ def persist(
     nova: NovaConfig,
     runner: Runner,
     *,
-    lock_path: str,
-    force: bool = False,
-    dry_run: bool = False,
     remote_hosts: Sequence[str] = (),
+    **options: Any,
 ) -> list[PersistOutcome]:
+    """:func:`persist_one` for each instance of ``result``, with its ``options``
+    (``lock_path``, ``force``, ``dry_run``); those of ``remote_hosts`` are refused."""
     outcomes: list[PersistOutcome] = []
     for layout in result.instances:
         try:
             outcomes.append(
-                persist_one(
-                    layout,
-                    nova,
-                    runner,
-                    lock_path=lock_path,
-                    force=force,
-                    dry_run=dry_run,
-                    remote=layout.host in remote_hosts,
-                )
+                persist_one(layout, nova, runner, remote=layout.host in remote_hosts, **options)
             )
         except KeyboardInterrupt:
             raise PersistInterrupted(
