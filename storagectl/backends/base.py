@@ -81,7 +81,7 @@ class DiskBackend:
 
     #: the record's ``backend`` values this backend stores: its ``LOCATION``'s
     BACKENDS: ClassVar[tuple[str, ...]] = ()
-    #: the ``backend`` values ``migrate --to`` can create here
+    #: the ``backend`` values ``migrate --to`` can create here (default: ``BACKENDS``)
     CREATES: ClassVar[tuple[str, ...]] = ()
     #: the ``<disk type>`` values of domain XML this backend classifies
     XML_TYPES: ClassVar[tuple[str, ...]] = ()
@@ -103,7 +103,7 @@ class DiskBackend:
     VETTED: ClassVar[bool] = False
     #: Nova's ``_cleanup`` removes such volumes only while ``images_type`` names this
     #: backend (LVM, RBD); files go with the instance directory whatever it says
-    NOVA_CLEANS_BY_IMAGES_TYPE: ClassVar[bool] = False
+    NOVA_CLEANS_BY_IMAGES_TYPE: ClassVar[bool] = True
     #: under ``images_type`` = this backend Nova keeps the config drive here too (RBD);
     #: otherwise it is a local raw file (driver.py ``_get_disk_config_image_type``)
     NOVA_CONFIG_DRIVE: ClassVar[bool] = False
@@ -112,6 +112,8 @@ class DiskBackend:
         super().__init_subclass__(**kwargs)
         if "LOCATION" in cls.__dict__:
             cls.BACKENDS = cls.LOCATION.BACKENDS
+            if "CREATES" not in cls.__dict__:  # a backend creates what it stores
+                cls.CREATES = cls.BACKENDS
 
     def __init__(self, runner: Runner, *, ceph_timeout: int = 60) -> None:
         self.runner = runner

@@ -74,6 +74,7 @@ class FilesBackend(DiskBackend):
     EVIDENCE = "image-headers"
     IN_INSTANCE_DIR = True
     VETTED = True
+    NOVA_CLEANS_BY_IMAGES_TYPE = False
 
     # -- what Nova opens ----------------------------------------------------------------
 

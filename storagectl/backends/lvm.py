@@ -585,12 +585,10 @@ class LVMBackend(DiskBackend):
     thick. :class:`LVM` runs the commands."""
 
     XML_TYPES = ("block",)
-    CREATES = ("lvm",)
     MIRRORED = True
     LOCATION = LVMLocation
     EVIDENCE = "lvm"
     ROUNDED_SIZE = True
-    NOVA_CLEANS_BY_IMAGES_TYPE = True
 
     def __init__(self, runner: Runner, *, ceph_timeout: int = 60) -> None:
         super().__init__(runner, ceph_timeout=ceph_timeout)
@@ -659,12 +657,7 @@ class LVMBackend(DiskBackend):
     @classmethod
     def present(cls, loc: Location, view: StorageView) -> bool | None:
         assert isinstance(loc, LVMLocation)
-        listing = cls.listing(view, loc.volume_group)
-        if listing.missing:
-            return False
-        if listing.error:
-            return None
-        return loc.volume in listing.volumes
+        return cls.listing(view, loc.volume_group).has(loc.volume)
 
     @classmethod
     def aside(cls, loc: Location, uuid: str, disk_name: str, n: int) -> Location:

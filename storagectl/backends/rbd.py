@@ -631,11 +631,9 @@ class RBDBackend(DiskBackend):
     backend's commands (and of qemu-img on its images) gives up after ``ceph_timeout``."""
 
     XML_TYPES = ("network",)
-    CREATES = ("rbd",)
     MIRRORED = True
     LOCATION = RBDLocation
     EVIDENCE = "rbd"
-    NOVA_CLEANS_BY_IMAGES_TYPE = True
     NOVA_CONFIG_DRIVE = True
 
     def client(self, loc: Location) -> RBD:
@@ -714,10 +712,7 @@ class RBDBackend(DiskBackend):
     def present(cls, loc: Location, view: StorageView) -> bool | None:
         assert isinstance(loc, RBDLocation)
         conf = loc.ceph_conf or DEFAULT_CEPH_CONF
-        listing = cls.listing(view, loc.pool, conf, loc.user)
-        if listing.error:
-            return None
-        return loc.image in listing.volumes
+        return cls.listing(view, loc.pool, conf, loc.user).has(loc.image)
 
     @classmethod
     def aside(cls, loc: Location, uuid: str, disk_name: str, n: int) -> Location:

@@ -37,6 +37,14 @@ class Listing:
     error: str | None = None  # why the listing could not be made
     missing: bool = False  # the VG / pool itself does not exist
 
+    def has(self, name: str) -> bool | None:
+        """Whether volume ``name`` is there (None: the listing failed, nobody knows)."""
+        if self.missing:
+            return False
+        if self.error:
+            return None
+        return name in self.volumes
+
 
 def _lstat(path: str) -> os.stat_result | None:
     try:
