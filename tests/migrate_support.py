@@ -10,6 +10,13 @@ domain points at, and what a migration may have left behind.
 The CLI runs three ways: :meth:`Node.run` in this process (fast), :meth:`Node.cli` in a
 subprocess, and :meth:`Node.killed` in a forked child with the test-only
 ``STORAGECTL_FAULT`` hook, which SIGKILLs it at a step boundary.
+
+A node is converted as an operator converts a host (issue #15): ``migrate --to X`` names
+the nova.conf the host will have (``--assume``, :func:`nova_after`) - without it
+migrate refuses a move Nova would misread - and once the move is done (at once, or by a
+later ``--resume``) the node's nova.conf says it (:meth:`Node.flip`). A test that gives
+its own ``--assume`` / ``--nova-conf-after``, or sets ``node.strict``, gets its command
+line as it wrote it.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import time
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import libvirt
@@ -70,6 +77,35 @@ class Node:
     root: Path
     libvirtd: Libvirtd
     ceph: CephCluster | None = None
+    #: pass command lines as given (no --assume added, nova.conf never flipped)
+    strict: bool = False
+    #: the settings of a migration that started and has not finished (killed)
+    pending: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def converting(self, args: tuple[str, ...]) -> tuple[tuple[str, ...], list]:
+        """``args`` with the --assume of a ``migrate --to`` (and the settings it names)."""
+        if self.strict or args[:1] != ("migrate",) or "--to" not in args:
+            return args, []
+        if "--assume" in args or "--nova-conf-after" in args:
+            return args, []
+        settings = nova_after(args)
+        extra = [a for s in settings for a in ("--assume", f"[{s[0]}] {s[1]}={s[2]}")]
+        return (*args, *extra), settings
+
+    def done(self, args: tuple[str, ...], settings: list, code: int) -> None:
+        """After a command: flip nova.conf to what a finished migration assumed."""
+        if self.strict or "--dry-run" in args:
+            return
+        if code == 0 and settings:
+            self.flip(settings)
+        elif code == 0 and args[:2] == ("migrate", "--resume") and self.pending:
+            self.flip(self.pending)
+        if code == 0 and args[:2] in (("migrate", "--resume"), ("migrate", "--rollback")):
+            self.pending = []
+
+    def flip(self, settings: list[tuple[str, str, str]]) -> None:
+        """Set nova.conf options, as the operator does once the host is converted."""
+        self.conf.write_text(set_options(self.conf.read_text(), settings))
 
     @property
     def instances(self) -> Path:
@@ -98,6 +134,7 @@ class Node:
 
     def argv(self, *args: str, prefix: tuple[str, ...] = ()) -> list[str]:
         """The storagectl command line for ``args`` against this node."""
+        args, _ = self.converting(args)
         return [*prefix, sys.executable, "-m", "storagectl", *self.args(), *args]
 
     def spawn(self, *args: str) -> subprocess.Popen:
@@ -118,7 +155,7 @@ class Node:
         timeout: float = 120,
         prefix: tuple[str, ...] = (),
     ) -> subprocess.CompletedProcess:
-        return subprocess.run(
+        res = subprocess.run(
             self.argv(*args, prefix=prefix),
             capture_output=True,
             text=True,
@@ -127,18 +164,25 @@ class Node:
             env={**os.environ, **(env or {})},
             stdin=subprocess.DEVNULL,
         )
+        self.done(args, self.converting(args)[1], res.returncode)
+        return res
 
     def run(self, *args: str) -> subprocess.CompletedProcess:
         """The CLI in this process (faster); for commands the fault hook does not kill."""
+        given = args
+        args, settings = self.converting(args)
         res = CliRunner().invoke(cli, [*self.args(), *args])
         if res.exception and not isinstance(res.exception, SystemExit):
             raise res.exception
+        self.done(given, settings, res.exit_code)
         return subprocess.CompletedProcess(args, res.exit_code, res.stdout, res.stderr)
 
     def killed(self, *args: str, fault: str) -> subprocess.CompletedProcess:
         """The CLI in a forked child with ``STORAGECTL_FAULT=fault`` (no interpreter
         start-up); returncode is -9 when the hook fired, stderr is kept otherwise."""
         err = self.root / f"killed-{os.getpid()}.err"
+        given = args
+        args, settings = self.converting(args)
         pid = os.fork()
         if pid == 0:  # the child: never returns into pytest
             code = 70
@@ -153,6 +197,10 @@ class Node:
         code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
         text = err.read_text() if err.exists() else ""
         err.unlink(missing_ok=True)
+        if code == -9 and settings:
+            self.pending = settings  # the migration started: --resume finishes it
+        else:
+            self.done(given, settings, code)
         return subprocess.CompletedProcess(args, code, "", text)
 
     def xml(self, uuid: str) -> str:
@@ -163,16 +211,62 @@ class Node:
         return yaml.safe_load((self.instances / uuid / "storage.yaml").read_text())
 
 
+def nova_after(args: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """The nova.conf under which Nova reads the disks ``migrate ARGS`` leaves as stored:
+    files - Nova's Flat images (each file's format from disk.info, so a partial move
+    into qcow2 too); LVM - its volume group; RBD - its pool (the rest is the node's)."""
+    to = args[args.index("--to") + 1]
+
+    def given(flag: str) -> str | None:
+        return args[args.index(flag) + 1] if flag in args else None
+
+    if to in ("flat", "qcow2"):
+        return [("libvirt", "images_type", "flat")]
+    out = [("libvirt", "images_type", to)]
+    if to == "lvm" and given("--volume-group"):
+        out.append(("libvirt", "images_volume_group", given("--volume-group")))
+    if to == "rbd" and given("--pool"):
+        out.append(("libvirt", "images_rbd_pool", given("--pool")))
+    return out
+
+
+def set_options(text: str, settings: list[tuple[str, str, str]]) -> str:
+    """nova.conf ``text`` with each ``(section, option, value)`` set (replaced in place,
+    else added at the end of its section, which is made when missing)."""
+    lines = text.splitlines()
+    for section, option, value in settings:
+        start = next((n for n, x in enumerate(lines) if x.strip() == f"[{section}]"), None)
+        if start is None:
+            lines += [f"[{section}]", f"{option} = {value}"]
+            continue
+        end = next(
+            (n for n in range(start + 1, len(lines)) if lines[n].startswith("[")), len(lines)
+        )
+        found = next(
+            (n for n in range(start + 1, end) if lines[n].split("=")[0].strip() == option),
+            None,
+        )
+        if found is None:
+            lines.insert(end, f"{option} = {value}")
+        else:
+            lines[found] = f"{option} = {value}"
+    return "\n".join(lines) + "\n"
+
+
 def new_node(
     libvirtd: Libvirtd, workdir: Path, ceph: CephCluster | None = None, *, libvirt_conf: str = ""
 ) -> Node:
     """A node under ``workdir``: ``instances/_base`` and a nova.conf naming them (and, with
-    ``ceph``, the cluster's pool, conf and user); ``libvirt_conf`` adds ``[libvirt]`` lines."""
+    ``ceph``, the cluster's pool, conf and user); ``libvirt_conf`` adds ``[libvirt]`` lines.
+
+    Its Nova uses Flat images unless ``libvirt_conf`` names an images_type: each file's
+    format from disk.info, so Nova reads the instances :func:`make_instance` builds (a
+    qcow2 or raw root beside a raw disk.local) as they are stored."""
     n = Node(workdir, libvirtd, ceph)
     (n.instances / "_base").mkdir(parents=True)
-    text = f"[DEFAULT]\nstate_path = {n.root}\ninstances_path = {n.instances}\n"
-    if ceph is not None or libvirt_conf:
-        text += "[libvirt]\n"
+    text = f"[DEFAULT]\nstate_path = {n.root}\ninstances_path = {n.instances}\n[libvirt]\n"
+    if "images_type" not in libvirt_conf:
+        text += "images_type = flat\n"
     if ceph is not None:
         text += (
             f"images_rbd_pool = {ceph.pool}\n"

@@ -252,3 +252,35 @@ def test_disk_full_during_the_copy_removes_the_target(
     (small_fs / "filler").unlink()
     assert snapshot(node, uuid) == before
     assert guest_sha(d / "disk", "qcow2", tmp_path) == before_sha
+
+
+def test_a_move_nova_would_undo_is_refused_then_done_for_the_nova_conf_to_be(
+    node: Node, tmp_path: Path
+) -> None:
+    """Issue #15: on a Qcow2 host (use_cow_images, the default) a move to flat is what
+    Nova undoes at the next hard reboot (it would open the raw root as qcow2): refused,
+    nothing changed. Named with the nova.conf the host will have, it goes through, and
+    audit says what Nova makes of it under each nova.conf."""
+    node.strict = True
+    node.conf.write_text(node.conf.read_text().replace("images_type = flat", ""))
+    uuid = _make_instance(node, root="qcow2", data_mib=2, local_mib=0)
+    d = node.instances / uuid
+    before, before_sha = snapshot(node, uuid), guest_sha(d / "disk", "qcow2", tmp_path)
+    res = migrate(node, uuid, "--to", "flat", "--yes")
+    refused(res, "after the move Nova would misread it", "would open it as qcow2")
+    assert "--assume '[libvirt] images_type=flat'" in res.stderr
+    assert snapshot(node, uuid) == before
+    to_be = ("--assume", "[libvirt] images_type=flat")
+    res = migrate(node, uuid, "--to", "flat", *to_be, "--yes")
+    assert res.returncode == 0, res.stderr
+    assert guest_sha(d / "disk", "raw", tmp_path) == before_sha
+    audit = json.loads(node.cli("audit", "-o", "json").stdout)
+    mine = [f for f in audit["findings"] if f["instance"] == uuid]
+    assert [(f["code"], f["disk"]) for f in mine] == [("nova-would-misread", "disk")]
+    res = node.cli("audit", "-o", "json", *to_be)
+    assert res.returncode == 0, res.stdout
+    # the operator sets it: clean without --assume
+    node.flip([("libvirt", "images_type", "flat")])
+    res = node.cli("audit", "-o", "json")
+    assert res.returncode == 0, res.stdout
+    assert {f["severity"] for f in json.loads(res.stdout)["findings"]} <= {"info"}

@@ -198,7 +198,7 @@ def test_declining_at_a_terminal_says_so_and_changes_nothing(
     had_journal = journal.exists()
     monkeypatch.setattr(migrate_cli, "stdin_is_terminal", lambda: True, raising=False)
     monkeypatch.setattr("sys.stdin.isatty", lambda: True, raising=False)
-    argv = [*node.args(), "migrate", uuid, *args]
+    argv = [*node.args(), *node.converting(("migrate", uuid, *args))[0]]
     res = CliRunner().invoke(cli, argv, input="n\n")
     assert res.exit_code == 1, res.output
     assert f"{question} [y/N]" in res.stderr
