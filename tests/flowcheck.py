@@ -70,3 +70,12 @@ def assert_inspect_matches_manifest(sandbox: Sandbox, data: dict, *, source: str
             if want.backend == "file":
                 assert have["path"] == want.path
             assert (have["backing"] or {}).get("path") == want.backing_file
+
+
+def assert_only_predicted_misreads(sandbox: Sandbox, findings: list[dict]) -> None:
+    """The warnings and criticals of an audit of an unchanged sandbox: exactly the disks
+    its manifest says Nova would misread (its older layouts), each nova-would-misread."""
+    misread = {(i.uuid, d.name) for i in sandbox.instances for d in i.disks if d.nova_misread}
+    serious = [f for f in findings if f["severity"] != "info"]
+    assert {f["code"] for f in serious} <= {"nova-would-misread"}, serious
+    assert sorted((f["instance"], f["disk"]) for f in serious) == sorted(misread)
