@@ -76,6 +76,15 @@ step "show: the record of one instance"
 FIRST=$($SC "${G[@]}" inspect -o json | $PY -c 'import json,sys; print([i["uuid"] for i in json.load(sys.stdin)["instances"] if i["source"]=="metadata"][0])')
 show $SC "${G[@]}" show "$FIRST"
 
+step "what if nova.conf said images_type=lvm? (--assume: nova.conf is not edited)"
+echo "\$ storagectl ... audit --assume '[libvirt] images_type=lvm' -o json"
+$SC "${G[@]}" audit --assume '[libvirt] images_type=lvm' -o json > "$DEMO/assumed.json"
+$PY - "$DEMO/assumed.json" <<'PYEOF'
+import json, sys
+bad = sorted({f["instance"] for f in json.load(open(sys.argv[1]))["findings"] if f["code"] == "nova-would-misread"})
+print(f"{len(bad)} instance(s) Nova would misread after that flip:", *bad, sep="\n  ")
+PYEOF
+
 step "flip the host to images_type=lvm, use_cow_images=False: records keep every layout"
 sed -i 's/^use_cow_images.*/use_cow_images = False/; s/^images_type.*/images_type = lvm/' "$DEMO/node/etc/nova/nova.conf"
 $SC "${G[@]}" inspect -o json > "$DEMO/after-flip.json"
@@ -83,8 +92,11 @@ $PY - "$DEMO/after-flip.json" <<'PYEOF'
 import json, sys
 for i in json.load(open(sys.argv[1]))["instances"]:
     disks = " ".join(f"{d['name']}={d['backend']}/{d['format']}" for d in i["disks"])
-    print(i["uuid"], i["source"], disks)
+    misread = sum(f["code"] == "nova-would-misread" for f in i["findings"])
+    print(i["uuid"], i["source"], disks, f"(Nova would misread {misread} disk(s))" if misread else "")
 PYEOF
+echo "(the records are right - and Nova, which never reads them, would misread every"
+echo " disk that is not an LV: that is what migrate and a host conversion are for)"
 
 step "audit: the cron job (exit 2: a critical finding), with a Prometheus textfile"
 show $SC "${G[@]}" audit --prometheus "$DEMO/storagectl.prom"
@@ -101,18 +113,27 @@ $PY -c 'import json,sys; print("\n".join(i["uuid"] for i in json.load(open(sys.a
   "$DEMO/node2/sandbox.json" > "$DEMO/defined"
 MOVE=$($PY -c 'import json,sys; print([i["uuid"] for i in json.load(open(sys.argv[1]))["instances"] if i["kind"]=="qcow2"][0])' "$DEMO/node2/sandbox.json")
 show $SC "${M[@]}" persist $(cat "$DEMO/defined")
+echo "(this host's nova.conf says images_type=default with use_cow_images: Nova opens every"
+echo " disk as qcow2, so a move to flat alone is what the next hard reboot undoes)"
 show $SC "${M[@]}" migrate "$MOVE" --to flat --dry-run
-show $SC "${M[@]}" migrate "$MOVE" --to flat --yes || exit 1
-show $SC "${M[@]}" inspect "$MOVE"
-show $SC "${M[@]}" audit
+FLAT=(--assume '[libvirt] images_type=flat')
+show $SC "${M[@]}" migrate "$MOVE" --to flat "${FLAT[@]}" --dry-run || exit 1
+show $SC "${M[@]}" migrate "$MOVE" --to flat "${FLAT[@]}" --yes || exit 1
+show $SC "${M[@]}" audit --assume '[libvirt] images_type=flat'
+sed -i 's/^images_type.*/images_type = flat/' "$DEMO/node2/etc/nova/nova.conf"
+echo "(nova.conf now says images_type = flat)"
+show $SC "${M[@]}" audit || exit 1
 show $SC "${M[@]}" migrate --delete-retained "$MOVE" --yes || exit 1
 
-step "migrate: move the flat instance into Ceph RBD (pool, user and libvirt secret from nova.conf)"
+step "convert the host to Ceph RBD: both instances, then nova.conf (pool, user and secret from it)"
 sed -i "/^\[libvirt\]/a images_rbd_pool = vms\nimages_rbd_ceph_conf = $CEPH_CONF\nrbd_user = admin\nrbd_secret_uuid = 5f7c1a2e-3b4d-4e6f-8a9b-0c1d2e3f4a5b" \
   "$DEMO/node2/etc/nova/nova.conf"
 TO_RBD=$($PY -c 'import json,sys; print([i["uuid"] for i in json.load(open(sys.argv[1]))["instances"] if i["kind"]=="flat"][0])' "$DEMO/node2/sandbox.json")
-show $SC "${M[@]}" migrate "$TO_RBD" --to rbd --dry-run
-show $SC "${M[@]}" migrate "$TO_RBD" --to rbd --yes || exit 1
+RBD=(--assume '[libvirt] images_type=rbd')
+show $SC "${M[@]}" migrate "$TO_RBD" --to rbd "${RBD[@]}" --dry-run || exit 1
+show $SC "${M[@]}" migrate "$TO_RBD" "$MOVE" --to rbd "${RBD[@]}" --yes || exit 1
+sed -i 's/^images_type.*/images_type = rbd/' "$DEMO/node2/etc/nova/nova.conf"
+echo "(nova.conf now says images_type = rbd)"
 show $SC "${M[@]}" show "$TO_RBD"
 virsh -q -c qemu:///system dumpxml "$TO_RBD" | sed -n '/<disk/,/<\/disk>/p' | head -12
 echo "(the first sandbox's RBD instances share pool vms but are not defined in this libvirtd,"
