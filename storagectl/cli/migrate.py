@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 
 from storagectl import errors
 from storagectl.cli.app import DEFAULT_LOCK_PATH, Application, DiskRoles, output_option
+from storagectl.cli.migrate_host import convert_host, host_status_lines, resume_host
 from storagectl.cli.render import emit_table, print_error
 from storagectl.host.config import NovaConfig, load_nova_config, parse_assumption
 from storagectl.inspect.inspection import inspect_hosts
@@ -90,19 +91,22 @@ _RUN_ONLY = (
     "bwlimit",
     "assume",
     "nova_conf_after",
+    "from_",
+    "state",
+    "keep_going",
 )
 ACCEPTS = {
-    "to": {*_RUN_ONLY, "dry_run", "yes", "ceph_timeout", "fmt"},
-    "resume": {"dry_run", "yes", "ceph_timeout"},
+    "to": {*_RUN_ONLY, "dry_run", "yes", "ceph_timeout", "fmt", "all_"},
+    "resume": {"dry_run", "yes", "ceph_timeout", "all_"},
     "rollback": {"dry_run", "yes", "ceph_timeout"},
     "delete_retained": {"dry_run", "yes", "ceph_timeout"},
     "status": {"fmt"},
 }
-_CHECKED = (*_RUN_ONLY, "dry_run", "yes", "ceph_timeout", "fmt")
+_CHECKED = (*_RUN_ONLY, "dry_run", "yes", "ceph_timeout", "fmt", "all_")
 
 
 def _flag(name: str) -> str:
-    return "--output" if name == "fmt" else "--" + name.replace("_", "-")
+    return "--output" if name == "fmt" else "--" + name.rstrip("_").replace("_", "-")
 
 
 def choose_mode(ctx: click.Context, given: dict[str, object]) -> str:
@@ -150,6 +154,10 @@ class Args:
     fmt: str
     assume: tuple[str, ...] = ()
     nova_conf_after: tuple[str, ...] = ()
+    all_: bool = False
+    from_: str | None = None
+    state: str = "shutoff"
+    keep_going: bool = False
 
     def given(self) -> dict[str, object]:
         """The modes the command line asks for (:func:`choose_mode`)."""
@@ -197,13 +205,14 @@ class Args:
     type=click.IntRange(1, 16),
     default=1,
     show_default=True,
-    help="Disks copied at once.",
+    help="Disks copied at once; with --all: instances moved at once.",
 )
 @click.option(
     "--bwlimit",
     type=click.IntRange(1),
     metavar="MiB/s",
-    help="Copy rate limit per disk (qemu-img convert -r).",
+    help="Copy rate limit per disk (qemu-img convert -r); with --all: for the whole "
+    "host, shared by the moves that run at once.",
 )
 @click.option(
     "--ceph-timeout",
@@ -224,6 +233,33 @@ class Args:
     help="The nova.conf this host will have when the moves are done, as settings over "
     "its nova.conf (repeatable), e.g. --assume '[libvirt] images_type=rbd'. Without it a "
     "move Nova would misread under the current nova.conf is refused.",
+)
+@click.option(
+    "--all",
+    "all_",
+    is_flag=True,
+    help="Every instance of the host (no INSTANCE): convert the host. With --resume: "
+    "finish an interrupted host conversion.",
+)
+@click.option(
+    "--from",
+    "from_",
+    metavar="BACKEND[,BACKEND]",
+    help="With --all: only disks on these backends (default: every other than --to).",
+)
+@click.option(
+    "--state",
+    type=click.Choice(["shutoff", "running", "any"]),
+    default="shutoff",
+    show_default=True,
+    help="With --all: which instances to move. Running ones need live moves, not "
+    "available yet: they are listed as 'must be shut off' and never touched.",
+)
+@click.option(
+    "--keep-going",
+    is_flag=True,
+    help="With --all: when an instance fails, go on with the others (default: stop "
+    "starting new moves).",
 )
 @click.option(
     "--nova-conf-after",
@@ -293,6 +329,15 @@ def _nova_after(app: Application, args: Args) -> NovaConfig | None:
 
 def _migrate_to(app: Application, engine: Engine, instances: tuple[str, ...], args: Args) -> None:
     """--to: plan every INSTANCE, print the plans, confirm, then migrate them one by one."""
+    if args.all_ or args.from_ or args.keep_going or args.state != "shutoff":
+        if not args.all_:
+            raise errors.UsageError(reason="--from, --state and --keep-going go with --all")
+        if instances:
+            raise errors.UsageError(reason="--all moves every instance of the host: name none")
+        _needs_terminal(args.dry_run, args.yes)
+        engine.check_driver()
+        convert_host(app, engine, _options(app, ("--all",), args, per_disk=False), args)
+        return
     options = _options(app, instances, args)
     _needs_terminal(args.dry_run, args.yes)
     engine.check_driver()
@@ -318,7 +363,9 @@ def _migrate_to(app: Application, engine: Engine, instances: tuple[str, ...], ar
     raise click.exceptions.Exit(code)
 
 
-def _options(app: Application, instances: tuple[str, ...], args: Args) -> Options:
+def _options(
+    app: Application, instances: tuple[str, ...], args: Args, *, per_disk: bool = True
+) -> Options:
     """--to's migration options; a usage error for a command line that names no
     INSTANCE, or asks for data output of a real run."""
     if not instances or not args.to:
@@ -334,8 +381,9 @@ def _options(app: Application, instances: tuple[str, ...], args: Args) -> Option
         secret_uuid=args.secret_uuid,
         delete_source=args.delete_source,
         delete_retained=args.delete_retained,
-        parallel=args.parallel,
-        bwlimit=args.bwlimit,
+        # with --all, --parallel and --bwlimit are the host's (migrate/host.py)
+        parallel=args.parallel if per_disk else 1,
+        bwlimit=args.bwlimit if per_disk else None,
         sparse_lvs=app.nova.sparse_logical_volumes,
     )
     if args.fmt != "table" and not args.dry_run:
@@ -394,6 +442,9 @@ def _status(app: Application, engine: Engine, instances: tuple[str, ...], args: 
     """--status: the migrations in progress (of INSTANCE, or all), running or interrupted."""
     if len(instances) > 1:
         raise errors.UsageError(reason="--status takes at most one INSTANCE")
+    if not instances and args.fmt == "table":
+        for line in host_status_lines(app, engine):
+            click.echo(line)
     rows = engine.status(instances[0] if instances else None)
     unreadable = [r for r in rows if r["state"] == "unreadable"]
     if args.fmt != "table":
@@ -439,6 +490,13 @@ def _status(app: Application, engine: Engine, instances: tuple[str, ...], args: 
 
 def _resume(app: Application, engine: Engine, instances: tuple[str, ...], args: Args) -> None:
     """--resume: finish an interrupted migration."""
+    if args.all_:
+        if instances:
+            raise errors.UsageError(reason="--resume --all takes no INSTANCE")
+        _needs_terminal(args.dry_run, args.yes)
+        engine.check_driver()
+        resume_host(app, engine, args)
+        return
     instance = _preview(app, engine, "resume", instances, args, "Resume?")
     if instance is None:
         return

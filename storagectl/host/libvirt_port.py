@@ -18,11 +18,14 @@ The read-only scan of every domain (``hosts.scan_host``) stays in ``hosts``.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
+import threading
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple, Protocol, runtime_checkable
 from urllib.parse import urlsplit
@@ -240,17 +243,18 @@ class FakeLibvirt:
         return self._known(uuid) in self.active
 
     def define(self, xml: str) -> None:
-        self._call("define", xml)
-        uuid, name = _identity(xml, self.uri)
-        for other, text in self.xml.items():
-            if other != uuid and _identity(text, self.uri)[1] == name:
-                raise SwitchError(
-                    instance="domain",
-                    reason=f"libvirt refused the XML: domain '{name}' already exists "
-                    f"with uuid {other}",
-                )
-        self.xml[uuid] = xml
-        self._save()
+        with self._exclusive():  # as libvirtd: one define at a time, none lost
+            self._call("define", xml)
+            uuid, name = _identity(xml, self.uri)
+            for other, text in self.xml.items():
+                if other != uuid and _identity(text, self.uri)[1] == name:
+                    raise SwitchError(
+                        instance="domain",
+                        reason=f"libvirt refused the XML: domain '{name}' already exists "
+                        f"with uuid {other}",
+                    )
+            self.xml[uuid] = xml
+            self._save()
 
     def uuid_of(self, name: str) -> str:
         self._call("uuid_of", name)
@@ -298,9 +302,27 @@ class FakeLibvirt:
 
     def set_active(self, uuid: str, active: bool = True) -> None:
         """Start (or, ``active=False``, stop) a domain."""
-        self._load()
-        (self.active.add if active else self.active.discard)(self._known(uuid))
-        self._save()
+        with self._exclusive():
+            self._load()
+            (self.active.add if active else self.active.discard)(self._known(uuid))
+            self._save()
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Read-modify-write of the state file by one caller at a time (threads of one
+        process and other processes: a host conversion defines from several threads)."""
+        if self.path is None:
+            yield
+            return
+        with _FAKE_LOCK, open(f"{self.path}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+_FAKE_LOCK = threading.Lock()
 
 
 def _identity(xml: str, uri: str) -> tuple[str, str]:

@@ -1,0 +1,184 @@
+"""``storagectl migrate --all``: convert the whole host (storagectl/migrate/host.py)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from storagectl import errors
+from storagectl.backends import registry
+from storagectl.migrate import host
+from storagectl.migrate.copy import NullProgress
+from storagectl.migrate.engine import Engine
+
+if TYPE_CHECKING:
+    from storagectl.cli.app import Application
+    from storagectl.cli.migrate import Args
+    from storagectl.migrate.plan import Options
+
+
+def convert_host(app: Application, engine: Engine, options: Options, args: Args) -> None:
+    """``--all --to X``: plan every instance, print the host plan, confirm, run, report."""
+    s = engine.s
+    journal = host.host_journal_path(s.nova)
+    if host.read_host_journal(journal) is not None:
+        raise errors.UsageError(
+            reason=f"a host conversion is in progress ({journal}): finish it with "
+            "storagectl migrate --resume --all (see migrate --status)"
+        )
+    sources = tuple(x.strip() for x in (args.from_ or "").split(",") if x.strip())
+    unknown = [x for x in sources if x not in registry.all_names()]
+    if unknown:
+        raise errors.UsageError(
+            reason=f"--from {','.join(unknown)}: not a backend ({', '.join(registry.all_names())})"
+        )
+    settings = host.target_settings(options.to, s.nova, options)
+    if s.nova_after is None:  # converting the host: its nova.conf will say the target's
+        s.nova_after = app.nova_files(assume=settings)
+    nova_conf = [f"[{sec}] {opt} = {val}" for sec, opt, val in settings]
+    hp = host.plan_host(
+        engine.prepare,
+        engine.storage,
+        uri=s.uri,
+        nova=s.nova,
+        runner=s.runner,
+        options=options,
+        sources=sources,
+        parallel=args.parallel,
+        bwlimit=args.bwlimit,
+        keep_going=args.keep_going,
+        state=args.state,
+        nova_conf=nova_conf,
+    )
+    planned = {i.uuid for i in hp.planned}
+    blocking = [
+        (u, n) for u, n in host.still_misread(s.uri, s.nova_after, s.runner) if u not in planned
+    ]
+    if args.fmt != "table":
+        data: dict[str, Any] = hp.to_dict()
+        data["still_misread_after"] = [{"uuid": u, "name": n} for u, n in blocking]
+        app.print_data(data, args.fmt)
+    else:
+        click.echo("\n".join(hp.lines()))
+        if blocking:
+            names = ", ".join(f"{n} ({u})" for u, n in blocking)
+            click.echo(
+                f"  after these moves Nova would still misread {len(blocking)} instance(s) "
+                f"with that nova.conf: {names}"
+            )
+    if args.dry_run:
+        app.info("dry run: nothing was changed")
+        raise click.exceptions.Exit(1 if any(i.status == host.REFUSED for i in hp.items) else 0)
+    if not hp.planned:
+        click.echo("nothing to move")
+        raise click.exceptions.Exit(1 if hp.items else 0)
+    from storagectl.cli.migrate import _confirm  # the one confirmation of every mode
+
+    _confirm(app, "Convert?", args.yes)
+    _run(app, engine, hp, journal)
+
+
+def resume_host(app: Application, engine: Engine, args: Args) -> None:
+    """``--resume --all``: finish every instance's journal, then move the ones not started."""
+    s = engine.s
+    journal = host.host_journal_path(s.nova)
+    data = host.read_host_journal(journal)
+    if data is None:
+        raise errors.UsageError(reason=f"no host conversion is in progress (no {journal})")
+    hp = host.from_journal(data)
+    assume = tuple(tuple(x) for x in data.get("assume") or ())
+    s.nova_after = app.nova_files(assume=assume) if assume else s.nova_after
+    todo = [i for i in hp.items if i.status in (host.PLANNED, host.FAILED)]
+    click.echo(f"resume the conversion of {hp.uri} to {hp.to} ({len(todo)} instance(s) left)")
+    for item in todo:
+        how = "finish its migration" if host.has_instance_journal(s.nova, item.uuid) else "move it"
+        click.echo(f"  {item.name} ({item.uuid}): {item.status}: {how}")
+    if args.dry_run:
+        app.info("dry run: nothing was changed")
+        return
+    from storagectl.cli.migrate import _confirm
+
+    _confirm(app, "Resume?", args.yes)
+    for item in todo:
+        item.status, item.reason = host.PLANNED, None
+        if not host.has_instance_journal(s.nova, item.uuid):
+            try:
+                item.plan = engine.prepare(item.uuid, hp.options)
+            except errors.StorageCtlError as exc:
+                item.status, item.reason = host.REFUSED, str(exc)
+    _run(app, engine, hp, journal, started_at=data.get("started_at"), assume=assume)
+
+
+def _run(
+    app: Application,
+    engine: Engine,
+    hp: host.HostPlan,
+    journal: str,
+    *,
+    started_at: str | None = None,
+    assume: tuple = (),
+) -> None:
+    s = engine.s
+    checked = set(engine._checked)  # noqa: SLF001 - preflighted by this command's prepare
+
+    def run_one(item: host.HostItem) -> None:
+        worker = Engine(replace(s, libvirt=app.libvirt(s.uri), progress=NullProgress()))
+        worker._checked |= checked  # noqa: SLF001
+        if host.has_instance_journal(s.nova, item.uuid):
+            worker.resume(item.uuid)
+        else:
+            assert item.plan is not None
+            worker.run(item.plan)
+
+    def done(item: host.HostItem) -> None:
+        tail = f": {item.reason}" if item.reason else ""
+        click.echo(f"{item.name} ({item.uuid}): {item.status} in {item.seconds} s{tail}")
+
+    t0 = time.monotonic()
+    settings = assume or tuple(_settings(hp.nova_conf))
+    try:
+        host.run_host(hp, journal, run_one, on_done=done, started_at=started_at, assume=settings)
+    except KeyboardInterrupt:
+        app.info(
+            f"interrupted: the host journal {journal} says how far it got; finish with "
+            "storagectl migrate --resume --all"
+        )
+        raise click.exceptions.Exit(130) from None
+    rep = host.report(hp, time.monotonic() - t0, s.nova, engine.storage)
+    click.echo("\n".join(rep.lines(hp.uri)))
+    if not any(i.status in (host.PLANNED, host.FAILED) for i in hp.items):
+        host.remove_host_journal(journal)
+    raise click.exceptions.Exit(1 if rep.failed else 0)
+
+
+def _settings(lines: list[str]) -> list[tuple[str, str, str]]:
+    """``[section] option = value`` lines back into settings."""
+    from storagectl.host.config import parse_assumption
+
+    return [parse_assumption(line) for line in lines]
+
+
+def host_status_lines(app: Application, engine: Engine) -> list[str]:
+    """The host conversion in progress, if any (``migrate --status``)."""
+    from storagectl.audit.interrupted import pid_alive
+
+    journal = host.host_journal_path(engine.s.nova)
+    data = host.read_host_journal(journal)
+    if data is None:
+        return []
+    hp = host.from_journal(data)
+    counts: dict[str, int] = {}
+    for item in hp.items:
+        counts[item.status] = counts.get(item.status, 0) + 1
+    pid = data.get("pid")
+    alive = isinstance(pid, int) and pid_alive(pid)
+    state = f"running (pid {pid})" if alive else f"interrupted (pid {pid} is gone)"
+    summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
+    lines = [f"host conversion to {hp.to} started {data.get('started_at')}: {state}: {summary}"]
+    lines += [f"  {i.name} ({i.uuid}): {i.status}" for i in hp.items]
+    if not alive:
+        lines.append("  finish with: storagectl migrate --resume --all")
+    return lines

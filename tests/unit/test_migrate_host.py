@@ -1,0 +1,183 @@
+"""Whole-host conversion (``migrate --all``, issue #15 part 3) on a node of real files and
+qemu-img with the fake libvirt: the host plan, the run, the report, a kill -9 in the
+middle and ``--resume --all``, failures with and without ``--keep-going``."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+from storagectl.host.libvirt_port import FakeLibvirt
+from storagectl.migrate.switch import SwitchError
+from tests.unit.test_migrate_matrix_fake_libvirt import (
+    FakeNode,
+    domain_disk,
+    guest_sha,
+    leftovers,
+    make_instance,
+)
+
+FLAT = "[libvirt] images_type = flat"
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> FakeNode:
+    return FakeNode(tmp_path / "node")
+
+
+def journal(node: FakeNode) -> Path:
+    return node.root / "storagectl-host-migration.json"  # state_path = the node's root
+
+
+def shas(node: FakeNode, uuids: list[str], scratch: Path) -> dict[str, str]:
+    return {u: guest_sha(*domain_disk(node, u), scratch) for u in uuids}
+
+
+def test_the_host_plan_names_every_instance_the_space_and_the_nova_conf(
+    node: FakeNode, tmp_path: Path
+) -> None:
+    uuids = sorted(make_instance(node, "qcow2") for _ in range(3))
+    before = {u: json.dumps(node.record(u)) for u in uuids}
+    res = node.run("migrate", "--all", "--to", "flat", "--parallel", "2", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert "to flat: 3 instance(s) to move" in out and "2 at a time" in out
+    for u in uuids:
+        assert f"instance-{u[:8]} ({u}): disk qcow2->flat" in out
+    assert f"space: file system of {node.instances}" in out or "space: " in out
+    assert "when every instance is moved, set in nova.conf:" in out and FLAT in out
+    assert "dry run: nothing was changed" in res.stderr
+    assert {u: json.dumps(node.record(u)) for u in uuids} == before
+    assert not journal(node).exists()
+    res = node.run("migrate", "--all", "--to", "flat", "--dry-run", "-o", "json")
+    data = json.loads(res.stdout)
+    assert [i["uuid"] for i in data["instances"]] == sorted(
+        uuids, key=lambda u: f"instance-{u[:8]}"
+    )
+    assert {i["status"] for i in data["instances"]} == {"planned"}
+    assert data["nova_conf"] == [FLAT] and data["still_misread_after"] == []
+    assert all(i["plan"]["nova"]["misread"] == [] for i in data["instances"])
+
+
+def test_a_host_converted_then_nova_conf_set_reads_clean(node: FakeNode, tmp_path: Path) -> None:
+    uuids = [make_instance(node, "qcow2") for _ in range(3)] + [make_instance(node, "flat")]
+    before = shas(node, uuids, tmp_path)
+    res = node.run("migrate", "--all", "--to", "flat", "--parallel", "2", "--yes")
+    assert res.returncode == 0, res.stderr
+    node.rescan()
+    assert shas(node, uuids, tmp_path) == before
+    assert all(domain_disk(node, u)[1] == "raw" for u in uuids)
+    assert "3 instance(s) moved" in res.stdout and "0 failed, 0 not moved" in res.stdout
+    assert "retained sources: 3 holding" in res.stdout
+    assert res.stdout.count("storagectl migrate --delete-retained") == 3
+    assert "every instance is moved: set in nova.conf now" in res.stdout and FLAT in res.stdout
+    assert not journal(node).exists()
+    assert all(leftovers(node, u) == [] for u in uuids)
+    # before the flip Nova (qcow2) would misread them all; after it, nothing
+    res = node.run("audit", "-o", "json")
+    misread = {f["instance"] for f in json.loads(res.stdout)["findings"]}
+    assert set(uuids) <= misread
+    node.conf.write_text(node.conf.read_text() + "[libvirt]\nimages_type = flat\n")
+    res = node.run("audit", "-o", "json")
+    assert res.returncode == 0, res.stdout
+    codes = {f["code"] for f in json.loads(res.stdout)["findings"]}
+    assert "nova-would-misread" not in codes
+
+
+def test_running_instances_are_listed_never_touched(node: FakeNode) -> None:
+    # a Flat host (raw files) converted to qcow2: a raw disk left behind is what Nova's
+    # Qcow2 images misread
+    node.conf.write_text(node.conf.read_text() + "use_cow_images = false\n")
+    still, running = make_instance(node, "flat"), make_instance(node, "flat")
+    node.domains = [
+        d.replace("<test:runstate>5", "<test:runstate>1") if running in d else d
+        for d in node.domains
+    ]
+    node.rescan()
+    to_qcow2 = ("migrate", "--all", "--to", "qcow2")
+    res = node.run(*to_qcow2, "--state", "any", "--dry-run")
+    assert f"skipped: instance-{running[:8]} ({running}): it is running: must be shut off" in (
+        res.stdout
+    )
+    res = node.run(*to_qcow2, "--dry-run")
+    planned, after = res.stdout.split("after these moves")
+    assert running not in planned
+    assert (
+        f"Nova would still misread 1 instance(s) with that nova.conf: instance-{running[:8]}"
+        in ("after these moves" + after)
+    )
+    res = node.run(*to_qcow2, "--yes")
+    assert res.returncode == 0, res.stderr
+    assert "1 instance(s) moved" in res.stdout
+    assert node.record(running)["disks"][0]["backend"] == "flat"
+    assert [d["backend"] for d in node.record(still)["disks"]] == ["qcow2", "qcow2"]
+
+
+def test_killed_in_the_middle_then_resume_all(node: FakeNode, tmp_path: Path) -> None:
+    uuids = [make_instance(node, "qcow2") for _ in range(3)]
+    before = shas(node, uuids, tmp_path)
+    res = node.killed("migrate", "--all", "--to", "flat", "--yes", fault="verify:after")
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    data = json.loads(journal(node).read_text())
+    assert [i["status"] for i in data["instances"]] == ["planned"] * 3
+    res = node.run("migrate", "--status")
+    assert "host conversion to flat" in res.stdout and "interrupted" in res.stdout
+    assert "storagectl migrate --resume --all" in res.stdout
+    # a new conversion is refused while one is in progress
+    res = node.run("migrate", "--all", "--to", "flat", "--yes")
+    assert res.returncode == 2 and "--resume --all" in res.stderr
+    res = node.run("migrate", "--resume", "--all", "--dry-run")
+    assert "finish its migration" in res.stdout and "move it" in res.stdout
+    res = node.run("migrate", "--resume", "--all", "--yes")
+    assert res.returncode == 0, res.stderr
+    assert "3 instance(s) moved" in res.stdout
+    assert not journal(node).exists()
+    node.rescan()
+    assert shas(node, uuids, tmp_path) == before
+    assert all(node.record(u)["disks"][0]["backend"] == "flat" for u in uuids)
+    assert all(leftovers(node, u) == [] for u in uuids)
+
+
+@pytest.mark.parametrize("keep_going", [False, True])
+def test_a_failure_stops_new_moves_unless_keep_going(node: FakeNode, keep_going: bool) -> None:
+    uuids = sorted((make_instance(node, "qcow2") for _ in range(3)), key=lambda u: u[:8])
+    fake = FakeLibvirt(uri=node.uri, path=node.state)
+    fake.fail("define", SwitchError(instance="domain", reason="libvirt refused: nope"))
+    args = ["migrate", "--all", "--to", "flat", "--yes"] + (["--keep-going"] if keep_going else [])
+    from click.testing import CliRunner
+
+    from storagectl.cli import cli
+    from storagectl.cli.app import Application
+
+    res = CliRunner().invoke(cli, node.args(*args), obj=Application(libvirt_factory=lambda u: fake))
+    assert res.exit_code == 1, res.output
+    assert "failed" in res.stdout and "libvirt refused: nope" in res.stdout
+    if keep_going:
+        assert "2 instance(s) moved" in res.stdout
+    else:
+        assert "0 instance(s) moved" in res.stdout and "not started" in res.stdout
+    assert "nova.conf must not change yet" in res.stdout
+    data = json.loads(journal(node).read_text())
+    assert "failed" in [i["status"] for i in data["instances"]]
+    # the host journal stays for --resume --all, which retries what is left
+    res = node.run("migrate", "--resume", "--all", "--yes")
+    assert res.returncode == 0, res.stderr
+    assert all(node.record(u)["disks"][0]["backend"] == "flat" for u in uuids)
+    assert not journal(node).exists()
+
+
+def test_all_options_are_usage_errors_elsewhere(node: FakeNode) -> None:
+    uuid = make_instance(node, "qcow2")
+    for argv, why in (
+        (("migrate", uuid, "--all", "--to", "flat"), "name none"),
+        (("migrate", uuid, "--to", "flat", "--keep-going"), "go with --all"),
+        (("migrate", "--all", "--to", "flat", "--from", "bogus", "--yes"), "not a backend"),
+        (("migrate", "--resume", "--all", "--yes"), "no host conversion is in progress"),
+        (("migrate", "--rollback", uuid, "--all"), "--all does not apply to --rollback"),
+    ):
+        res = node.run(*argv)
+        assert res.returncode == 2, (argv, res.stderr)
+        assert why in res.stderr, (argv, res.stderr)
