@@ -245,3 +245,34 @@ def test_kill_9_mid_copy(node: Node, tmp_path: Path, then: str) -> None:
         assert "protocol='rbd'" in vda(node, uuid)
         assert images(cluster, uuid) == [image]
     assert guest_view(node, uuid, tmp_path) == before_sha
+
+
+def test_a_file_host_converted_to_rbd_then_nova_conf_set(node: Node, tmp_path: Path) -> None:
+    """Issue #15 part 3 on the real cluster: every instance of a Flat host moved into the
+    pool by one ``migrate --all --parallel 2``; the report names the nova.conf lines; once
+    they are set, audit finds nothing Nova would misread."""
+    node.strict = True
+    uuids = [
+        _make_instance(node, root="qcow2", size_mib=16, data_mib=3, local_mib=4) for _ in range(3)
+    ]
+    before = {u: guest_view(node, u, tmp_path) for u in uuids}
+    res = node.cli("migrate", "--all", "--to", "rbd", "--parallel", "2", "--secret-uuid", SECRET,
+                   "--yes")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "3 instance(s) moved" in res.stdout and "set in nova.conf now" in res.stdout
+    cluster = node.cluster
+    for line in ("[libvirt] images_type = rbd", f"[libvirt] images_rbd_pool = {cluster.pool}"):
+        assert line in res.stdout
+    for u in uuids:
+        assert f"rbd' name='{cluster.pool}/{u}_disk'" in vda(node, u).replace('"', "'")
+        assert guest_view(node, u, tmp_path) == before[u]
+        assert sorted(images(cluster, u)) == [f"{u}_disk", f"{u}_disk.local"]
+    # before nova.conf says rbd, Nova (flat) would look for the files the move retained
+    audit = json.loads(node.cli("audit", "-o", "json").stdout)
+    assert {f["instance"] for f in audit["findings"] if f["code"] == "nova-would-misread"} == set(
+        uuids
+    )
+    node.flip([("libvirt", "images_type", "rbd")])
+    res = node.cli("audit", "-o", "json")
+    mine = [f for f in json.loads(res.stdout)["findings"] if f["instance"] in uuids]
+    assert [f for f in mine if f["severity"] != "info"] == [], mine

@@ -284,3 +284,36 @@ def test_a_move_nova_would_undo_is_refused_then_done_for_the_nova_conf_to_be(
     res = node.cli("audit", "-o", "json")
     assert res.returncode == 0, res.stdout
     assert {f["severity"] for f in json.loads(res.stdout)["findings"]} <= {"info"}
+
+
+def test_a_qcow2_host_converted_to_flat_killed_resumed_and_nova_conf_set(
+    node: Node, tmp_path: Path
+) -> None:
+    """Issue #15 part 3 on the real libvirtd: a Qcow2 host (Nova's default) whose
+    instances are moved by one ``migrate --all``, killed in the middle of the second
+    instance and resumed; then nova.conf says flat and audit finds nothing Nova would
+    misread."""
+    node.strict = True
+    node.conf.write_text(node.conf.read_text().replace("images_type = flat", ""))
+    uuids = [_make_instance(node, root="qcow2", data_mib=2, local_mib=0) for _ in range(3)]
+    before = {u: guest_sha(node.instances / u / "disk", "qcow2", tmp_path) for u in uuids}
+    res = node.cli("migrate", "--all", "--to", "flat", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "3 instance(s) to move" in res.stdout and "[libvirt] images_type = flat" in res.stdout
+    res = node.killed("migrate", "--all", "--to", "flat", "--yes", fault="copy:after")
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    journal = node.root / "storagectl-host-migration.json"
+    assert journal.exists()
+    res = node.cli("migrate", "--status")
+    assert "host conversion to flat" in res.stdout and "interrupted" in res.stdout
+    res = node.cli("migrate", "--resume", "--all", "--yes")
+    assert res.returncode == 0, res.stderr
+    assert "3 instance(s) moved" in res.stdout and not journal.exists()
+    for u in uuids:
+        assert domain_disk(node, u, "vda") == (str(node.instances / u / "disk"), "raw")
+        assert guest_sha(node.instances / u / "disk", "raw", tmp_path) == before[u]
+        assert leftovers(node, u) == []
+    node.flip([("libvirt", "images_type", "flat")])
+    res = node.cli("audit", "-o", "json")
+    assert res.returncode == 0, res.stdout
+    assert {f["severity"] for f in json.loads(res.stdout)["findings"]} <= {"info"}
