@@ -7,7 +7,9 @@ same data (these machines are noisy: only ratios within one run mean anything).
   the naive loop operators script today (walk the domains with libvirt, `qemu-img info`
   per disk), for several sizes;
 - audit: the whole cron run, before and after `persist --all`, for the same sizes;
-- migrate (bench_migrate.py, when present): copy phase vs bare `qemu-img convert`.
+- migrate (bench_migrate.py, when present): copy phase vs bare `qemu-img convert`;
+- host conversion (bench_host.py): `migrate --all` of 8 instances vs the sum of the bare
+  copies of their disks.
 """
 
 from __future__ import annotations
@@ -218,6 +220,9 @@ def main() -> None:
         bench_migrate = None
     if bench_migrate is not None:
         body += [""] + bench_migrate.run()
+    import bench_host  # noqa: PLC0415 - beside this file
+
+    body += [""] + bench_host.run()
     qemu = subprocess.run(["qemu-img", "--version"], capture_output=True, text=True)
     header = [
         "# Benchmark results",
