@@ -88,6 +88,13 @@ def render(report: AuditReport, previous_last_success: float | None) -> str:
         ]
         for where, n in sorted(report.unowned.items()):
             lines.append(f'storagectl_unowned_volumes{{where="{_label(where)}"}} {n}')
+    misread = {f.instance for f in report.findings if f.code == Code.NOVA_WOULD_MISREAD}
+    lines += [
+        "# HELP storagectl_nova_would_misread_instances Instances Nova, with this host's "
+        "nova.conf (or the --assume'd one), would open otherwise than they are stored.",
+        "# TYPE storagectl_nova_would_misread_instances gauge",
+        f"storagectl_nova_would_misread_instances {len(misread)}",
+    ]
     lines += prometheus_lines(report.interrupted)  # storagectl/audit/interrupted.py
     lines += [
         "# HELP storagectl_audit_duration_seconds Wall time of the last audit.",

@@ -11,7 +11,7 @@ Every error shown to the operator is one line, ``--> ClassName: message``
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -32,6 +32,7 @@ LAYOUT_COLUMNS = (
     "BACKEND",
     "FORMAT",
     "LOCATION",
+    "NOVA",
     "VSIZE",
     "ALLOC",
     "BACKING",
@@ -68,7 +69,9 @@ def human_size(n: int | None) -> str:
 #: - uuids, paths, names - is never wrapped, so a copy-paste of it works.
 FOLDABLE = ("MESSAGE", "DETAIL", "ERROR")
 #: Layout columns left out, in this order, when the table would not fit the terminal.
-LAYOUT_DROP = ("ALLOC", "VSIZE", "SRC", "STATE", "HOST", "TARGET", "FORMAT", "ROLE", "BACKING")
+LAYOUT_DROP = (
+    "ALLOC", "VSIZE", "SRC", "STATE", "HOST", "TARGET", "FORMAT", "ROLE", "BACKING", "NOVA"
+)  # fmt: skip
 #: A folded column is never made narrower than this (nor than its longest word, if room).
 _FOLD_MIN = 24
 #: Between two columns: a space of padding on each side and the (blank) rule.
@@ -156,6 +159,14 @@ def _longest_word(cells: list[list[str]], i: int) -> int:
     return max((len(w) for c in cells for w in c[i].split()), default=0)
 
 
+def _nova_cell(disk: Any) -> str:
+    """What Nova would open for the disk: ``ok`` as stored, ``MISREAD`` (the finding
+    says how), ``-`` for a disk Nova does not rebuild from nova.conf (a volume)."""
+    if disk.nova is None:
+        return "-"
+    return "ok" if disk.nova.matches else "MISREAD"
+
+
 def layouts_table(console: Console, instances: Iterable[InstanceLayout]) -> None:
     """One row per disk, grouped by instance; findings listed after the table."""
     instances = list(instances)
@@ -174,6 +185,7 @@ def layouts_table(console: Console, instances: Iterable[InstanceLayout]) -> None
                         disk.backend.value,
                         disk.format or "-",
                         disk.location,
+                        _nova_cell(disk),
                         human_size(disk.virtual_size),
                         human_size(disk.allocated_size),
                         disk.backing.path if disk.backing else "-",
@@ -183,7 +195,7 @@ def layouts_table(console: Console, instances: Iterable[InstanceLayout]) -> None
             )
             head = [""] * 4
         if not inst.disks:
-            rows.append(([*head, *(["-"] * 9)], style))
+            rows.append(([*head, *(["-"] * 10)], style))
         rows.append(((), None))
     emit_table(console, LAYOUT_COLUMNS, rows, drop=LAYOUT_DROP)
     findings = [f for inst in instances for f in inst.findings]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import tempfile
 
 
@@ -30,6 +31,30 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644
             pass
         raise
     fsync_dir(directory)
+
+
+def remove_stale_temps(path: str | os.PathLike[str]) -> list[str]:
+    """Remove the temp files :func:`atomic_write` of ``path`` left behind by a process
+    killed while it wrote (``.NAME.XXXXXXXX``, mkstemp's suffix). Only under the lock of
+    whatever writes ``path``: a temp file of a live writer would go too."""
+    path = os.fspath(path)
+    directory, name = os.path.split(os.path.abspath(path))
+    pattern = re.compile(rf"^\.{re.escape(name)}\.[A-Za-z0-9_]{{8}}$")
+    removed = []
+    try:
+        entries = os.listdir(directory)
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if pattern.match(entry):
+            try:
+                os.unlink(os.path.join(directory, entry))
+            except FileNotFoundError:
+                continue
+            removed.append(entry)
+    if removed:
+        fsync_dir(directory)
+    return removed
 
 
 def fsync_dir(directory: str | os.PathLike[str], *, missing_ok: bool = False) -> None:

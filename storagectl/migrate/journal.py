@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from storagectl import errors
-from storagectl.host.fsutil import atomic_write, fsync_dir
+from storagectl.host.fsutil import atomic_write, fsync_dir, remove_stale_temps
 from storagectl.migrate.plan import Plan
 
 LOG = logging.getLogger(__name__)
@@ -120,6 +120,10 @@ class Journal:
         except FileNotFoundError:
             pass
         fsync_dir(self.path.parent, missing_ok=True)
+        # what a kill -9 in the middle of an atomic write left (the journal, the record,
+        # disk.info: each written under this instance's lock, as this one is removed)
+        for name in (self.path.name, "storage.yaml", "disk.info"):
+            remove_stale_temps(self.path.parent / name)
 
 
 def journal_path(instance_dir: str | os.PathLike[str]) -> Path:

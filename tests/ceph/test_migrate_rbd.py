@@ -247,11 +247,12 @@ def test_kill_9_mid_copy(node: Node, tmp_path: Path, then: str) -> None:
     assert guest_view(node, uuid, tmp_path) == before_sha
 
 
-def test_a_file_host_converted_to_rbd_then_nova_conf_set(node: Node, tmp_path: Path) -> None:
-    """Issue #15 part 3 on the real cluster: every instance of a Flat host moved into the
-    pool by one ``migrate --all --parallel 2``; the report names the nova.conf lines; once
-    they are set, audit finds nothing Nova would misread."""
+def test_a_qcow2_host_converted_to_rbd_then_nova_conf_set(node: Node, tmp_path: Path) -> None:
+    """Issue #15 part 3 on the real cluster: every instance of a Qcow2 host (Nova's
+    default) moved into the pool by one ``migrate --all --parallel 2``; the report names
+    the nova.conf lines; once they are set, audit finds nothing Nova would misread."""
     node.strict = True
+    node.conf.write_text(node.conf.read_text().replace("images_type = flat", ""))
     uuids = [
         _make_instance(node, root="qcow2", size_mib=16, data_mib=3, local_mib=4) for _ in range(3)
     ]
@@ -267,7 +268,7 @@ def test_a_file_host_converted_to_rbd_then_nova_conf_set(node: Node, tmp_path: P
         assert f"rbd' name='{cluster.pool}/{u}_disk'" in vda(node, u).replace('"', "'")
         assert guest_view(node, u, tmp_path) == before[u]
         assert sorted(images(cluster, u)) == [f"{u}_disk", f"{u}_disk.local"]
-    # before nova.conf says rbd, Nova (flat) would look for the files the move retained
+    # before nova.conf says rbd, Nova (qcow2) would look for the files the move retained
     audit = json.loads(node.cli("audit", "-o", "json").stdout)
     assert {f["instance"] for f in audit["findings"] if f["code"] == "nova-would-misread"} == set(
         uuids

@@ -84,3 +84,16 @@ def test_a_dmcrypt_disk_is_never_moved(mini_node) -> None:  # noqa: ANN001
     with pytest.raises(Refusal, match="storagectl does not move encrypted disks"):
         LVMBackend(Runner()).check(loc, target=False)
     assert json.dumps(loc.to_record())  # the journal can name it
+
+
+def test_prometheus_counts_the_instances_nova_would_misread(sandbox, tmp_path) -> None:  # noqa: ANN001
+    prom = tmp_path / "storagectl.prom"
+    code, _out, err = run(sandbox, "audit", "--prometheus", str(prom))
+    assert code == 2, err
+    flat = sum(1 for i in sandbox.instances if i.kind == "flat")
+    text = prom.read_text()
+    assert f"storagectl_nova_would_misread_instances {flat}\n" in text and flat
+    disks = sum(1 for i in sandbox.instances for d in i.disks if d.nova_misread)
+    assert f'storagectl_findings{{severity="critical",code="nova-would-misread"}} {disks}\n' in text
+    run(sandbox, "audit", "--prometheus", str(prom), "--assume", "images_type=flat")
+    assert "storagectl_nova_would_misread_instances 0\n" in prom.read_text()

@@ -277,3 +277,22 @@ def _o_direct_refused(path: Path) -> bool:
     except OSError:
         return True
     return False
+
+
+def test_a_killed_atomic_write_leaves_a_temp_file_the_journal_end_removes(tmp_path) -> None:
+    """kill -9 inside atomic_write (one thread of a host conversion killed while another
+    wrote) leaves ``.NAME.XXXXXXXX``; removing the journal removes those of the journal,
+    the record and disk.info - and nothing else."""
+    from storagectl.host.fsutil import remove_stale_temps
+
+    names = [".storage.yaml.ab_12cd3", ".disk.info.zz9_8y7x", ".storage.migration.json.q1w2e3r4"]
+    keep = [".storage.yaml.toolong99", "storage.yaml", ".other.abcdefgh", "disk.info.tmp"]
+    for name in names + keep:
+        (tmp_path / name).write_text("x")
+    assert remove_stale_temps(tmp_path / "storage.yaml") == [".storage.yaml.ab_12cd3"]
+    assert remove_stale_temps(tmp_path / "nothing-here") == []
+    assert remove_stale_temps(tmp_path / "disk.info") == [".disk.info.zz9_8y7x"]
+    assert remove_stale_temps(tmp_path / "storage.migration.json") == [
+        ".storage.migration.json.q1w2e3r4"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep)

@@ -116,10 +116,13 @@ def test_running_instances_are_listed_never_touched(node: FakeNode) -> None:
     assert [d["backend"] for d in node.record(still)["disks"]] == ["qcow2", "qcow2"]
 
 
-def test_killed_in_the_middle_then_resume_all(node: FakeNode, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "fault", ["plan:after", "copy:before", "verify:after", "switch:after", "cleanup:before"]
+)
+def test_killed_in_the_middle_then_resume_all(node: FakeNode, tmp_path: Path, fault: str) -> None:
     uuids = [make_instance(node, "qcow2") for _ in range(3)]
     before = shas(node, uuids, tmp_path)
-    res = node.killed("migrate", "--all", "--to", "flat", "--yes", fault="verify:after")
+    res = node.killed("migrate", "--all", "--to", "flat", "--parallel", "2", "--yes", fault=fault)
     assert res.returncode == -signal.SIGKILL, res.stderr
     data = json.loads(journal(node).read_text())
     assert [i["status"] for i in data["instances"]] == ["planned"] * 3
@@ -131,6 +134,8 @@ def test_killed_in_the_middle_then_resume_all(node: FakeNode, tmp_path: Path) ->
     assert res.returncode == 2 and "--resume --all" in res.stderr
     res = node.run("migrate", "--resume", "--all", "--dry-run")
     assert "finish its migration" in res.stdout and "move it" in res.stdout
+    node.rescan()  # whatever the kill left, the guests see their data
+    assert shas(node, uuids, tmp_path) == before
     res = node.run("migrate", "--resume", "--all", "--yes")
     assert res.returncode == 0, res.stderr
     assert "3 instance(s) moved" in res.stdout
@@ -138,7 +143,7 @@ def test_killed_in_the_middle_then_resume_all(node: FakeNode, tmp_path: Path) ->
     node.rescan()
     assert shas(node, uuids, tmp_path) == before
     assert all(node.record(u)["disks"][0]["backend"] == "flat" for u in uuids)
-    assert all(leftovers(node, u) == [] for u in uuids)
+    assert {u: leftovers(node, u) for u in uuids} == {u: [] for u in uuids}
 
 
 @pytest.mark.parametrize("keep_going", [False, True])
