@@ -13,10 +13,10 @@ compute host and an instances_path may be too (NFS and friends). Two facts decid
 from __future__ import annotations
 
 import ipaddress
-import os
-import re
 import socket
 from collections.abc import Iterable
+
+from storagectl.host.fsutil import filesystem_type, parse_mountinfo  # noqa: F401 - re-exported
 
 #: Filesystem types (``/proc/self/mountinfo``) that other machines can mount as well.
 #: 9p and virtiofs are left out: they share a directory with one virtual machine.
@@ -28,9 +28,6 @@ NETWORK_FILESYSTEMS = frozenset(
         "fuse.moosefs", "fuse.lizardfs", "fuse.beegfs",
     }
 )  # fmt: skip
-
-
-_OCTAL = re.compile(r"\\([0-7]{3})")
 
 
 def _forms(name: str) -> set[str]:
@@ -69,50 +66,6 @@ def is_one_of(name: str, names: frozenset[str]) -> bool:
     False
     """
     return bool(_forms(name) & names)
-
-
-def parse_mountinfo(text: str) -> list[tuple[str, str]]:
-    """``(mount point, filesystem type)`` of each line of ``/proc/self/mountinfo``.
-
-    A line is ``ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE
-    SUPER_OPTIONS``; the mount point escapes space, tab, newline and backslash as octal.
-
-    >>> parse_mountinfo("36 35 0:40 / /var/lib/nova/instances rw,relatime shared:1 - "
-    ...                 "nfs4 filer:/nova rw,vers=4.2\\n")
-    [('/var/lib/nova/instances', 'nfs4')]
-    """
-    mounts = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 7 or "-" not in fields[6:]:
-            continue
-        dash = fields.index("-", 6)
-        if dash + 1 >= len(fields):
-            continue
-        point = _unescape(fields[4])
-        mounts.append((point, fields[dash + 1]))
-    return mounts
-
-
-def _unescape(field: str) -> str:
-    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
-
-
-def filesystem_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
-    """The type of the filesystem ``path`` lives on (the longest mount point above its
-    real path; the last one mounted wins a tie), or None if it cannot be told."""
-    try:
-        with open(mountinfo, encoding="utf-8", errors="replace") as fh:
-            mounts = parse_mountinfo(fh.read())
-    except OSError:
-        return None
-    real = os.path.realpath(path)
-    best: tuple[int, str] | None = None
-    for point, fstype in mounts:
-        inside = real == point or real.startswith(point.rstrip("/") + "/")
-        if inside and (best is None or len(point) >= best[0]):
-            best = (len(point), fstype)
-    return best[1] if best else None
 
 
 def is_shared_path(path: str, mountinfo: str = "/proc/self/mountinfo") -> bool:

@@ -112,3 +112,61 @@ def direct_io_supported(path: str | os.PathLike[str]) -> bool:
         return exc.errno != errno.EINVAL
     os.close(fd)
     return True
+
+
+_OCTAL = re.compile(r"\\([0-7]{3})")
+
+
+def parse_mountinfo(text: str) -> list[tuple[str, str]]:
+    """``(mount point, filesystem type)`` of each line of ``/proc/self/mountinfo``.
+
+    A line is ``ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE
+    SUPER_OPTIONS``; the mount point escapes space, tab, newline and backslash as octal.
+
+    >>> parse_mountinfo("36 35 0:40 / /var/lib/nova/instances rw,relatime shared:1 - "
+    ...                 "nfs4 filer:/nova rw,vers=4.2\\n")
+    [('/var/lib/nova/instances', 'nfs4')]
+    """
+    mounts = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 7 or "-" not in fields[6:]:
+            continue
+        dash = fields.index("-", 6)
+        if dash + 1 >= len(fields):
+            continue
+        point = _unescape(fields[4])
+        mounts.append((point, fields[dash + 1]))
+    return mounts
+
+
+def _unescape(field: str) -> str:
+    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
+
+
+def filesystem_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The type of the filesystem ``path`` lives on (the longest mount point above its
+    real path; the last one mounted wins a tie), or None if it cannot be told."""
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as fh:
+            mounts = parse_mountinfo(fh.read())
+    except OSError:
+        return None
+    real = os.path.realpath(path)
+    best: tuple[int, str] | None = None
+    for point, fstype in mounts:
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= best[0]):
+            best = (len(point), fstype)
+    return best[1] if best else None
+
+
+#: File systems whose files are memory: no device behind them to bypass or flush.
+MEMORY_FILESYSTEMS = frozenset({"tmpfs", "ramfs"})
+
+
+def memory_backed(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is on tmpfs / ramfs (``/proc/self/mountinfo``)."""
+    return filesystem_type(os.path.dirname(os.path.abspath(os.fspath(path)))) in (
+        MEMORY_FILESYSTEMS
+    )

@@ -169,6 +169,7 @@ def plan_host(
     result = inspect_hosts([uri], nova, runner, use_records=True)
     for failed in result.failed_hosts:
         raise errors.HostUnreachable(uri=failed.uri, reason=failed.error)
+    chosen: list[HostItem] = []
     for layout in sorted(result.instances, key=lambda i: (i.name, i.uuid)):
         movable = [
             d
@@ -190,13 +191,21 @@ def plan_host(
                 "available yet); it is not touched"
             )
         else:
-            try:
-                item.plan = prepare(layout.uuid, options)
-            except errors.StorageCtlError as exc:
-                item.status, item.reason = REFUSED, str(exc)
-        if item.plan is not None:
-            item.virtual_bytes = sum(m.virtual_size for m in item.plan.moves)
+            chosen.append(item)
         hp.items.append(item)
+
+    def planned(item: HostItem) -> None:
+        try:
+            item.plan = prepare(item.uuid, options)
+        except errors.StorageCtlError as exc:
+            item.status, item.reason = REFUSED, str(exc)
+            return
+        item.virtual_bytes = sum(m.virtual_size for m in item.plan.moves)
+
+    # Each prepare is an inspection, the Nova guard and a preflight (qemu-img measure):
+    # as many at once as moves will run.
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        list(pool.map(planned, chosen))
     _space(hp, storage)
     return hp
 
