@@ -129,9 +129,11 @@ step "convert the host to Ceph RBD: both instances, then nova.conf (pool, user a
 sed -i "/^\[libvirt\]/a images_rbd_pool = vms\nimages_rbd_ceph_conf = $CEPH_CONF\nrbd_user = admin\nrbd_secret_uuid = 5f7c1a2e-3b4d-4e6f-8a9b-0c1d2e3f4a5b" \
   "$DEMO/node2/etc/nova/nova.conf"
 TO_RBD=$($PY -c 'import json,sys; print([i["uuid"] for i in json.load(open(sys.argv[1]))["instances"] if i["kind"]=="flat"][0])' "$DEMO/node2/sandbox.json")
-RBD=(--assume '[libvirt] images_type=rbd')
-show $SC "${M[@]}" migrate "$TO_RBD" --to rbd "${RBD[@]}" --dry-run || exit 1
-show $SC "${M[@]}" migrate "$TO_RBD" "$MOVE" --to rbd "${RBD[@]}" --yes || exit 1
+echo "(one instance alone: the plan says which others must move before nova.conf can say rbd)"
+show $SC "${M[@]}" migrate "$TO_RBD" --to rbd --assume '[libvirt] images_type=rbd' --dry-run || exit 1
+echo "(the whole host: migrate --all plans every instance and names the nova.conf lines)"
+show $SC "${M[@]}" migrate --all --to rbd --dry-run || exit 1
+show $SC "${M[@]}" migrate --all --to rbd --parallel 2 --yes || exit 1
 sed -i 's/^images_type.*/images_type = rbd/' "$DEMO/node2/etc/nova/nova.conf"
 echo "(nova.conf now says images_type = rbd)"
 show $SC "${M[@]}" show "$TO_RBD"

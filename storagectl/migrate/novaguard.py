@@ -51,7 +51,9 @@ def describe_config(nova: NovaConfig, *, assumed: bool) -> str:
         setting += f", use_cow_images={str(nova.use_cow_images).lower()}"
     if not assumed:
         return f"this host's nova.conf ({setting})"
-    named = "; ".join((*nova.files, *nova.assumed)) or "Nova's defaults"
+    named = "; ".join(nova.files) or "Nova's defaults"
+    if nova.assumed:
+        return f"the nova.conf to be ({named} with {', '.join(nova.assumed)})"
     return f"the nova.conf to be ({named}: {setting})"
 
 
