@@ -39,20 +39,8 @@ def convert_host(app: Application, engine: Engine, options: Options, args: Args)
     if s.nova_after is None:  # converting the host: its nova.conf will say the target's
         s.nova_after = app.nova_files(assume=settings)
     nova_conf = [f"[{sec}] {opt} = {val}" for sec, opt, val in settings]
-    hp = host.plan_host(
-        engine.prepare,
-        engine.storage,
-        uri=s.uri,
-        nova=s.nova,
-        runner=s.runner,
-        options=options,
-        sources=sources,
-        parallel=args.parallel,
-        bwlimit=args.bwlimit,
-        keep_going=args.keep_going,
-        state=args.state,
-        nova_conf=nova_conf,
-    )
+    policy = host.Policy(sources, args.parallel, args.bwlimit, args.keep_going, args.state)
+    hp = host.plan_host(engine.prepare, engine.storage, s, options, policy, nova_conf)
     planned = {i.uuid for i in hp.planned}
     blocking = [
         (u, n) for u, n in host.still_misread(s.uri, s.nova_after, s.runner) if u not in planned

@@ -107,10 +107,7 @@ class HostPlan:
     def to_dict(self) -> dict[str, Any]:
         return {
             "host": self.uri,
-            "to": self.to,
-            "parallel": self.parallel,
-            "bwlimit": self.bwlimit,
-            "keep_going": self.keep_going,
+            **attrs(self, "to", "parallel", "bwlimit", "keep_going"),
             "instances": [
                 i.to_dict() | {"plan": i.plan.to_dict() if i.plan else None} for i in self.items
             ],  # fmt: skip
@@ -144,23 +141,33 @@ class HostPlan:
         return out
 
 
+@dataclass(frozen=True)
+class Policy:
+    """How the operator wants the host converted (``migrate --all`` options)."""
+
+    sources: tuple[str, ...] = ()  # --from: only disks on these backends
+    parallel: int = 1  # instances at once
+    bwlimit: int | None = None  # MiB/s for the whole host
+    keep_going: bool = False
+    state: str = "shutoff"  # which instances are selected: shutoff | running | any
+
+
 def plan_host(
     prepare: Callable[[str, Options], Plan],
     storage: Storage,
-    *,
-    uri: str,
-    nova: NovaConfig,
-    runner: Any,
+    settings: Any,
     options: Options,
-    sources: tuple[str, ...] = (),
-    parallel: int = 1,
-    bwlimit: int | None = None,
-    keep_going: bool = False,
-    state: str = "shutoff",
+    policy: Policy,
     nova_conf: list[str],
 ) -> HostPlan:
     """Every instance of the host that has a disk to move to ``options.to``: planned with
-    ``prepare`` (the engine's, with its Nova guard), or skipped / refused with the reason."""
+    ``prepare`` (the engine's, with its Nova guard), or skipped / refused with the reason.
+    ``settings``: the engine's (``uri``, ``nova``, ``runner``)."""
+    uri, nova, runner = settings.uri, settings.nova, settings.runner
+    sources, parallel, bwlimit, state = (
+        policy.sources, policy.parallel, policy.bwlimit, policy.state
+    )  # fmt: skip
+    keep_going = policy.keep_going
     to = options.to
     if bwlimit:
         options = replace(options, bwlimit=max(1, bwlimit // parallel))

@@ -155,13 +155,7 @@ class NovaView:
     matches: bool  # the same place and format as the disk is stored
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "images_type": self.images_type,
-            "location": self.location,
-            "format": self.format,
-            "exists": self.exists,
-            "matches": self.matches,
-        }
+        return attrs(self, "images_type", "location", "format", "exists", "matches")
 
 
 @dataclass(frozen=True)
