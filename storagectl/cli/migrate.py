@@ -16,7 +16,12 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 
 from storagectl import errors
 from storagectl.cli.app import DEFAULT_LOCK_PATH, Application, DiskRoles, output_option
-from storagectl.cli.migrate_host import convert_host, host_status_lines, resume_host
+from storagectl.cli.migrate_host import (
+    convert_host,
+    host_journal_data,
+    host_status_lines,
+    resume_host,
+)
 from storagectl.cli.render import emit_table, print_error
 from storagectl.host.config import NovaConfig, load_nova_config, parse_assumption
 from storagectl.inspect.inspection import inspect_hosts
@@ -448,7 +453,10 @@ def _status(app: Application, engine: Engine, instances: tuple[str, ...], args: 
     rows = engine.status(instances[0] if instances else None)
     unreadable = [r for r in rows if r["state"] == "unreadable"]
     if args.fmt != "table":
-        app.print_data({"host": app.uris[0], "migrations": rows}, args.fmt)
+        data = {"host": app.uris[0], "migrations": rows}
+        if not instances:  # the host conversion in progress, if any (its journal)
+            data["host_conversion"] = host_journal_data(engine)
+        app.print_data(data, args.fmt)
         for r in unreadable:
             app.info(f"{r['uuid']}: {r['error']}")
         if unreadable:

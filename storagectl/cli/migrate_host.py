@@ -149,6 +149,11 @@ def _settings(lines: list[str]) -> list[tuple[str, str, str]]:
     return [parse_assumption(line) for line in lines]
 
 
+def host_journal_data(engine: Engine) -> dict[str, Any] | None:
+    """The host journal as it is (``migrate --status -o json``), None if there is none."""
+    return host.read_host_journal(host.host_journal_path(engine.s.nova))
+
+
 def host_status_lines(app: Application, engine: Engine) -> list[str]:
     """The host conversion in progress, if any (``migrate --status``)."""
     from storagectl.audit.interrupted import pid_alive

@@ -129,6 +129,9 @@ def test_killed_in_the_middle_then_resume_all(node: FakeNode, tmp_path: Path, fa
     res = node.run("migrate", "--status")
     assert "host conversion to flat" in res.stdout and "interrupted" in res.stdout
     assert "storagectl migrate --resume --all" in res.stdout
+    res = node.run("migrate", "--status", "-o", "json")
+    conversion = json.loads(res.stdout)["host_conversion"]
+    assert conversion["to"] == "flat" and len(conversion["instances"]) == 3
     # a new conversion is refused while one is in progress
     res = node.run("migrate", "--all", "--to", "flat", "--yes")
     assert res.returncode == 2 and "--resume --all" in res.stderr
