@@ -13,6 +13,7 @@ import json
 import shutil
 import struct
 import subprocess
+import time
 import timeit
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,12 +41,14 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, qemu_img: str) -> Path:
 
 
 def run(*argv: str) -> str:
-    for _ in range(3):
+    for attempt in range(12):
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         # qemu's LUKS PBKDF benchmark fails on a loaded VM ("Unable to get accurate CPU
-        # usage"): a fault of the tool's timing, not of the image; try again.
+        # usage": a thread-CPU-time delta of 0 ms): a fault of the tool's timing, not of
+        # the image; try again, a little later each time (seen failing 3 times running).
         if "Unable to get accurate CPU usage" not in done.stderr:
             break
+        time.sleep(0.1 * (attempt + 1))
     if done.returncode != 0:
         pytest.fail(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
     return done.stdout
