@@ -521,6 +521,13 @@ def _volume(vg: str, row: dict[str, Any]) -> LogicalVolume:
 # -- the disk backend -------------------------------------------------------------------
 
 
+class EncryptedDiskRefused(errors.StorageCtlError):
+    template = (
+        "disk %(disk)s is opened through %(device)s, the dm-crypt mapping of an encrypted "
+        "ephemeral LV (%(lv)s): storagectl does not record or move encrypted disks"
+    )
+
+
 def dmcrypt_device(volume: str) -> str:
     """The node Nova opens an encrypted ephemeral LV through (nova ``dmcrypt.volume_name``)."""
     return f"/dev/mapper/{volume}{DMCRYPT_SUFFIX}"
@@ -602,6 +609,12 @@ class LVMBackend(DiskBackend):
 
     @classmethod
     def record_location(cls, disk: DiskLayout) -> dict[str, Any]:
+        # The record names an LV, not the node in front of it: a disk opened through
+        # Nova's dm-crypt mapping recorded as its LV would be moved as ciphertext.
+        if disk.volume and disk.path == dmcrypt_device(disk.volume):
+            raise EncryptedDiskRefused(
+                disk=disk.name, device=disk.path, lv=f"{disk.volume_group}/{disk.volume}"
+            )
         return {"volume_group": disk.volume_group, "volume": disk.volume}
 
     @classmethod

@@ -82,7 +82,12 @@ def resume_host(app: Application, engine: Engine, args: Args) -> None:
     todo = [i for i in hp.items if i.status in (host.PLANNED, host.FAILED)]
     click.echo(f"resume the conversion of {hp.uri} to {hp.to} ({len(todo)} instance(s) left)")
     for item in todo:
-        how = "finish its migration" if host.has_instance_journal(s.nova, item.uuid) else "move it"
+        if host.has_instance_journal(s.nova, item.uuid):
+            how = "finish its migration"
+        elif host.already_moved(s.nova, item.uuid, hp.options):
+            how = "moved already (after the host journal was last written)"
+        else:
+            how = "move it"
         click.echo(f"  {item.name} ({item.uuid}): {item.status}: {how}")
     if args.dry_run:
         app.info("dry run: nothing was changed")
@@ -92,11 +97,15 @@ def resume_host(app: Application, engine: Engine, args: Args) -> None:
     _confirm(app, "Resume?", args.yes)
     for item in todo:
         item.status, item.reason = host.PLANNED, None
-        if not host.has_instance_journal(s.nova, item.uuid):
-            try:
-                item.plan = engine.prepare(item.uuid, hp.options)
-            except errors.StorageCtlError as exc:
-                item.status, item.reason = host.REFUSED, str(exc)
+        if host.has_instance_journal(s.nova, item.uuid):
+            continue  # its own journal finishes it
+        if host.already_moved(s.nova, item.uuid, hp.options):
+            item.status = host.DONE  # finished after the host journal was last written
+            continue
+        try:
+            item.plan = engine.prepare(item.uuid, hp.options)
+        except errors.StorageCtlError as exc:
+            item.status, item.reason = host.REFUSED, str(exc)
     _run(app, engine, hp, journal, started_at=data.get("started_at"), assume=assume)
 
 
@@ -136,7 +145,8 @@ def _run(
         )
         raise click.exceptions.Exit(130) from None
     rep = host.report(hp, time.monotonic() - t0, s.nova, engine.storage)
-    click.echo("\n".join(rep.lines(hp.uri)))
+    nova_after = s.nova_after or app.nova_files(assume=settings)
+    click.echo("\n".join(rep.lines(hp.uri, host.still_misread(s.uri, nova_after, s.runner))))
     if not any(i.status in (host.PLANNED, host.FAILED) for i in hp.items):
         host.remove_host_journal(journal)
     raise click.exceptions.Exit(1 if rep.failed else 0)

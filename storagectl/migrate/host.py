@@ -207,6 +207,10 @@ def plan_host(
         except errors.StorageCtlError as exc:
             item.status, item.reason = REFUSED, str(exc)
             return
+        except Exception as exc:  # noqa: BLE001 - a refusal of that instance, not a crash
+            LOG.exception("planning %s failed unexpectedly", item.uuid)
+            item.status, item.reason = REFUSED, f"unexpected {type(exc).__name__}: {exc}"
+            return
         item.virtual_bytes = sum(m.virtual_size for m in item.plan.moves)
 
     # Each prepare is an inspection, the Nova guard and a preflight (qemu-img measure):
@@ -309,7 +313,9 @@ class Report:
     retained: list[tuple[str, str, int]]  # (uuid, location, bytes)
     nova_conf: list[str]
 
-    def lines(self, uri: str) -> list[str]:
+    def lines(self, uri: str, misread: list[tuple[str, str]] = ()) -> list[str]:  # type: ignore[assignment]
+        """``misread``: instances Nova would still misread with the new nova.conf (not
+        selected, running, disks not moved): while there is one, nova.conf must wait."""
         moved_bytes = sum(i.virtual_bytes for i in self.moved)
         out = [
             f"{uri}: {len(self.moved)} instance(s) moved ({moved_bytes} virtual bytes) in "
@@ -325,7 +331,13 @@ class Report:
             )
             uuids = dict.fromkeys(u for u, _, _ in self.retained)
             out += [f"    storagectl migrate --delete-retained {u} --yes" for u in uuids]
-        if self.failed or self.left:
+        if misread:
+            names = ", ".join(f"{n} ({u})" for u, n in misread)
+            out.append(
+                f"  nova.conf must not change yet: Nova would still misread {len(misread)} "
+                f"instance(s) with it: {names}"
+            )
+        elif self.failed or self.left:
             out.append(
                 "  nova.conf must not change yet: Nova would misread the instances not moved"
             )
@@ -360,6 +372,9 @@ def run_host(
             run_one(item)
         except errors.StorageCtlError as exc:
             item.status, item.reason = FAILED, str(exc)
+        except Exception as exc:  # noqa: BLE001 - one instance's, journaled, never a crash
+            LOG.exception("move of %s failed unexpectedly", item.uuid)
+            item.status, item.reason = FAILED, f"unexpected {type(exc).__name__}: {exc}"
         else:
             item.status, item.reason = DONE, None
         item.seconds = round(time.monotonic() - t0, 3)
@@ -419,6 +434,20 @@ def still_misread(uri: str, nova_after: NovaConfig, runner: Any) -> list[tuple[s
         for i in result.instances
         if any(f.code == Code.NOVA_WOULD_MISREAD for f in i.findings)
     ]
+
+
+def already_moved(nova: NovaConfig, uuid: str, options: Options) -> bool:
+    """Whether the record says every selected disk is on the target already: a move that
+    finished after the host journal was last written (kill -9 between the two)."""
+    try:
+        record = rec.read_record(nova.instance_dir(uuid), expect_uuid=uuid)
+    except errors.StorageCtlError:
+        return False
+    if record is None:
+        return False
+    roles = {Role(r) for r in options.roles}
+    chosen = [d for d in record.disks if d.role in roles and registry.stored(d.backend)]
+    return bool(chosen) and all(d.backend.value == options.to for d in chosen)
 
 
 def has_instance_journal(nova: NovaConfig, uuid: str) -> bool:

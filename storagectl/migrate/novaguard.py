@@ -23,6 +23,7 @@ from storagectl.inspect.storage import StorageView
 from storagectl.inspect.verify import DISK_INFO_MAX, UntrustedFileError, read_untrusted
 from storagectl.migrate.plan import Plan
 from storagectl.migrate.switch import disk_info_after, migrated_record
+from storagectl.model.layout import HOSTILE_CONTENT_ERRORS
 from storagectl.record.record import Record
 
 
@@ -103,9 +104,15 @@ def _disk_info(plan: Plan, view: StorageView) -> dict[str, str] | None:
         raw = read_untrusted(path, DISK_INFO_MAX)
     except UntrustedFileError:
         raw = None
-    text = disk_info_after(raw.decode("utf-8", "replace") if raw is not None else None, plan.moves)
-    try:
+    try:  # hostile input (the instance directory is Nova's): never a traceback
+        text = disk_info_after(
+            raw.decode("utf-8", "replace") if raw is not None else None, plan.moves
+        )
         data = json.loads(text) if text else None
-    except ValueError:
+    except HOSTILE_CONTENT_ERRORS:
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        return None  # audit reports a disk.info that is not Nova's; Nova would probe
+    return data

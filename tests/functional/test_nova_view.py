@@ -70,9 +70,11 @@ def test_an_encrypted_lv_is_opened_through_its_dmcrypt_mapping(mini_node) -> Non
     mini_node.add(other, [{"type": "block", "fmt": "raw", "src": dev}])
     (disk,) = mini_node.instance(other)["disks"]
     assert disk["backend"] == "volume" and disk["nova"] is None
-    code, out, err = mini_node.run("persist", u)
-    assert code == 1 or "written" in out  # a missing LV is the finding, not a crash
-    assert "Traceback" not in err
+    # never recorded (the record names the LV: a move would copy the ciphertext)
+    code, out, err = mini_node.run("persist", "-o", "json", u)
+    (result,) = json.loads(out)["instances"]
+    assert code == 1 and result["status"] == "refused", out  # here: the LV is missing
+    assert "Traceback" not in err and not (mini_node.instances / u / "storage.yaml").exists()
 
 
 def test_a_dmcrypt_disk_is_never_moved(mini_node) -> None:  # noqa: ANN001
@@ -84,6 +86,16 @@ def test_a_dmcrypt_disk_is_never_moved(mini_node) -> None:  # noqa: ANN001
     with pytest.raises(Refusal, match="storagectl does not move encrypted disks"):
         LVMBackend(Runner()).check(loc, target=False)
     assert json.dumps(loc.to_record())  # the journal can name it
+    # and never recorded: a record names the LV, and a move from it would copy ciphertext
+    from storagectl.backends.lvm import EncryptedDiskRefused
+    from storagectl.model.layout import Backend, DiskLayout, Role
+
+    disk = DiskLayout("disk", Role.ROOT, "vda", Backend.LVM, "raw", **loc.disk_fields())
+    with pytest.raises(EncryptedDiskRefused, match="does not record or move encrypted disks"):
+        LVMBackend.record_location(disk)
+    plain = LVMLocation("vg0", "u_disk")
+    disk = DiskLayout("disk", Role.ROOT, "vda", Backend.LVM, "raw", **plain.disk_fields())
+    assert LVMBackend.record_location(disk) == {"volume_group": "vg0", "volume": "u_disk"}
 
 
 def test_prometheus_counts_the_instances_nova_would_misread(sandbox, tmp_path) -> None:  # noqa: ANN001

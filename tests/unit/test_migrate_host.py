@@ -112,6 +112,9 @@ def test_running_instances_are_listed_never_touched(node: FakeNode) -> None:
     res = node.run(*to_qcow2, "--yes")
     assert res.returncode == 0, res.stderr
     assert "1 instance(s) moved" in res.stdout
+    # the running one is still raw: the report does not tell the operator to flip yet
+    assert "set in nova.conf now" not in res.stdout
+    assert f"Nova would still misread 1 instance(s) with it: instance-{running[:8]}" in (res.stdout)
     assert node.record(running)["disks"][0]["backend"] == "flat"
     assert [d["backend"] for d in node.record(still)["disks"]] == ["qcow2", "qcow2"]
 
@@ -189,3 +192,37 @@ def test_all_options_are_usage_errors_elsewhere(node: FakeNode) -> None:
         res = node.run(*argv)
         assert res.returncode == 2, (argv, res.stderr)
         assert why in res.stderr, (argv, res.stderr)
+
+
+def test_resume_counts_a_move_finished_after_the_host_journal_was_written(
+    node: FakeNode,
+) -> None:
+    """kill -9 between an instance's last step and the host journal's rewrite: the host
+    journal still says "planned"; --resume --all sees the record and counts it moved."""
+    from storagectl.host.config import load_nova_config
+    from storagectl.migrate import host
+    from storagectl.migrate.plan import Options
+
+    uuids = [make_instance(node, "qcow2") for _ in range(2)]
+    res = node.run("migrate", "--all", "--to", "flat", "--yes")
+    assert res.returncode == 0, res.stderr
+    hp = host.HostPlan(node.uri, "flat", Options(to="flat"), 1, None, False, [FLAT])
+    hp.items = [host.HostItem(u, f"instance-{u[:8]}", host.PLANNED) for u in uuids]
+    host.write_host_journal(str(journal(node)), hp, "2026-12-04T00:00:00Z")
+    nova = load_nova_config([node.conf])
+    assert all(host.already_moved(nova, u, Options(to="flat")) for u in uuids)
+    res = node.run("migrate", "--resume", "--all", "--dry-run")
+    assert res.stdout.count("moved already") == 2
+    res = node.run("migrate", "--resume", "--all", "--yes")
+    assert res.returncode == 0, res.stderr
+    assert "0 failed, 0 not moved" in res.stdout and not journal(node).exists()
+
+
+def test_a_disk_info_that_is_not_novas_is_a_refusal_not_a_traceback(node: FakeNode) -> None:
+    uuid = make_instance(node, "qcow2")
+    (node.instances / uuid / "disk.info").write_text(
+        '{"x": ["raw"], "y": ' + "[" * 5000 + "]" * 5000 + "}"
+    )
+    res = node.run("migrate", uuid, "--to", "flat", "--assume", FLAT.replace(" = ", "="), "--yes")
+    assert "Traceback" not in res.stderr
+    assert res.returncode == 1 and "disk.info has no entry" in res.stderr, res.stderr
