@@ -24,12 +24,11 @@ from storagectl.cli.migrate_host import (
 )
 from storagectl.cli.render import emit_table, print_error
 from storagectl.host.config import NovaConfig, load_nova_config, parse_assumption
-from storagectl.inspect.inspection import inspect_hosts
 from storagectl.migrate.engine import Engine, Settings
+from storagectl.migrate.host import still_misread
 from storagectl.migrate.journal import check_fault
 from storagectl.migrate.plan import MOVABLE_ROLES, Options, Plan, describe
 from storagectl.model import attrs
-from storagectl.model.layout import Code
 
 FAULT_ENV = "STORAGECTL_FAULT"
 
@@ -426,12 +425,7 @@ def _plan_all(
 def _misread(app: Application, nova: NovaConfig, plans: list[Plan]) -> list[tuple[str, str]]:
     """The other instances of the host that Nova, with ``nova``, would misread."""
     moving = {p.uuid for p in plans}
-    result = inspect_hosts(app.uris[:1], nova, app.runner)
-    return [
-        (i.uuid, i.name)
-        for i in result.instances
-        if i.uuid not in moving and any(f.code == Code.NOVA_WOULD_MISREAD for f in i.findings)
-    ]
+    return [(u, n) for u, n in still_misread(app.uris[0], nova, app.runner) if u not in moving]
 
 
 def _still_to_move(app: Application, nova: NovaConfig, plans: list[Plan]) -> str:

@@ -93,7 +93,7 @@ def nova_view(
             loc = backend.nova_location(images_type, uuid, disk.name, nova, stored)
         except NovaCannotName as exc:
             view = NovaView(images_type, None, None, None, False)
-            return view, f"Nova ({_setting(nova)}) cannot open disk {disk.name}: {exc}"
+            return view, f"Nova ({setting(nova)}) cannot open disk {disk.name}: {exc}"
         exists = True if place(loc) in will_exist else backend.present(loc, storage)
         if exists is False and n + 1 < len(tried):
             continue  # Nova's fall-back: the next image type
@@ -124,7 +124,7 @@ def check_nova(disks: list[DiskLayout], chk: Checker) -> list[DiskLayout]:
     return out
 
 
-def _setting(nova: NovaConfig) -> str:
+def setting(nova: NovaConfig) -> str:
     """How the operator recognises the setting in nova.conf."""
     if nova.images_type == "default":
         cow = "true" if nova.use_cow_images else "false"
@@ -158,12 +158,12 @@ def _why(
     nova: NovaConfig,
 ) -> str:
     """One sentence: what Nova would open, and what happens to the instance then."""
-    setting = _setting(nova)
+    conf = setting(nova)
     held = f"{disk.name} is stored at {stored.describe()} ({disk.format})"
     if place(loc) == place(stored):
         if view.format is None:
             return (
-                f"{held} but disk.info has no entry for it: Nova ({setting}) would probe "
+                f"{held} but disk.info has no entry for it: Nova ({conf}) would probe "
                 "its format, and a raw disk the guest wrote an image header into would be "
                 "opened as that image (the host-data leak of the disk.info CVEs)"
             )
@@ -174,7 +174,7 @@ def _why(
             )
         else:
             consequence = "the guest would see the image's metadata as its disk, or fail to start"
-        return f"{held} but Nova ({setting}) would open it as {view.format}: {consequence}"
+        return f"{held} but Nova ({conf}) would open it as {view.format}: {consequence}"
     there = loc.describe()
     if view.exists:
         what = f"would open {there} instead, another volume than the one the instance uses"
@@ -186,7 +186,7 @@ def _why(
             f"instance, and a rebuild, rescue or resize creates {fresh} there (what the "
             "guest wrote is not in it)"
         )
-    out = f"{held} but Nova ({setting}) {what}"
+    out = f"{held} but Nova ({conf}) {what}"
     kept = registry.backend_class(stored.backend)
     if kept.NOVA_CLEANS_BY_IMAGES_TYPE and kept is not backend:
         out += (

@@ -18,7 +18,7 @@ from typing import Any
 
 from storagectl.backends import registry
 from storagectl.host.config import NovaConfig
-from storagectl.inspect.nova import nova_view, place
+from storagectl.inspect.nova import nova_view, place, setting
 from storagectl.inspect.storage import StorageView
 from storagectl.inspect.verify import DISK_INFO_MAX, UntrustedFileError, read_untrusted
 from storagectl.migrate.plan import Plan
@@ -47,15 +47,12 @@ class NovaOutcome:
 
 
 def describe_config(nova: NovaConfig, *, assumed: bool) -> str:
-    setting = f"images_type={nova.images_type}"
-    if nova.images_type == "default":
-        setting += f", use_cow_images={str(nova.use_cow_images).lower()}"
     if not assumed:
-        return f"this host's nova.conf ({setting})"
+        return f"this host's nova.conf ({setting(nova)})"
     named = "; ".join(nova.files) or "Nova's defaults"
     if nova.assumed:
         return f"the nova.conf to be ({named} with {', '.join(nova.assumed)})"
-    return f"the nova.conf to be ({named}: {setting})"
+    return f"the nova.conf to be ({named}: {setting(nova)})"
 
 
 def outcome(
