@@ -139,6 +139,16 @@ def _allocated(path: str) -> int:
     return total
 
 
+def _live_alias(inst_dir: str, name: str) -> bool:
+    """``<disk>.migrating`` that is the same file as ``<disk>``: the name a guest moved
+    live still runs on (migrate/switch.py), no copy of its own."""
+    temp = os.path.join(inst_dir, name)
+    try:
+        return os.path.samefile(temp, temp[: -len(TEMP_SUFFIX)])
+    except OSError:
+        return False
+
+
 def find_leftovers(instances_path: str, lock_path: str | None = None) -> list[Leftover]:
     """Interrupted migrations and journal-less ``.migrating`` copies under
     ``instances_path`` (running migrations are not reported)."""
@@ -156,7 +166,7 @@ def find_leftovers(instances_path: str, lock_path: str | None = None) -> list[Le
         except OSError:
             continue
         has_journal = JOURNAL_NAME in entries
-        temps = [e for e in entries if e.endswith(TEMP_SUFFIX)]
+        temps = [e for e in entries if e.endswith(TEMP_SUFFIX) and not _live_alias(inst_dir, e)]
         if not has_journal and not temps:
             continue
         item = Leftover(uuid=uuid, instance_dir=inst_dir, journal=has_journal)
