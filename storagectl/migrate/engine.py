@@ -207,6 +207,12 @@ class Engine:
             why = live_refusal(plan, self.storage)
             if why:
                 raise refuse(why)
+            for m in plan.moves:
+                # A file target whose name no file holds (the source is an LV or an RBD
+                # image) is mirrored at that name: the guest then runs on Nova's name,
+                # with no alias. (A source at that name is still there while it runs.)
+                if m.temp_path and m.retained_path is None:
+                    m.temp_path = None
         assumed = s.nova_after is not None
         nova = s.nova_after or s.nova
         found = novaguard.outcome(plan, record, nova, StorageView(s.runner), assumed=assumed)
