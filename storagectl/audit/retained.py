@@ -50,12 +50,10 @@ def retained_held(
 
 
 def _file_bytes(path: str) -> int | None:
-    """Allocated bytes of a regular file or directory; 0 if gone; None for anything else
-    (an LV's /dev symlink, a device)."""
+    """Allocated bytes of a regular file or directory; None for anything else (an LV's
+    /dev symlink, a device, nothing there)."""
     try:
         mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return 0
     except OSError:
         return None
     if stat.S_ISREG(mode) or stat.S_ISDIR(mode):

@@ -132,7 +132,7 @@ def _audit(host: str, path: str, data: dict[str, Any]) -> HostAudit:
         )
     status = summary.get("status")
     if type(status) is not int or not 0 <= status <= UNKNOWN:
-        raise SourceInvalid(path=path, reason=f"summary.status {_text(status)!r} is not 0-3")
+        raise SourceInvalid(path=path, reason=f"summary.status {_text(status)} is not 0-3")
     out = tuple(_finding(f, i, host, path) for i, f in enumerate(findings))
     counts = {s: sum(1 for f in out if f["severity"] == s) for s in SEVERITIES}
     # A file saying "ok" over critical findings is not believed.
