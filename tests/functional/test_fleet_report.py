@@ -17,10 +17,12 @@ from tests.flowcheck import run
 
 
 def audit_to(sandbox: Sandbox, path: Path, *, uri: str | None = None) -> int:
-    """``storagectl audit -o json > path`` on the node (``uri``: another libvirt URI)."""
+    """``storagectl audit -o json --prometheus path.prom > path`` on the node (``uri``:
+    another libvirt URI)."""
     args = ["-c", uri or sandbox.uri, "--nova-conf", str(sandbox.nova_conf)]
     args += ["--lock-path", str(sandbox.root / "locks"), "--log-file", str(sandbox.root / "log")]
-    res = CliRunner().invoke(cli, [*args, "audit", "-o", "json"])
+    prom = ["--prometheus", str(sandbox.root / "audit.prom")]
+    res = CliRunner().invoke(cli, [*args, "audit", "-o", "json", *prom])
     assert res.stdout, res.stderr
     path.write_text(res.stdout)
     return res.exit_code
@@ -81,6 +83,7 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict:
     (out / "cn-e.json").write_text((out / "cn-b.json").read_text()[:100])
     return {
         "dir": out,
+        "textfile": (a.root / "audit.prom").read_text(),
         "statuses": statuses,
         "retained": retained,
         "interrupted": interrupted,
@@ -104,8 +107,12 @@ def test_the_three_real_audits_are_what_the_report_is_built_on(reports: dict) ->
     assert audits["cn-a"]["summary"]["retained_sources"] == {
         uuid: {"sources": 1, "bytes": held, "unsized": 0}
     }
+    lines = reports["textfile"].splitlines()
+    assert "storagectl_retained_sources 1" in lines
+    assert f"storagectl_retained_sources_bytes {held}" in lines
     uuid, held = reports["interrupted"]
     assert audits["cn-a"]["summary"]["interrupted_migrations"] == {uuid: held}
+    assert f'storagectl_migration_interrupted_bytes{{instance="{uuid}"}} {held}' in lines
 
 
 def test_json_merge_order_counts_and_host_on_every_finding(reports: dict) -> None:
