@@ -123,7 +123,8 @@ class Leftover:
         )
 
 
-def _allocated(path: str) -> int:
+def allocated(path: str) -> int:
+    """Bytes a file (or a ploop directory's files) holds on disk (``st_blocks``, as du)."""
     try:
         st = os.lstat(path)
     except OSError:
@@ -189,7 +190,7 @@ def find_leftovers(instances_path: str, lock_path: str | None = None) -> list[Le
             item.files = [os.path.join(inst_dir, e) for e in (*temps, *kept)]
         else:
             item.files = [os.path.join(inst_dir, e) for e in temps]
-        item.bytes_held = sum(_allocated(f) for f in item.files)
+        item.bytes_held = sum(allocated(f) for f in item.files)
         out.append(item)
     return out
 
