@@ -164,7 +164,7 @@ class Args:
     nova_conf_after: tuple[str, ...] = ()
     all_: bool = False
     from_: str | None = None
-    state: str = "shutoff"
+    state: str = "any"
     keep_going: bool = False
     offline: bool = False
     verify: str = "mirror"
@@ -262,10 +262,10 @@ class Args:
 @click.option(
     "--state",
     type=click.Choice(["shutoff", "running", "any"]),
-    default="shutoff",
+    default="any",
     show_default=True,
-    help="With --all: which instances to move. Running ones need live moves, not "
-    "available yet: they are listed as 'must be shut off' and never touched.",
+    help="With --all: which instances to move. Running ones move live (with --offline "
+    "they are listed as skipped and never touched).",
 )
 @click.option(
     "--keep-going",
@@ -375,7 +375,7 @@ def _nova_after(app: Application, args: Args) -> NovaConfig | None:
 
 def _migrate_to(app: Application, engine: Engine, instances: tuple[str, ...], args: Args) -> None:
     """--to: plan every INSTANCE, print the plans, confirm, then migrate them one by one."""
-    if args.all_ or args.from_ or args.keep_going or args.state != "shutoff":
+    if args.all_ or args.from_ or args.keep_going or args.state != "any":
         if not args.all_:
             raise errors.UsageError(reason="--from, --state and --keep-going go with --all")
         if instances:

@@ -149,7 +149,7 @@ class Policy:
     parallel: int = 1  # instances at once
     bwlimit: int | None = None  # MiB/s for the whole host
     keep_going: bool = False
-    state: str = "shutoff"  # which instances are selected: shutoff | running | any
+    state: str = "any"  # which instances are selected: shutoff | running | any
 
 
 def plan_host(
@@ -191,12 +191,9 @@ def plan_host(
         if state != "any" and (layout.state == "shutoff") != (state == "shutoff"):
             continue  # not selected (--state); still_misread() names it if it matters
         item = HostItem(layout.uuid, layout.name, PLANNED)
-        if layout.state != "shutoff":
+        if layout.state != "shutoff" and options.offline:
             item.status = SKIPPED
-            item.reason = (
-                f"it is {layout.state}: must be shut off to move (live moves are not "
-                "available yet); it is not touched"
-            )
+            item.reason = f"it is {layout.state}: --offline moves only shut-off instances"
         else:
             chosen.append(item)
         hp.items.append(item)

@@ -239,3 +239,23 @@ def test_hmp_write_reaches_the_disk(node: Node) -> None:
     assert read_pattern(node.instances / uuid / "disk", "raw", 0x66, "3M", "64k", shared=True)
     assert not read_pattern(node.instances / uuid / "disk", "raw", 0x67, "3M", "64k", shared=True)
     node.libvirtd.connect().lookupByUUIDString(uuid).destroy()
+
+
+def test_a_host_conversion_moves_its_running_guests_live(node: Node) -> None:
+    """migrate --all: shut-off instances offline, running ones live, one report; with
+    --offline the running one is listed and never touched."""
+    off = make_instance(node, local_mib=None)
+    on = running(node, local_mib=None)
+    res = node.cli("migrate", "--all", "--to", "flat", "--offline", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert f"({on}): it is running: --offline" in res.stdout
+    hmp_write(node, on, "vda", 0x77, "5M", "64k")
+    res = node.cli("migrate", "--all", "--to", "flat", "--parallel", "2", "--yes")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "2 instance(s) moved" in res.stdout
+    for uuid in (off, on):
+        d = node.instances / uuid
+        assert domain_disk(node, uuid, "vda") == (str(d / "disk"), "raw")
+    assert live_disk(node, on, "vda")[1] == "raw"
+    node.libvirtd.connect().lookupByUUIDString(on).destroy()
+    assert read_pattern(node.instances / on / "disk", "raw", 0x77, "5M", "64k", shared=False)

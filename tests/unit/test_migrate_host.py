@@ -98,18 +98,16 @@ def test_running_instances_are_listed_never_touched(node: FakeNode) -> None:
     ]
     node.rescan()
     to_qcow2 = ("migrate", "--all", "--to", "qcow2")
-    res = node.run(*to_qcow2, "--state", "any", "--dry-run")
-    assert f"skipped: instance-{running[:8]} ({running}): it is running: must be shut off" in (
-        res.stdout
-    )
-    res = node.run(*to_qcow2, "--dry-run")
+    res = node.run(*to_qcow2, "--offline", "--dry-run")
+    assert f"skipped: instance-{running[:8]} ({running}): it is running: --offline" in (res.stdout)
+    res = node.run(*to_qcow2, "--state", "shutoff", "--dry-run")
     planned, after = res.stdout.split("after these moves")
     assert running not in planned
     assert (
         f"Nova would still misread 1 instance(s) with that nova.conf: instance-{running[:8]}"
         in ("after these moves" + after)
     )
-    res = node.run(*to_qcow2, "--yes")
+    res = node.run(*to_qcow2, "--offline", "--yes")
     assert res.returncode == 0, res.stderr
     assert "1 instance(s) moved" in res.stdout
     # the running one is still raw: the report does not tell the operator to flip yet
