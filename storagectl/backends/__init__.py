@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 from typing import TYPE_CHECKING, Any
 
 from storagectl import errors
@@ -152,7 +154,11 @@ def unlocked(name: str, fmt: str) -> str:
     if name.startswith("json:"):
         spec = json.loads(name[5:])
     elif name.startswith("/"):
-        driver = "host_device" if name.startswith("/dev/") else "file"
+        try:
+            block = stat.S_ISBLK(os.stat(name).st_mode)
+        except OSError:
+            block = False
+        driver = "host_device" if block else "file"
         spec = {"driver": fmt, "file": {"driver": driver, "filename": name}}
     else:
         return name
