@@ -659,41 +659,54 @@ class Engine:
                     live.abort(m.target_dev or "")
 
     def _mirror(self, j: Journal, domains: switch.Domains) -> None:
+        with self._live(j.plan.uuid) as live:
+            self._ensure_mirrors(j, live, fresh=not self._reentered)
+
+    def _ensure_mirrors(self, j: Journal, live: livemod.LiveDomain, *, fresh: bool) -> None:
+        """Start the copy of every disk that is neither pivoted nor being copied.
+
+        ``fresh``: the create step just made the targets. Otherwise a target may hold a
+        copy that ended (a kill -9 before the job started, a libvirtd that lost it): it is
+        made afresh, so that the new job starts from a target that reads as zeros."""
         plan, o = j.plan, j.plan.options
-        contexts = self.storage.domain_contexts(j.original_xml, plan, resolve=True)
-        with self._live(plan.uuid) as live:
-            state = live.state()
-            for m in plan.moves:
-                dev, dest = m.target_dev or "", self._dest_name(j, m)
-                s = state.get(dev)
-                if s is None:
-                    raise livemod.LiveError(instance=plan.uuid, reason=f"no disk {dev} runs")
-                if dest in (s.source, s.mirror):
-                    continue  # pivoted already, or its copy runs (started before a kill)
-                if s.mirror is not None:
-                    raise livemod.LiveError(
-                        instance=plan.uuid,
-                        reason=f"{dev} has another block job (into {s.mirror}); wait for it "
-                        "or abort it (virsh blockjob --abort)",
-                    )
-                if self._reentered:  # a copy that ended (libvirtd restart?): start afresh
-                    self.storage.remove(m.copy_dest, ours=True)
-                    self.storage.create(m.copy_dest, m.virtual_size, sparse_lv=o.sparse_lvs)
-                backend = self.storage.of(m.copy_dest)
-                disk_type, source, auth = backend.disk_xml(m.copy_dest, contexts.get(type(backend)))
-                xml = livemod.disk_xml(disk_type, m.copy_dest.format, source, auth)
-                live.copy(
-                    dev,
-                    xml,
-                    bandwidth=(o.bwlimit << 20) if o.bwlimit else None,
-                    sync_writes=o.sync_writes,
+        contexts = None
+        state = live.state()
+        for m in plan.moves:
+            dev, dest = m.target_dev or "", self._dest_name(j, m)
+            s = state.get(dev)
+            if s is None:
+                raise livemod.LiveError(instance=plan.uuid, reason=f"no disk {dev} runs")
+            if dest in (s.source, s.mirror):
+                continue  # pivoted already, or its copy runs (started before a kill)
+            if s.mirror is not None:
+                raise livemod.LiveError(
+                    instance=plan.uuid,
+                    reason=f"{dev} has another block job (into {s.mirror}); wait for it "
+                    "or abort it (virsh blockjob --abort)",
                 )
-                self.s.progress.start(m.name, m.virtual_size)
+            if not fresh:
+                self.s.say(f"{plan.name}: {m.name}: no copy running; starting it afresh")
+                self.storage.remove(m.copy_dest, ours=True)
+                self.storage.create(m.copy_dest, m.virtual_size, sparse_lv=o.sparse_lvs)
+            if contexts is None:
+                contexts = self.storage.domain_contexts(j.original_xml, plan, resolve=True)
+            backend = self.storage.of(m.copy_dest)
+            disk_type, source, auth = backend.disk_xml(m.copy_dest, contexts.get(type(backend)))
+            xml = livemod.disk_xml(disk_type, m.copy_dest.format, source, auth)
+            live.copy(
+                dev,
+                xml,
+                bandwidth=(o.bwlimit << 20) if o.bwlimit else None,
+                sync_writes=o.sync_writes,
+            )
+            self.s.progress.start(m.name, m.virtual_size)
 
     def _ready(self, j: Journal, domains: switch.Domains) -> None:
         plan = j.plan
         names = {m.target_dev: m.name for m in plan.moves}
         with self._live(plan.uuid) as live:
+            # a copy that is gone (libvirtd restarted and lost it) starts again
+            self._ensure_mirrors(j, live, fresh=False)
             state = live.state()
             devs = [
                 m.target_dev or ""

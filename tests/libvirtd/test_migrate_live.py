@@ -18,7 +18,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from tests.env.libvirtd import Libvirtd
+from tests.env.libvirtd import Libvirtd, restart_libvirtd
 from tests.migrate_support import (
     LIVE_STEPS,
     Node,
@@ -259,3 +259,25 @@ def test_a_host_conversion_moves_its_running_guests_live(node: Node) -> None:
     assert live_disk(node, on, "vda")[1] == "raw"
     node.libvirtd.connect().lookupByUUIDString(on).destroy()
     assert read_pattern(node.instances / on / "disk", "raw", 0x77, "5M", "64k", shared=False)
+
+
+def test_libvirtd_restarted_mid_mirror_then_resume(node: Node) -> None:
+    """storagectl killed and libvirtd restarted while the copy runs: the guest runs on,
+    --resume finds the copy (or starts it again) and finishes; no write is lost."""
+    uuid = running(node, local_mib=None, data_mib=12)
+    d = node.instances / uuid
+    proc = node.spawn("migrate", uuid, "--to", "flat", "--yes", "--bwlimit", "1")
+    wait_while_running(proc, lambda: (journal(node, uuid) or {}).get("step") == "ready")
+    proc.kill()
+    proc.communicate()
+    restart_libvirtd(node.libvirtd)
+    dom = node.libvirtd.connect().lookupByUUIDString(uuid)
+    assert dom.isActive()
+    hmp_write(node, uuid, "vda", 0x7A, "13M", "64k")
+    res = node.cli("migrate", "--resume", uuid, "--yes", timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert domain_disk(node, uuid, "vda") == (str(d / "disk"), "raw")
+    assert live_disk(node, uuid, "vda")[1] == "raw"
+    dom.destroy()
+    assert read_pattern(d / "disk", "raw", 0x7A, "13M", "64k", shared=False)
+    assert read_pattern(d / "disk", "raw", 9, "2M", "1M", shared=False)
