@@ -32,6 +32,7 @@ from tests.migrate_support import (
     refused,
     start,
     wait_while_running,
+    without_disk,
 )
 
 STARTED: list[str] = []
@@ -68,6 +69,7 @@ def test_a_running_qcow2_guest_moves_live_to_flat_with_every_write(
 ) -> None:
     uuid = running(node, data_mib=8)
     d = node.instances / uuid
+    before_xml = node.xml(uuid)
     hmp_write(node, uuid, "vda", 0x11, "6M", "64k")  # before the copy
     proc = node.spawn("migrate", uuid, "--to", "flat", "--yes", "--bwlimit", "1")
     wait_while_running(proc, lambda: (journal(node, uuid) or {}).get("step") == "ready")
@@ -83,6 +85,9 @@ def test_a_running_qcow2_guest_moves_live_to_flat_with_every_write(
     assert live_fmt == "raw" and os.path.samefile(live_path, d / "disk")
     # the persistent definition, the record and disk.info say flat under Nova's name
     assert domain_disk(node, uuid, "vda") == (str(d / "disk"), "raw")
+    # nothing else in the persistent definition changed (Nova's <metadata> included)
+    assert without_disk(node.xml(uuid), "vda") == without_disk(before_xml, "vda")
+    assert "<nova:instance" in before_xml or "nova:instance" in before_xml
     rec = node.record(uuid)
     root = next(x for x in rec["disks"] if x["name"] == "disk")
     assert root["backend"] == "flat" and root["format"] == "raw"
