@@ -145,7 +145,14 @@ def test_kill_9_at_every_boundary_then_resume(node: Node, tmp_path: Path, fault:
     dom.destroy()
 
 
-@pytest.mark.parametrize("fault", ["create:after", "mirror:after", "ready:before", "ready:after"])
+BEFORE_PIVOT = [
+    f"{s}:{p}" for s in LIVE_STEPS[: LIVE_STEPS.index("pivot")] for p in ("before", "after")
+] + ["pivot:before"]
+AFTER_PIVOT = [f for f in (f"{s}:{p}" for s in LIVE_STEPS for p in ("before", "after"))
+               if f not in BEFORE_PIVOT]  # fmt: skip
+
+
+@pytest.mark.parametrize("fault", BEFORE_PIVOT)
 def test_kill_9_then_rollback_keeps_the_guest_on_its_source(
     node: Node, tmp_path: Path, fault: str
 ) -> None:
@@ -167,14 +174,18 @@ def test_kill_9_then_rollback_keeps_the_guest_on_its_source(
     assert read_pattern(d / "disk", "qcow2", 0x55, "5M", "64k", shared=False)
 
 
-def test_rollback_after_the_pivot_is_refused(node: Node) -> None:
+@pytest.mark.parametrize("fault", AFTER_PIVOT)
+def test_rollback_after_the_pivot_is_refused_resume_finishes(node: Node, fault: str) -> None:
     uuid = running(node, local_mib=None)
-    res = node.killed("migrate", uuid, "--to", "flat", "--yes", fault="pivot:after")
+    res = node.killed("migrate", uuid, "--to", "flat", "--yes", fault=fault)
     assert res.returncode == -9
+    before = (node.instances / uuid / "storage.migration.json").read_bytes()
     res = node.cli("migrate", "--rollback", uuid, "--yes")
     refused(res, "pivoted", "--resume")
+    assert (node.instances / uuid / "storage.migration.json").read_bytes() == before
     res = node.cli("migrate", "--resume", uuid, "--yes")
     assert res.returncode == 0, res.stderr
+    assert live_disk(node, uuid, "vda")[1] == "raw"
     node.libvirtd.connect().lookupByUUIDString(uuid).destroy()
 
 
