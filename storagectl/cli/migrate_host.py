@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -10,9 +12,11 @@ import click
 
 from storagectl import errors
 from storagectl.backends import registry
+from storagectl.host.locks import host_lock
 from storagectl.migrate import host
 from storagectl.migrate.copy import NullProgress
 from storagectl.migrate.engine import Engine
+from storagectl.migrate.plan import MigrationRefused
 
 if TYPE_CHECKING:
     from storagectl.cli.app import Application
@@ -20,8 +24,27 @@ if TYPE_CHECKING:
     from storagectl.migrate.plan import Options
 
 
+@contextlib.contextmanager
+def conversion_lock(app: Application, uri: str) -> Iterator[None]:
+    """One host conversion at a time (``--all`` and ``--resume --all`` write the same host
+    journal); the instance locks keep each instance's data safe either way."""
+    try:
+        with host_lock(app.lock_path, "conversion"):
+            yield
+    except errors.LockBusy as exc:
+        raise MigrationRefused(
+            instance=f"the host {uri}",
+            reason=f"another storagectl process converts it now ({exc}); see migrate --status",
+        ) from exc
+
+
 def convert_host(app: Application, engine: Engine, options: Options, args: Args) -> None:
     """``--all --to X``: plan every instance, print the host plan, confirm, run, report."""
+    with conversion_lock(app, engine.s.uri):
+        _convert_host(app, engine, options, args)
+
+
+def _convert_host(app: Application, engine: Engine, options: Options, args: Args) -> None:
     s = engine.s
     journal = host.host_journal_path(s.nova)
     if host.read_host_journal(journal) is not None:
@@ -71,12 +94,17 @@ def convert_host(app: Application, engine: Engine, options: Options, args: Args)
 
 def resume_host(app: Application, engine: Engine, args: Args) -> None:
     """``--resume --all``: finish every instance's journal, then move the ones not started."""
+    with conversion_lock(app, engine.s.uri):
+        _resume_host(app, engine, args)
+
+
+def _resume_host(app: Application, engine: Engine, args: Args) -> None:
     s = engine.s
     journal = host.host_journal_path(s.nova)
     data = host.read_host_journal(journal)
     if data is None:
         raise errors.UsageError(reason=f"no host conversion is in progress (no {journal})")
-    hp = host.from_journal(data)
+    hp = host.from_journal(data, journal)
     assume = tuple(tuple(x) for x in data.get("assume") or ())
     s.nova_after = app.nova_files(assume=assume) if assume else s.nova_after
     todo = [i for i in hp.items if i.status in (host.PLANNED, host.FAILED)]
@@ -172,7 +200,7 @@ def host_status_lines(app: Application, engine: Engine) -> list[str]:
     data = host.read_host_journal(journal)
     if data is None:
         return []
-    hp = host.from_journal(data)
+    hp = host.from_journal(data, journal)
     counts: dict[str, int] = {}
     for item in hp.items:
         counts[item.status] = counts.get(item.status, 0) + 1

@@ -283,7 +283,19 @@ def read_host_journal(path: str) -> dict[str, Any] | None:
     return data
 
 
-def from_journal(data: dict[str, Any]) -> HostPlan:
+def from_journal(data: dict[str, Any], path: str = "the host journal") -> HostPlan:
+    """The host plan a host journal holds; a journal of the right version with fields
+    of the wrong names or shapes is a clear error naming it, never a traceback."""
+    try:
+        return _from_journal(data)
+    except KeyError as exc:
+        reason = f"{path} is not a storagectl host journal (field {exc.args[0]!r} missing)"
+    except (TypeError, ValueError, AttributeError) as exc:
+        reason = f"{path} is not a storagectl host journal (a field of the wrong shape: {exc})"
+    raise errors.UsageError(reason=reason)
+
+
+def _from_journal(data: dict[str, Any]) -> HostPlan:
     hp = HostPlan(
         data["uri"],
         data["to"],

@@ -224,3 +224,53 @@ def test_a_disk_info_that_is_not_novas_is_a_refusal_not_a_traceback(node: FakeNo
     res = node.run("migrate", uuid, "--to", "flat", "--assume", FLAT.replace(" = ", "="), "--yes")
     assert "Traceback" not in res.stderr
     assert res.returncode == 1 and "disk.info has no entry" in res.stderr, res.stderr
+
+
+def _hold_conversion(lock_path: str, ready, release) -> None:  # noqa: ANN001
+    from storagectl.host.locks import host_lock
+
+    with host_lock(lock_path, "conversion"):
+        ready.set()
+        release.wait(30)
+
+
+def test_one_host_conversion_at_a_time(node: FakeNode) -> None:
+    """A second --all (or --resume --all) while one runs is refused, nothing changed."""
+    import multiprocessing
+
+    uuid = make_instance(node, "qcow2")
+    before = json.dumps(node.record(uuid))
+    ctx = multiprocessing.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_conversion, args=(str(node.root / "locks"), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(10)
+        for args in (("--all", "--to", "flat", "--yes"), ("--resume", "--all", "--yes")):
+            res = node.run("migrate", *args)
+            assert res.returncode == 1, res.stdout + res.stderr
+            assert "another storagectl process converts it now" in res.stderr
+            assert "Traceback" not in res.stderr
+    finally:
+        release.set()
+        holder.join(10)
+    assert json.dumps(node.record(uuid)) == before and not journal(node).exists()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"version": 1},
+        {"version": 1, "uri": "x", "to": "flat", "options": {"to": "flat"}, "parallel": "two",
+         "instances": []},
+        {"version": 1, "uri": "x", "to": "flat", "options": {"to": "flat"}, "parallel": 1,
+         "instances": [7]},
+    ],
+)  # fmt: skip
+def test_a_host_journal_of_the_wrong_shape_is_a_clear_error(node: FakeNode, data: dict) -> None:
+    journal(node).write_text(json.dumps(data))
+    for args in (("--status",), ("--resume", "--all", "--yes")):
+        res = node.run("migrate", *args)
+        assert res.returncode == 2, res.stdout + res.stderr
+        assert "is not a storagectl host journal" in res.stderr
+        assert str(journal(node)) in res.stderr and "Traceback" not in res.stderr
