@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -12,6 +13,7 @@ import click
 
 from storagectl import errors
 from storagectl.backends import registry
+from storagectl.host.config import load_nova_config, parse_assumption
 from storagectl.host.locks import host_lock
 from storagectl.migrate import host
 from storagectl.migrate.copy import NullProgress
@@ -52,6 +54,11 @@ def _convert_host(app: Application, engine: Engine, options: Options, args: Args
             reason=f"a host conversion is in progress ({journal}): finish it with "
             "storagectl migrate --resume --all (see migrate --status)"
         )
+    if args.bwlimit and args.bwlimit < args.parallel:
+        raise errors.UsageError(
+            reason=f"--bwlimit {args.bwlimit} MiB/s is shared by the --parallel {args.parallel} "
+            "moves, at least 1 MiB/s each: lower --parallel or raise --bwlimit"
+        )
     sources = tuple(x.strip() for x in (args.from_ or "").split(",") if x.strip())
     unknown = [x for x in sources if x not in registry.all_names()]
     if unknown:
@@ -64,6 +71,11 @@ def _convert_host(app: Application, engine: Engine, options: Options, args: Args
     nova_conf = [f"[{sec}] {opt} = {val}" for sec, opt, val in settings]
     policy = host.Policy(sources, args.parallel, args.bwlimit, args.keep_going, args.state)
     hp = host.plan_host(engine.prepare, engine.storage, s, options, policy, nova_conf)
+    if args.assume or args.nova_conf_after:
+        hp.nova_after = {
+            "files": [os.path.abspath(f) for f in args.nova_conf_after],
+            "assume": [list(parse_assumption(a)) for a in args.assume],
+        }
     planned = {i.uuid for i in hp.planned}
     blocking = [
         (u, n) for u, n in host.still_misread(s.uri, s.nova_after, s.runner) if u not in planned
@@ -106,7 +118,14 @@ def _resume_host(app: Application, engine: Engine, args: Args) -> None:
         raise errors.UsageError(reason=f"no host conversion is in progress (no {journal})")
     hp = host.from_journal(data, journal)
     assume = tuple(tuple(x) for x in data.get("assume") or ())
-    s.nova_after = app.nova_files(assume=assume) if assume else s.nova_after
+    if hp.nova_after is not None:  # what the operator named when the conversion started
+        given = tuple(tuple(a) for a in hp.nova_after["assume"])
+        if hp.nova_after["files"]:
+            s.nova_after = load_nova_config(hp.nova_after["files"], assume=given)
+        else:
+            s.nova_after = app.nova_files(assume=given)
+    elif assume:
+        s.nova_after = app.nova_files(assume=assume)
     todo = [i for i in hp.items if i.status in (host.PLANNED, host.FAILED)]
     click.echo(f"resume the conversion of {hp.uri} to {hp.to} ({len(todo)} instance(s) left)")
     for item in todo:
@@ -182,8 +201,6 @@ def _run(
 
 def _settings(lines: list[str]) -> list[tuple[str, str, str]]:
     """``[section] option = value`` lines back into settings."""
-    from storagectl.host.config import parse_assumption
-
     return [parse_assumption(line) for line in lines]
 
 

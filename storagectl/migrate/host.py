@@ -99,6 +99,10 @@ class HostPlan:
     items: list[HostItem] = field(default_factory=list)
     #: space name -> (bytes needed, bytes free or None)
     space: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    #: the nova.conf to be as the operator named it (``{"files": [...], "assume":
+    #: [[section, option, value], ...]}`` from --nova-conf-after / --assume), journaled so
+    #: that --resume --all guards each move with the same; None: the target's settings
+    nova_after: dict[str, list] | None = None
 
     @property
     def planned(self) -> list[HostItem]:
@@ -254,6 +258,7 @@ def write_host_journal(path: str, hp: HostPlan, started_at: str, assume: tuple =
         "keep_going": hp.keep_going,
         "nova_conf": hp.nova_conf,
         "assume": [list(a) for a in assume],
+        "nova_after": hp.nova_after,
         "started_at": started_at,
         "pid": os.getpid(),
         "instances": [i.to_dict() for i in hp.items],
@@ -305,6 +310,12 @@ def _from_journal(data: dict[str, Any]) -> HostPlan:
         bool(data.get("keep_going")),
         list(data.get("nova_conf") or ()),
     )
+    spec = data.get("nova_after")
+    if spec is not None:
+        hp.nova_after = {
+            "files": [str(f) for f in spec["files"]],
+            "assume": [[str(x) for x in a] for a in spec["assume"]],
+        }
     for raw in data["instances"]:
         hp.items.append(HostItem(**{k: raw.get(k) for k in HostItem.__dataclass_fields__}))
     return hp

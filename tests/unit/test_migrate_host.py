@@ -274,3 +274,34 @@ def test_a_host_journal_of_the_wrong_shape_is_a_clear_error(node: FakeNode, data
         assert res.returncode == 2, res.stdout + res.stderr
         assert "is not a storagectl host journal" in res.stderr
         assert str(journal(node)) in res.stderr and "Traceback" not in res.stderr
+
+
+def test_the_nova_conf_after_is_journaled_for_resume_all(node: FakeNode, tmp_path: Path) -> None:
+    """--nova-conf-after / --assume given at the start guard the moves --resume --all
+    makes: the host journal keeps them (the files by absolute path)."""
+    after = tmp_path / "nova-after.conf"
+    after.write_text(node.conf.read_text() + "[libvirt]\nimages_type = flat\n")
+    uuids = [make_instance(node, "qcow2") for _ in range(2)]
+    res = node.killed(
+        "migrate", "--all", "--to", "flat", "--nova-conf-after", str(after),
+        "--assume", "[DEFAULT] use_cow_images=true", "--yes", fault="copy:before",
+    )  # fmt: skip
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    data = json.loads(journal(node).read_text())
+    assert data["nova_after"] == {
+        "files": [str(after)],
+        "assume": [["DEFAULT", "use_cow_images", "true"]],
+    }
+    after.unlink()  # resume reads it again: a missing file is an error naming it
+    res = node.run("migrate", "--resume", "--all", "--yes")
+    assert res.returncode != 0 and str(after) in res.stderr and "Traceback" not in res.stderr
+    after.write_text(node.conf.read_text() + "[libvirt]\nimages_type = flat\n")
+    res = node.run("migrate", "--resume", "--all", "--yes")
+    assert res.returncode == 0, res.stderr
+    assert all(node.record(u)["disks"][0]["backend"] == "flat" for u in uuids)
+
+
+def test_a_bwlimit_below_parallel_is_a_usage_error(node: FakeNode) -> None:
+    make_instance(node, "qcow2")
+    res = node.run("migrate", "--all", "--to", "flat", "--parallel", "4", "--bwlimit", "2", "--yes")
+    assert res.returncode == 2 and "--bwlimit 2 MiB/s is shared by the --parallel 4" in res.stderr
