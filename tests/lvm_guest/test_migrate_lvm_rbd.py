@@ -89,3 +89,42 @@ def test_lvm_root_to_rbd_and_back(rbd_node: Node, guest_vg: LvmEnv, tmp_path: Pa
         ("lvm", Path(lv).name)
     ]
     assert rec["retained_sources"] == []
+
+
+def test_a_running_lvm_guest_moves_live_to_rbd_and_back(rbd_node: Node, guest_vg: LvmEnv) -> None:
+    """Live (issue #16): an LV <-> an RBD image of a running guest, its cephx key in a
+    libvirt secret, a guest write during each mirror, read back from each target."""
+    import contextlib
+
+    from tests.ceph.test_migrate_live_rbd import define_secret
+    from tests.migrate_support import SECRET, hmp_write, live_disk, read_pattern, start
+
+    node, cluster = rbd_node, rbd_node.cluster
+    define_secret(node.libvirtd, cluster)
+    uuid = lvm_instance(node, guest_vg)
+    lv = lv_path(guest_vg, uuid)
+    image = f"{uuid}_disk"
+    start(node, uuid)
+    try:
+        hmp_write(node, uuid, "vda", 0x1B, "5M", "64k")
+        res = node.run(
+            "migrate", uuid, "--to", "rbd", "--yes", "--secret-uuid", SECRET,
+            "--ceph-timeout", CEPH_TIMEOUT,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        assert live_disk(node, uuid, "vda") == (f"{cluster.pool}/{image}", "raw")
+        hmp_write(node, uuid, "vda", 0x2B, "6M", "64k")
+        assert read_pattern(cluster.qemu_uri(image), "raw", 0x1B, "5M", "64k", shared=False)
+        res = node.run(
+            "migrate", uuid, "--to", "lvm", "--yes", "--delete-retained",
+            "--ceph-timeout", CEPH_TIMEOUT,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        new_lv = live_disk(node, uuid, "vda")[0]
+        assert new_lv.startswith(f"/dev/{guest_vg.vg}/") and new_lv != ""
+        for pattern, offset in ((0x1B, "5M"), (0x2B, "6M"), (7, "1M")):
+            assert read_pattern(new_lv, "raw", pattern, offset, "64k"), hex(pattern)
+        assert lv  # the first LV: retained (or, moved aside, renamed) as offline
+    finally:
+        with contextlib.suppress(Exception):
+            node.libvirtd.connect().lookupByUUIDString(uuid).destroy()
