@@ -5,6 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEMO=${DEMO_DIR:-$PWD/build/demo}
+SECRET=5f7c1a2e-3b4d-4e6f-8a9b-0c1d2e3f4a5b  # the libvirt secret of the demo's Ceph user
 PY=.venv/bin/python
 SC=.venv/bin/storagectl
 export STORAGECTL_LOG_FILE=$DEMO/storagectl.log
@@ -14,8 +15,10 @@ cleanup() {
   $PY -m tests.env.ceph stop "$DEMO/ceph" >/dev/null 2>&1 || true
   $PY -m tests.env.lvm destroy "$DEMO/lvm" >/dev/null 2>&1 || true
   for u in $(cat "$DEMO/defined" 2>/dev/null); do
+    virsh -q -c qemu:///system destroy "$u" >/dev/null 2>&1 || true
     virsh -q -c qemu:///system undefine "$u" >/dev/null 2>&1 || true
   done
+  virsh -q -c qemu:///system secret-undefine "$SECRET" >/dev/null 2>&1 || true
   # Only a daemon this demo started itself: one that was already running (an operator's,
   # or a test run's) is left alone.
   if [ "${LIBVIRTD_STARTED:-0}" = 1 ]; then
@@ -126,7 +129,19 @@ show $SC "${M[@]}" audit || exit 1
 show $SC "${M[@]}" migrate --delete-retained "$MOVE" --yes || exit 1
 
 step "convert the host to Ceph RBD: both instances, then nova.conf (pool, user and secret from it)"
-sed -i "/^\[libvirt\]/a images_rbd_pool = vms\nimages_rbd_ceph_conf = $CEPH_CONF\nrbd_user = admin\nrbd_secret_uuid = 5f7c1a2e-3b4d-4e6f-8a9b-0c1d2e3f4a5b" \
+echo "(one of them runs: it moves live - libvirt block copy, then the pivot - while the"
+echo " other, shut off, moves offline; the running guest needs its Ceph key in a libvirt"
+echo " secret, as on every Nova host with RBD disks)"
+$PY - "$SECRET" "$DEMO/ceph/ceph.client.admin.keyring" <<'PYEOF' || { echo "secret failed"; exit 1; }
+import base64, re, sys, libvirt
+conn = libvirt.open("qemu:///system")
+xml = (f"<secret ephemeral='no' private='no'><uuid>{sys.argv[1]}</uuid>"
+       "<usage type='ceph'><name>client.admin storagectl-demo</name></usage></secret>")
+key = re.search(r"key\s*=\s*(\S+)", open(sys.argv[2]).read()).group(1)
+conn.secretDefineXML(xml).setValue(base64.b64decode(key))
+PYEOF
+show virsh -q -c qemu:///system start "$MOVE" || exit 1
+sed -i "/^\[libvirt\]/a images_rbd_pool = vms\nimages_rbd_ceph_conf = $CEPH_CONF\nrbd_user = admin\nrbd_secret_uuid = $SECRET" \
   "$DEMO/node2/etc/nova/nova.conf"
 TO_RBD=$($PY -c 'import json,sys; print([i["uuid"] for i in json.load(open(sys.argv[1]))["instances"] if i["kind"]=="flat"][0])' "$DEMO/node2/sandbox.json")
 echo "(one instance alone: the plan says which others must move before nova.conf can say rbd)"

@@ -131,7 +131,10 @@ class HostPlan:
             moves = ", ".join(
                 f"{m.name} {m.source.backend}->{m.dest.backend}" for m in item.plan.moves
             )  # type: ignore[union-attr]
-            out.append(f"  {n}. {item.name} ({item.uuid}): {moves} [{item.virtual_bytes} bytes]")
+            how = " (running: live)" if item.plan.options.live else ""  # type: ignore[union-attr]
+            out.append(
+                f"  {n}. {item.name} ({item.uuid}){how}: {moves} [{item.virtual_bytes} bytes]"
+            )
         for item in self.items:
             if item.status != PLANNED:
                 out.append(f"  {item.status}: {item.name} ({item.uuid}): {item.reason}")

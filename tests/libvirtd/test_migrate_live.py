@@ -265,6 +265,9 @@ def test_a_host_conversion_moves_its_running_guests_live(node: Node) -> None:
     res = node.cli("migrate", "--all", "--to", "flat", "--offline", "--dry-run")
     assert res.returncode == 0, res.stderr
     assert f"({on}): it is running: --offline" in res.stdout
+    res = node.cli("migrate", "--all", "--to", "flat", "--dry-run")
+    assert f"({on}) (running: live): disk qcow2->flat" in res.stdout
+    assert f"({off}): disk qcow2->flat" in res.stdout
     hmp_write(node, on, "vda", 0x77, "5M", "64k")
     res = node.cli("migrate", "--all", "--to", "flat", "--parallel", "2", "--yes")
     assert res.returncode == 0, res.stdout + res.stderr
