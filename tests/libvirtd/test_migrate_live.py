@@ -300,3 +300,20 @@ def test_libvirtd_restarted_mid_mirror_then_resume(node: Node) -> None:
     dom.destroy()
     assert read_pattern(d / "disk", "raw", 0x7A, "13M", "64k", shared=False)
     assert read_pattern(d / "disk", "raw", 9, "2M", "1M", shared=False)
+
+
+def test_sync_writes_starts_a_write_blocking_copy(node: Node) -> None:
+    """--sync-writes (VIR_DOMAIN_BLOCK_COPY_SYNCHRONOUS_WRITES, QEMU's write-blocking
+    mirror): libvirt 9.0 / QEMU 7.2 take it at job start, the copy converges, and a
+    write made while it runs is on the target."""
+    uuid = running(node, local_mib=None, data_mib=8)
+    d = node.instances / uuid
+    proc = node.spawn("migrate", uuid, "--to", "flat", "--yes", "--sync-writes", "--bwlimit", "1")
+    wait_while_running(proc, lambda: (journal(node, uuid) or {}).get("step") == "ready")
+    xml = node.libvirtd.connect().lookupByUUIDString(uuid).XMLDesc(0)
+    assert "<mirror" in xml  # the copy runs
+    hmp_write(node, uuid, "vda", 0x5E, "9M", "64k")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    node.libvirtd.connect().lookupByUUIDString(uuid).destroy()
+    assert read_pattern(d / "disk", "raw", 0x5E, "9M", "64k", shared=False)

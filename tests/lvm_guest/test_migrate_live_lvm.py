@@ -97,6 +97,11 @@ def test_kill_9_mid_mirror_into_an_lv_then_resume_and_rollback(
     assert res.returncode == 0, res.stderr
     d = node.instances / uuid
     assert live_disk(node, uuid, "vda") == (str(d / "disk"), "qcow2")
+    # and back into an LV, live (qcow2 -> lvm): the retained LV holding the name is
+    # moved aside (or deleted, --delete-retained) as offline
+    res = node.cli("migrate", uuid, "--to", "lvm", "--delete-retained", "--yes", timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert live_disk(node, uuid, "vda") == (lv, "raw")
     node.libvirtd.connect().lookupByUUIDString(uuid).destroy()
-    assert read_pattern(d / "disk", "qcow2", 0x4A, "7M", "64k", shared=False)
-    assert read_pattern(d / "disk", "qcow2", 7, "1M", "1M", shared=False)
+    assert read_pattern(lv, "raw", 0x4A, "7M", "64k")
+    assert read_pattern(lv, "raw", 7, "1M", "1M")

@@ -93,3 +93,34 @@ def test_unlocked_names_open_every_local_file_without_locks(tmp_path: Path) -> N
     assert unlocked("rbd:vms/u_disk:id=nova", "raw") == "rbd:vms/u_disk:id=nova"
     # a file under /dev (a tmpfs at /dev/shm) is a file, not a block device
     assert json.loads(unlocked("/dev/shm/nothing-here", "raw")[5:])["file"]["driver"] == "file"
+
+
+def _plan(*moves: object) -> object:
+    from storagectl.migrate.plan import Options, Plan
+
+    u = "5eed0001-0000-4000-8000-000000000001"
+    return Plan(u, "i", "qemu:///system", f"/i/{u}", Options(to="flat", live=True), list(moves))
+
+
+def _move(name: str, role: str, src: object, dev: str | None = "vda") -> object:
+    from storagectl.backends.files import FileLocation
+    from storagectl.migrate.plan import DiskMove
+
+    dest = FileLocation("flat", "raw", f"/i/u/{name}")
+    return DiskMove(name, role, dev, 1 << 20, src, dest)
+
+
+def test_what_cannot_move_live_is_refused_before_anything_happens() -> None:
+    from storagectl.backends import Storage
+    from storagectl.backends.files import FileLocation
+    from storagectl.migrate.engine import live_refusal
+
+    storage = Storage(None)  # type: ignore[arg-type] - no command runs
+    qcow2 = FileLocation("qcow2", "qcow2", "/i/u/disk")
+    assert live_refusal(_plan(_move("disk", "root", qcow2)), storage) is None
+    ploop = FileLocation("ploop", "ploop", "/i/u/disk")
+    why = live_refusal(_plan(_move("disk", "root", ploop)), storage)
+    assert "ploop" in why and "offline only" in why and "shut it off" in why
+    cfg = FileLocation("flat", "raw", "/i/u/disk.config")
+    assert "config drive" in live_refusal(_plan(_move("disk.config", "config", cfg)), storage)
+    assert "no target device" in live_refusal(_plan(_move("disk", "root", qcow2, None)), storage)
