@@ -176,10 +176,11 @@ def test_refusals_change_nothing(node: Node, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert f"{d / 'disk'} -> flat {d / 'disk'}" in res.stdout and "needs" in res.stdout
     assert "skipped disk.local: already flat" in res.stdout
-    # running
+    # running, with --offline (without it, a live move: tests/libvirtd/test_migrate_live.py)
     dom.create()
     try:
-        refused(node.run("migrate", uuid, "--to", "flat", "--yes"), "is running", "shut it off")
+        res = node.run("migrate", uuid, "--to", "flat", "--offline", "--yes")
+        refused(res, "is running", "shut it off")
     finally:
         dom.destroy()
     assert snapshot(node, uuid) == before
