@@ -163,6 +163,12 @@ class DiskBackend:
         return None
 
     @classmethod
+    def live_target_problem(cls, loc: Location, *, sparse: bool) -> str | None:
+        """Why a block copy into a new volume at ``loc`` would not leave it as an offline
+        copy does, or None. ``sparse``: nova.conf sparse_logical_volumes."""
+        return None
+
+    @classmethod
     def staging(cls, dest: Location, source: Location) -> tuple[Location | None, Location | None]:
         """``(temporary copy, where the source is kept)`` for a copy into ``dest``: both
         None when the copy is written at ``dest`` directly."""

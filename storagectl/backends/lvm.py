@@ -601,6 +601,24 @@ class LVMBackend(DiskBackend):
         super().__init__(runner, ceph_timeout=ceph_timeout)
         self.lvm = LVM(runner)
 
+    @classmethod
+    def live_target_problem(cls, loc: Location, *, sparse: bool) -> str | None:
+        # Measured (tests/lvm_guest/test_migrate_live_lvm.py): QEMU 7.2's mirror, started by
+        # libvirt 9.0 as blockdev-mirror (sync=full: it always zeroes the target), writes
+        # every zero of the disk into a thin LV - the kernel has no WRITE_ZEROES for
+        # dm-thin, so QEMU's zeroing falls back to writing zero pages - and a 256 MiB disk
+        # holding 4 MiB filled its 64 MiB pool: the copy failed. A thick LV gets every zero
+        # written offline too (its extents held anything before).
+        if sparse:
+            return (
+                f"a live copy into a thin LV ({loc.describe()}, sparse_logical_volumes) would "
+                "write every zero of the disk and provision the whole thin pool (QEMU's mirror "
+                "zeroes its target; dm-thin cannot be zeroed without allocating): shut the "
+                "instance off and move it offline (the offline copy skips zeros), or move "
+                "it live into a thick LV"
+            )
+        return None
+
     # -- record and naming --------------------------------------------------------------
 
     @classmethod

@@ -90,6 +90,11 @@ def live_refusal(plan: Plan, storage: Storage) -> str | None:
             return "the config drive is read-only media: move it offline (shut it off)"
         if not m.target_dev:
             return f"{m.name} has no target device in the domain"
+        why = registry.backend_class(m.dest.backend).live_target_problem(
+            m.dest, sparse=plan.options.sparse_lvs
+        )
+        if why:
+            return f"{m.name}: {why}"
     return None
 
 

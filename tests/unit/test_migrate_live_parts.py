@@ -124,3 +124,21 @@ def test_what_cannot_move_live_is_refused_before_anything_happens() -> None:
     cfg = FileLocation("flat", "raw", "/i/u/disk.config")
     assert "config drive" in live_refusal(_plan(_move("disk.config", "config", cfg)), storage)
     assert "no target device" in live_refusal(_plan(_move("disk", "root", qcow2, None)), storage)
+
+
+def test_a_live_move_into_a_thin_lv_is_refused_a_thick_one_is_not() -> None:
+    from dataclasses import replace
+
+    from storagectl.backends import Storage
+    from storagectl.backends.files import FileLocation
+    from storagectl.backends.lvm import LVMLocation
+    from storagectl.migrate.engine import live_refusal
+
+    storage = Storage(None)  # type: ignore[arg-type] - no command runs
+    move = _move("disk", "root", FileLocation("flat", "raw", "/i/u/disk"))
+    move.dest = LVMLocation(volume_group="nova", volume="u_disk")
+    plan = _plan(move)
+    assert live_refusal(plan, storage) is None  # thick
+    plan.options = replace(plan.options, sparse_lvs=True)
+    why = live_refusal(plan, storage)
+    assert "thin LV" in why and "move it offline" in why
