@@ -154,6 +154,13 @@ nova_conf:
   type: list
   elements: str
   sample: ["[libvirt] images_type = flat"]
+nova_conf_settings:
+  description: RV(nova_conf) parsed, one C(section), C(option), C(value) per line, for
+    a task that sets them (e.g. with M(ansible.builtin.lineinfile)).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{"section": "libvirt", "option": "images_type", "value": "flat"}]
 still_misread_after:
   description: With O(all), instances Nova would still misread after the moves with that
     nova.conf (those not moved); empty when the host can be switched.
@@ -171,6 +178,8 @@ cmd:
   type: list
   elements: str
 """
+
+import re
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.storagectl.fleet.plugins.module_utils.storagectl import (
@@ -218,6 +227,19 @@ def read_plan(plan, p):
             planned.append(item["uuid"])
             moves[item["uuid"]] = item.get("moves") or []
     return planned, skipped, moves
+
+
+SETTING = re.compile(r"^\s*\[([^\]]+)\]\s*([^=\s]+)\s*=\s*(.*?)\s*$")
+
+
+def settings(lines):
+    """``[section] option = value`` lines as dicts (a line of another shape is skipped)."""
+    found = []
+    for line in lines:
+        m = SETTING.match(line)
+        if m:
+            found.append(dict(section=m.group(1).strip(), option=m.group(2), value=m.group(3)))
+    return found
 
 
 def on_target(tool, uuid, disks, to):
@@ -275,6 +297,7 @@ def main():
         not_planned=skipped,
         moved=[],
         nova_conf=list(plan.get("nova_conf") or []),
+        nova_conf_settings=settings(plan.get("nova_conf") or []),
         still_misread_after=list(plan.get("still_misread_after") or []),
         cmd=plan_cmd,
     )
