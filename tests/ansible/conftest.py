@@ -180,8 +180,8 @@ class Fleet:
             "ANSIBLE_FORCE_COLOR": "0",
             "ANSIBLE_HOST_KEY_CHECKING": "False",
             "ANSIBLE_RETRY_FILES_ENABLED": "False",
-            "PYTHONPATH": str(REPO),
         }
+        env.pop("PYTHONPATH", None)  # the storagectl wrappers set their own
         cmd = [ansible_tool("ansible-playbook"), "-i", str(self.inventory),
                str(PLAYBOOKS / playbook), *args]
         if extra_vars:
