@@ -45,7 +45,7 @@ def ansible_tool(name: str) -> str:
 def script(path: Path, argv: list[str]) -> Path:
     """A small executable that runs ``argv`` with this Python and this checkout."""
     quoted = " ".join(f"'{a}'" for a in argv)
-    path.write_text(f'#!/bin/sh\nPYTHONPATH=\'{REPO}\' exec {quoted} "$@"\n')
+    path.write_text(f"#!/bin/sh\nPYTHONPATH='{REPO}' exec {quoted} \"$@\"\n")
     path.chmod(0o755)
     return path
 
@@ -92,8 +92,13 @@ class Host:
             args += ["-c", uri]
         for conf in self.vars["storagectl_nova_conf"]:
             args += ["--nova-conf", conf]
-        return [*args, "--lock-path", self.vars["storagectl_lock_path"],
-                "--log-file", self.vars["storagectl_log_file"]]
+        return [
+            *args,
+            "--lock-path",
+            self.vars["storagectl_lock_path"],
+            "--log-file",
+            self.vars["storagectl_log_file"],
+        ]
 
     def audit(self) -> tuple[int, dict]:
         res = self.storagectl("audit", "-o", "json")
@@ -130,15 +135,28 @@ class Fleet:
         ``running`` (then the sandbox's own mix of running and shut-off ones)."""
         root = self.root / name
         res = subprocess.run(
-            [str(self.controller), "sandbox", "create", str(root), "--instances", str(instances),
-             "--seed", str(len(self.hosts))],
-            capture_output=True, text=True, timeout=300,
+            [
+                str(self.controller),
+                "sandbox",
+                "create",
+                str(root),
+                "--instances",
+                str(instances),
+                "--seed",
+                str(len(self.hosts)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert res.returncode == 0, res.stderr
         node = root / "node.xml"
         if not running:
-            node.write_text(node.read_text().replace(
-                "<test:runstate>1</test:runstate>", "<test:runstate>5</test:runstate>"))
+            node.write_text(
+                node.read_text().replace(
+                    "<test:runstate>1</test:runstate>", "<test:runstate>5</test:runstate>"
+                )
+            )
         host = Host(name, root)
         host.vars = {
             "ansible_connection": "local",
@@ -157,10 +175,16 @@ class Fleet:
 
     def add_unreachable(self, name: str) -> None:
         """An SSH host nothing listens for (127.0.0.1 port 1): Ansible reports it unreachable."""
-        self.hosts[name] = Host(name, self.root / name, {
-            "ansible_connection": "ssh", "ansible_host": "127.0.0.1", "ansible_port": 1,
-            "ansible_ssh_common_args": "-o ConnectTimeout=5 -o StrictHostKeyChecking=no",
-        })
+        self.hosts[name] = Host(
+            name,
+            self.root / name,
+            {
+                "ansible_connection": "ssh",
+                "ansible_host": "127.0.0.1",
+                "ansible_port": 1,
+                "ansible_ssh_common_args": "-o ConnectTimeout=5 -o StrictHostKeyChecking=no",
+            },
+        )
         self.write_inventory()
 
     def write_inventory(self) -> None:
@@ -182,8 +206,13 @@ class Fleet:
             "ANSIBLE_RETRY_FILES_ENABLED": "False",
         }
         env.pop("PYTHONPATH", None)  # the storagectl wrappers set their own
-        cmd = [ansible_tool("ansible-playbook"), "-i", str(self.inventory),
-               str(PLAYBOOKS / playbook), *args]
+        cmd = [
+            ansible_tool("ansible-playbook"),
+            "-i",
+            str(self.inventory),
+            str(PLAYBOOKS / playbook),
+            *args,
+        ]
         if extra_vars:
             cmd += ["-e", json.dumps(extra_vars)]
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)

@@ -24,7 +24,8 @@ def snapshot(host: Host) -> dict[str, tuple]:
             st = p.stat()
             small = st.st_size < (1 << 20)
             out[str(p.relative_to(host.root))] = (
-                p.read_bytes() if small else (st.st_ino, st.st_size, st.st_mtime_ns))
+                p.read_bytes() if small else (st.st_ino, st.st_size, st.st_mtime_ns)
+            )
     return out
 
 

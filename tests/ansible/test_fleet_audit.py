@@ -44,7 +44,11 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> tuple[Fleet, Path, Run]
 def test_every_host_is_collected_as_one_file(audited: tuple[Fleet, Path, Run]) -> None:
     fleet, out, run = audited
     assert sorted(p.name for p in out.iterdir()) == [
-        "cn1.json", "cn2.json", "cn3.json", "cn4.json"], run.output
+        "cn1.json",
+        "cn2.json",
+        "cn3.json",
+        "cn4.json",
+    ], run.output
     for name, status in (("cn1", 2), ("cn2", 2)):
         data = json.loads((out / f"{name}.json").read_text())
         code, direct = fleet.hosts[name].audit()
@@ -85,6 +89,9 @@ def test_fleet_report_names_the_broken_hosts_and_fails_the_play(
         assert name in shown
     report = json.loads((fleet.root / "fleet-report.json").read_text())
     assert all(name in json.dumps(report) for name in ("cn1", "cn2", "cn3", "cn4"))
-    again = subprocess.run([str(fleet.controller), "fleet", "report", "-o", "json", str(out)],
-                           capture_output=True, text=True)
+    again = subprocess.run(
+        [str(fleet.controller), "fleet", "report", "-o", "json", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 3 and json.loads(again.stdout) == report

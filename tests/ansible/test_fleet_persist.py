@@ -31,13 +31,17 @@ def test_persist_check_then_write_then_idempotent(fleet: Fleet) -> None:
             assert f"{u} (record written)" in run.output
         assert h.storagectl("show", h.uuids[0], "-o", "json").returncode == 0
     assert "3 record(s) written, 0 unchanged" in run.output
-    before = {(h.name, u): (h.instances / u / "storage.yaml").read_bytes()
-              for h in hosts for u in h.uuids}
+    before = {
+        (h.name, u): (h.instances / u / "storage.yaml").read_bytes() for h in hosts for u in h.uuids
+    }
 
     run = fleet.play("fleet_persist.yml")
     assert run.rc == 0, run.output
     assert {h: (run.recap[h]["changed"], run.recap[h]["failed"]) for h in ("cn1", "cn2")} == {
-        "cn1": (0, 0), "cn2": (0, 0)}
+        "cn1": (0, 0),
+        "cn2": (0, 0),
+    }
     assert "0 record(s) written, 3 unchanged" in run.output
-    assert before == {(h.name, u): (h.instances / u / "storage.yaml").read_bytes()
-                      for h in hosts for u in h.uuids}
+    assert before == {
+        (h.name, u): (h.instances / u / "storage.yaml").read_bytes() for h in hosts for u in h.uuids
+    }

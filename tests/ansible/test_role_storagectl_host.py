@@ -31,40 +31,57 @@ ROLE = REPO / "ansible/ansible_collections/storagectl/fleet/roles/storagectl_hos
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``pip wheel --no-deps`` of a copy of the tree (the build leaves nothing behind)."""
     src = tmp_path_factory.mktemp("src")
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True,
-                           check=True).stdout.split(b"\0")
+    files = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True
+    ).stdout.split(b"\0")
     for rel in filter(None, (f.decode() for f in files)):
         if (REPO / rel).is_file():
             (src / rel).parent.mkdir(parents=True, exist_ok=True)
             (src / rel).write_bytes((REPO / rel).read_bytes())
     out = tmp_path_factory.mktemp("wheels")
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                          "--no-build-isolation", "-w", str(out), str(src)],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(out),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     (built,) = out.glob("storagectl-*.whl")
     return built
 
 
 def role_play(fleet: Fleet, prefix: Path, wheel: Path, scheduler: str, textfile: str) -> Path:
-    play = [{
-        "name": "Install storagectl",
-        "hosts": "all",
-        "gather_facts": False,
-        "roles": [{"role": "storagectl.fleet.storagectl_host"}],
-        "vars": {
-            "storagectl_venv": str(prefix / "opt/storagectl"),
-            "storagectl_bin_link": str(prefix / "usr/local/bin/storagectl"),
-            "storagectl_requirements_lock": str(REPO / "requirements.lock"),
-            "storagectl_wheel": str(wheel),
-            "storagectl_install_system_packages": False,
-            "storagectl_manage_services": False,
-            "storagectl_audit_scheduler": scheduler,
-            "storagectl_systemd_dir": str(prefix / "etc/systemd/system"),
-            "storagectl_cron_file": str(prefix / "etc/cron.d/storagectl-audit"),
-            "storagectl_textfile_dir": textfile,
-        },
-    }]
+    play = [
+        {
+            "name": "Install storagectl",
+            "hosts": "all",
+            "gather_facts": False,
+            "roles": [{"role": "storagectl.fleet.storagectl_host"}],
+            "vars": {
+                "storagectl_venv": str(prefix / "opt/storagectl"),
+                "storagectl_bin_link": str(prefix / "usr/local/bin/storagectl"),
+                "storagectl_requirements_lock": str(REPO / "requirements.lock"),
+                "storagectl_wheel": str(wheel),
+                "storagectl_install_system_packages": False,
+                "storagectl_manage_services": False,
+                "storagectl_audit_scheduler": scheduler,
+                "storagectl_systemd_dir": str(prefix / "etc/systemd/system"),
+                "storagectl_cron_file": str(prefix / "etc/cron.d/storagectl-audit"),
+                "storagectl_textfile_dir": textfile,
+            },
+        }
+    ]
     for sub in ("usr/local/bin", "etc/systemd/system", "etc/cron.d"):
         (prefix / sub).mkdir(parents=True, exist_ok=True)
     path = fleet.root / f"install-{scheduler}.yml"
@@ -105,14 +122,22 @@ def test_the_role_installs_from_the_lock_into_a_prefix_idempotently(
     version = subprocess.run([str(link), "--version"], capture_output=True, text=True)
     assert version.returncode == 0 and "storagectl" in version.stdout
     # exactly the lock's versions (and storagectl from the wheel, not an editable checkout)
-    freeze = [norm(line) for line in subprocess.run(
-        [str(venv / "bin/pip"), "freeze", "--all"], capture_output=True, text=True
-    ).stdout.splitlines()]
-    locked = [norm(line.split(" ")[0]) for line in (REPO / "requirements.lock").read_text()
-              .splitlines() if "==" in line and not line.startswith((" ", "#"))]
+    freeze = [
+        norm(line)
+        for line in subprocess.run(
+            [str(venv / "bin/pip"), "freeze", "--all"], capture_output=True, text=True
+        ).stdout.splitlines()
+    ]
+    locked = [
+        norm(line.split(" ")[0])
+        for line in (REPO / "requirements.lock").read_text().splitlines()
+        if "==" in line and not line.startswith((" ", "#"))
+    ]
     assert set(locked) <= set(freeze), set(locked) - set(freeze)
-    assert any(line.startswith("storagectl @ file://") or line.startswith("storagectl==")
-               for line in freeze), freeze
+    assert any(
+        line.startswith("storagectl @ file://") or line.startswith("storagectl==")
+        for line in freeze
+    ), freeze
     units = prefix / "etc/systemd/system"
     for name in ("storagectl-audit.service", "storagectl-audit.timer"):
         want = (CONTRIB / name).read_text().replace("/usr/local/bin/storagectl", str(link))
@@ -124,13 +149,19 @@ def test_the_role_installs_from_the_lock_into_a_prefix_idempotently(
     assert again.recap["cn1"]["changed"] == 0 and again.recap["cn1"]["failed"] == 0
 
     # the cron variant, without a textfile (a host without node_exporter), same prefix
-    run = fleet.play(str(playbook), "-e", json.dumps(
-        {"storagectl_audit_scheduler": "cron", "storagectl_textfile_dir": ""}))
+    run = fleet.play(
+        str(playbook),
+        "-e",
+        json.dumps({"storagectl_audit_scheduler": "cron", "storagectl_textfile_dir": ""}),
+    )
     assert run.rc == 0, run.output
     cron = rendered(prefix / "etc/cron.d/storagectl-audit")
-    want = (CONTRIB / "storagectl-audit.cron").read_text().replace(
-        "/usr/local/bin/storagectl", str(link)).replace(
-        " --prometheus /var/lib/prometheus/node-exporter/storagectl.prom", "")
+    want = (
+        (CONTRIB / "storagectl-audit.cron")
+        .read_text()
+        .replace("/usr/local/bin/storagectl", str(link))
+        .replace(" --prometheus /var/lib/prometheus/node-exporter/storagectl.prom", "")
+    )
     assert cron == want
     (line,) = [x for x in cron.splitlines() if x.startswith("*/15")]
     assert line.endswith("audit --quiet")
@@ -139,8 +170,11 @@ def test_the_role_installs_from_the_lock_into_a_prefix_idempotently(
 def _local(name: str):
     from tests.ansible.conftest import Host
 
-    return Host(name, Path("/nonexistent"), {"ansible_connection": "local",
-                                             "ansible_python_interpreter": sys.executable})
+    return Host(
+        name,
+        Path("/nonexistent"),
+        {"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
+    )
 
 
 def test_lockpick_of_the_role_is_the_scripts_one() -> None:

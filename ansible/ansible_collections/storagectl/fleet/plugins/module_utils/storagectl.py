@@ -38,6 +38,15 @@ def argument_spec(**extra):
     return spec
 
 
+def check_selection(module):
+    """``instances`` or ``all: true``, exactly one (persist, migrate)."""
+    p = module.params
+    if p["all"] and p["instances"]:
+        module.fail_json(msg="instances and all: true are mutually exclusive")
+    if not p["all"] and not p["instances"]:
+        module.fail_json(msg="give instances (uuids or domain names) or all: true")
+
+
 class Storagectl:
     """storagectl on the managed host, for one module run."""
 

@@ -186,6 +186,7 @@ from ansible_collections.storagectl.fleet.plugins.module_utils.storagectl import
     ASSUME_ARG,
     Storagectl,
     argument_spec,
+    check_selection,
     last_error,
 )
 
@@ -269,11 +270,10 @@ def main():
             nova_conf_after=dict(type="list", elements="path"),
             **ASSUME_ARG
         ),
-        mutually_exclusive=[("instances", "all")],
-        required_one_of=[("instances", "all")],
         supports_check_mode=True,
     )
     p = module.params
+    check_selection(module)
     if not p["all"]:
         for key in ("from_backends", "state"):
             if p[key]:

@@ -112,6 +112,7 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.storagectl.fleet.plugins.module_utils.storagectl import (
     Storagectl,
     argument_spec,
+    check_selection,
     last_error,
 )
 
@@ -137,12 +138,11 @@ def main():
             force=dict(type="bool", default=False),
             allow_refused=dict(type="bool", default=False),
         ),
-        mutually_exclusive=[("instances", "all")],
-        required_one_of=[("instances", "all")],
         supports_check_mode=True,
     )
-    tool = Storagectl(module)
     p = module.params
+    check_selection(module)
+    tool = Storagectl(module)
     targets = ["--all"] if p["all"] else list(p["instances"])
     if p["force"]:
         targets.append("--force")
