@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -323,3 +324,14 @@ def test_module_source_has_the_ansible_boilerplate() -> None:
         }
         assert {"DOCUMENTATION", "EXAMPLES", "RETURN", "__metaclass__"} <= names
         assert path.read_text().startswith("#!/usr/bin/python\n")
+
+
+def test_the_readme_fleet_section_names_what_exists() -> None:
+    readme = (COLLECTIONS.parent / "README.md").read_text()
+    section = readme.split("## Fleet (Ansible)", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"ansible/playbooks/(\w+\.yml)", section))
+    assert named == {p.name for p in PLAYBOOKS.glob("*.yml")}
+    assert "ansible-galaxy collection install ./ansible/ansible_collections/storagectl/fleet" in (
+        section
+    )
+    assert "storagectl fleet report fleet-audit/" in section
