@@ -9,7 +9,9 @@ same data (these machines are noisy: only ratios within one run mean anything).
 - audit: the whole cron run, before and after `persist --all`, for the same sizes;
 - migrate (bench_migrate.py, when present): copy phase vs bare `qemu-img convert`;
 - host conversion (bench_host.py): `migrate --all` of 8 instances vs the sum of the bare
-  copies of their disks.
+  copies of their disks;
+- live move (bench_live.py): a running guest's 4 GiB disk moved live vs offline, the
+  pivot's switch-over, a guest writing 20 MiB/s, the pause of --verify paused.
 """
 
 from __future__ import annotations
@@ -223,6 +225,9 @@ def main() -> None:
     import bench_host  # noqa: PLC0415 - beside this file
 
     body += [""] + bench_host.run()
+    import bench_live  # noqa: PLC0415 - beside this file
+
+    body += [""] + bench_live.run()
     qemu = subprocess.run(["qemu-img", "--version"], capture_output=True, text=True)
     header = [
         "# Benchmark results",

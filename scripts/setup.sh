@@ -14,8 +14,8 @@ PKGS=(
   lvm2 ceph-mon ceph-osd ceph-common
   # the guest kernel for the LVM tier (virtme-ng boots it under TCG)
   linux-image-amd64 busybox-static
-  # helpers used by the tests
-  util-linux procps systemd
+  # helpers used by the tests (prometheus: its promtool checks contrib/prometheus)
+  util-linux procps systemd prometheus
 )
 
 missing=()
@@ -29,7 +29,31 @@ if ((${#missing[@]})); then
   fi
   echo "setup: installing ${missing[*]}"
   apt-get update -q >/dev/null
+  # A daemon's package (prometheus: only its promtool is wanted) starts its service from
+  # postinst. Without systemd running, invoke-rc.d would start it through its init script,
+  # outside any service manager, and leave it running: a policy-rc.d denying every start
+  # (exit 101), only for this install and only if the machine has none of its own.
+  policy=/usr/sbin/policy-rc.d
+  denied=
+  if [ ! -d /run/systemd/system ] && [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# scripts/setup.sh (storagectl): no service starts while it installs\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    denied=1
+    trap 'rm -f "$policy"' EXIT
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  if [ -n "$denied" ]; then
+    rm -f "$policy"
+    trap - EXIT
+  fi
+  if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+    # Installed here for promtool only: its server is not to run now nor at boot.
+    if [ -d /run/systemd/system ]; then
+      systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    else
+      update-rc.d prometheus disable >/dev/null 2>&1 || true
+    fi
+  fi
 fi
 
 PYTHON=${PYTHON:-python3}

@@ -45,6 +45,7 @@ from tests.env.libvirtd import Libvirtd, minimal_domain_xml
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("plan", "preflight", "create", "copy", "verify", "switch", "cleanup")
+LIVE_STEPS = ("plan", "preflight", "create", "mirror", "ready", "pivot", "switch", "cleanup")
 DISK_RE = re.compile(r"<disk[\s>].*?</disk>", re.DOTALL)
 #: The libvirt secret uuid rbd disks of the test instances name (never defined: a shut-off
 #: domain needs no secret, only a running one).
@@ -482,6 +483,59 @@ def snapshot(node: Node, uuid: str) -> dict:
     if node.ceph is not None:
         state["images"] = images(node.ceph, uuid)
     return state
+
+
+# -- running guests (live moves) ------------------------------------------------------------
+
+
+def start(node: Node, uuid: str) -> None:
+    """Start the firmware-only guest (it keeps its disks open)."""
+    node.libvirtd.connect().lookupByUUIDString(uuid).create()
+
+
+def live_disk(node: Node, uuid: str, target: str) -> tuple[str, str]:
+    """(source, driver type) of a disk in the LIVE XML (a path, or pool/image)."""
+    xml = node.libvirtd.connect().lookupByUUIDString(uuid).XMLDesc(0)
+    for disk in ET.fromstring(xml).iter("disk"):
+        if disk.find("target").get("dev") == target:
+            src = disk.find("source")
+            name = src.get("file") or src.get("dev") or src.get("name")
+            return name, disk.find("driver").get("type")
+    raise AssertionError(f"no disk {target} in {uuid}")
+
+
+def hmp_write(node: Node, uuid: str, target: str, pattern: int, offset: str, length: str) -> None:
+    """A guest write through QEMU's own block layer: HMP ``qemu-io`` on the disk's
+    device (its qdev id from the live XML's ``<alias>``), as the guest's writes go."""
+    import libvirt_qemu
+
+    dom = node.libvirtd.connect().lookupByUUIDString(uuid)
+    for disk in ET.fromstring(dom.XMLDesc(0)).iter("disk"):
+        if disk.find("target").get("dev") == target:
+            qdev = disk.find("alias").get("name")
+            break
+    else:
+        raise AssertionError(f"no disk {target}")
+    cmd = f'qemu-io -d {qdev}/virtio-backend "write -P {pattern:#x} {offset} {length}"'
+    out = libvirt_qemu.qemuMonitorCommand(
+        dom, cmd, libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP
+    )
+    assert "error" not in out.lower(), out
+
+
+def read_pattern(
+    path: str | Path, fmt: str, pattern: int, offset: str, length: str, *, shared: bool = True
+) -> bool:
+    """Whether ``length`` bytes at ``offset`` of the image all hold ``pattern`` (read
+    with its explicit format; ``shared``: beside a QEMU that has it open)."""
+    argv = ["qemu-io", "-r", *(["-U"] if shared else []), "-f", fmt]
+    res = subprocess.run(
+        [*argv, "-c", f"read -P {pattern:#x} {offset} {length}", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    out = res.stdout + res.stderr
+    return res.returncode == 0 and "verification failed" not in out and "read " in out
 
 
 def refused(res: subprocess.CompletedProcess, *words: str) -> None:

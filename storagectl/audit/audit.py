@@ -46,6 +46,7 @@ from typing import Any
 from storagectl import errors
 from storagectl.audit import ownership
 from storagectl.audit.interrupted import interrupted_findings
+from storagectl.audit.retained import retained_held
 from storagectl.backends import registry
 from storagectl.backends.base import OrphanScan
 from storagectl.backends.registry import stored
@@ -75,6 +76,8 @@ class AuditReport:
     duration: float = 0.0
     finished_at: float = 0.0
     interrupted: dict[str, int] = field(default_factory=dict)  # uuid -> bytes (interrupted.py)
+    # uuid -> {"sources", "bytes", "unsized"} of the record's retained_sources (retained.py)
+    retained: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def status(self) -> int:
@@ -102,6 +105,9 @@ class AuditReport:
             "findings_by_code": dict(sorted(by_code.items())),
             "errors": self.errors,
             "unowned": dict(sorted(self.unowned.items())),
+            # Added for the fleet report (absent from older output): uuid -> bytes held.
+            "interrupted_migrations": dict(sorted(self.interrupted.items())),
+            "retained_sources": dict(sorted(self.retained.items())),
             "duration_seconds": round(self.duration, 3),
         }
 
@@ -154,6 +160,7 @@ def run_audit(
         report.findings += _orphans(result, nova, storage, report, complete=complete)
     report.findings += _image_cache(result, nova, storage)
     report.findings += interrupted_findings(nova.instances_path, report.interrupted, lock_path)
+    report.retained = retained_held(result.retained, nova.instances_path)
     report.duration = time.monotonic() - started
     report.finished_at = time.time()
     return report

@@ -123,7 +123,8 @@ class Leftover:
         )
 
 
-def _allocated(path: str) -> int:
+def allocated(path: str) -> int:
+    """Bytes a file (or a ploop directory's files) holds on disk (``st_blocks``, as du)."""
     try:
         st = os.lstat(path)
     except OSError:
@@ -137,6 +138,16 @@ def _allocated(path: str) -> int:
                 except OSError:
                     pass
     return total
+
+
+def _live_alias(inst_dir: str, name: str) -> bool:
+    """``<disk>.migrating`` that is the same file as ``<disk>``: the name a guest moved
+    live still runs on (migrate/switch.py), no copy of its own."""
+    temp = os.path.join(inst_dir, name)
+    try:
+        return os.path.samefile(temp, temp[: -len(TEMP_SUFFIX)])
+    except OSError:
+        return False
 
 
 def find_leftovers(instances_path: str, lock_path: str | None = None) -> list[Leftover]:
@@ -156,7 +167,7 @@ def find_leftovers(instances_path: str, lock_path: str | None = None) -> list[Le
         except OSError:
             continue
         has_journal = JOURNAL_NAME in entries
-        temps = [e for e in entries if e.endswith(TEMP_SUFFIX)]
+        temps = [e for e in entries if e.endswith(TEMP_SUFFIX) and not _live_alias(inst_dir, e)]
         if not has_journal and not temps:
             continue
         item = Leftover(uuid=uuid, instance_dir=inst_dir, journal=has_journal)
@@ -179,7 +190,7 @@ def find_leftovers(instances_path: str, lock_path: str | None = None) -> list[Le
             item.files = [os.path.join(inst_dir, e) for e in (*temps, *kept)]
         else:
             item.files = [os.path.join(inst_dir, e) for e in temps]
-        item.bytes_held = sum(_allocated(f) for f in item.files)
+        item.bytes_held = sum(allocated(f) for f in item.files)
         out.append(item)
     return out
 

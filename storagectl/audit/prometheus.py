@@ -96,6 +96,17 @@ def render(report: AuditReport, previous_last_success: float | None) -> str:
         f"storagectl_nova_would_misread_instances {len(misread)}",
     ]
     lines += prometheus_lines(report.interrupted)  # storagectl/audit/interrupted.py
+    held = report.retained.values()  # storagectl/audit/retained.py
+    lines += [
+        "# HELP storagectl_retained_sources Sources kept by finished migrations "
+        "(the records' retained_sources; migrate --delete-retained removes them).",
+        "# TYPE storagectl_retained_sources gauge",
+        f"storagectl_retained_sources {sum(h['sources'] for h in held)}",
+        "# HELP storagectl_retained_sources_bytes Bytes the retained sources that are "
+        "files hold (LVs and RBD images are counted, not sized).",
+        "# TYPE storagectl_retained_sources_bytes gauge",
+        f"storagectl_retained_sources_bytes {sum(h['bytes'] for h in held)}",
+    ]
     lines += [
         "# HELP storagectl_audit_duration_seconds Wall time of the last audit.",
         "# TYPE storagectl_audit_duration_seconds gauge",

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 from typing import TYPE_CHECKING, Any
 
 from storagectl import errors
@@ -91,12 +93,15 @@ class Storage:
     def read_name(self, loc: Location) -> str:
         return self.of(loc).read_name(loc)
 
-    def data_bytes(self, loc: Location) -> int:
+    def data_bytes(self, loc: Location, *, shared: bool = False) -> int:
         """Bytes of guest data in the image (sparse-aware; backing chain included).
 
         Runs ``qemu-img measure -f qcow2 -O qcow2 --output=json IMAGE``::
 
             {"bitmaps": 0, "required": 6619136, "fully-allocated": 67436544}
+
+        ``shared``: the image is open in a running QEMU, which holds its lock (measure
+        has no ``-U``): the files are named with ``locking=off`` (:func:`unlocked`).
 
         ``required`` for a qcow2 output counts only allocated clusters (plus a little
         metadata), which is what a sparse raw file, a qcow2 or an RBD image will use. A
@@ -112,7 +117,7 @@ class Storage:
             "-O",
             "qcow2",
             "--output=json",
-            self.read_name(loc),
+            unlocked(self.read_name(loc), spec.format) if shared else self.read_name(loc),
         ).stdout
         try:
             return int(json.loads(out)["required"])
@@ -136,3 +141,34 @@ class Storage:
                 if type(b) not in out:
                     out[type(b)] = b.domain_context(original_xml, plan, resolve=resolve)
         return out
+
+
+def unlocked(name: str, fmt: str) -> str:
+    """A qemu-img image name that opens its local files without QEMU's image locks
+    (``locking=off``), to read beside a running QEMU; ``json:`` names get it on each
+    file node, a path becomes ``json:``; other names (rbd:) are returned as they are::
+
+        /i/u/disk -> json:{"driver": "raw", "file": {"driver": "file",
+                           "filename": "/i/u/disk", "locking": "off"}}
+    """
+    if name.startswith("json:"):
+        spec = json.loads(name[5:])
+    elif name.startswith("/"):
+        try:
+            block = stat.S_ISBLK(os.stat(name).st_mode)
+        except OSError:
+            block = False
+        driver = "host_device" if block else "file"
+        spec = {"driver": fmt, "file": {"driver": driver, "filename": name}}
+    else:
+        return name
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if node.get("driver") in ("file", "host_device"):
+                node["locking"] = "off"
+            for value in node.values():
+                walk(value)
+
+    walk(spec)
+    return "json:" + json.dumps(spec)

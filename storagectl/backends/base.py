@@ -157,6 +157,12 @@ class DiskBackend:
         raise NotImplementedError
 
     @classmethod
+    def live_problem(cls, loc: Location) -> str | None:
+        """Why a running guest's disk at ``loc`` cannot be block-copied (migrate/live.py),
+        or None."""
+        return None
+
+    @classmethod
     def staging(cls, dest: Location, source: Location) -> tuple[Location | None, Location | None]:
         """``(temporary copy, where the source is kept)`` for a copy into ``dest``: both
         None when the copy is written at ``dest`` directly."""

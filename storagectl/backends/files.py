@@ -128,6 +128,12 @@ class FilesBackend(DiskBackend):
         return FileLocation(backend, cls.new_format(backend), path)
 
     @classmethod
+    def live_problem(cls, loc: Location) -> str | None:
+        if loc.backend == "ploop":
+            return "a ploop disk moves offline only (QEMU opens ploop read-only)"
+        return None
+
+    @classmethod
     def staging(cls, dest: Location, source: Location) -> tuple[Location | None, Location | None]:
         # The target takes the source's Nova name: copy beside it, swap at the switch.
         assert isinstance(dest, FileLocation)

@@ -9,7 +9,8 @@ Errors: a :class:`storagectl.errors.StorageCtlError` is shown as one line,
 ``--> UnexpectedError: ...`` with a pointer to the log, where the traceback is.
 ``STORAGECTL_DEBUG=1`` re-raises instead, for debugging.
 
-Under ``audit`` every failure exits 3 (Nagios UNKNOWN): 1 and 2 mean findings there.
+Under ``audit`` and ``fleet`` every failure exits 3 (Nagios UNKNOWN): 1 and 2 mean
+findings there.
 Output cut short by its reader (``storagectl inspect | head -1``) ends quietly with
 status 141 (128 + SIGPIPE, as a C tool killed by the signal).
 """
@@ -49,7 +50,11 @@ COMMANDS = {
     "audit": "storagectl.cli.audit:audit_cmd",
     "migrate": "storagectl.cli.migrate:migrate_cmd",
     "sandbox": "storagectl.cli.sandbox:sandbox_group",
+    "fleet": "storagectl.cli.fleet:fleet_group",
 }
+# Commands whose exit status is Nagios's: every failure to run them is 3 (UNKNOWN), as
+# 1 and 2 mean findings.
+NAGIOS_COMMANDS = frozenset({"audit", "fleet"})
 
 
 class RootGroup(click.Group):
@@ -72,13 +77,13 @@ class RootGroup(click.Group):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         rest = super().parse_args(ctx, args)
-        # The command about to run, so its failures get its exit status (audit: 3).
+        # The command about to run, so its failures get its exit status (audit, fleet: 3).
         pending = [*getattr(ctx, "_protected_args", ()), *ctx.args]
         ctx.meta["storagectl.command"] = pending[0] if pending else None
         return rest
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
-        failed = _UNKNOWN if ctx.meta.get("storagectl.command") == "audit" else None
+        failed = _UNKNOWN if ctx.meta.get("storagectl.command") in NAGIOS_COMMANDS else None
         try:
             return super().invoke(ctx)
         except click.ClickException as exc:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -10,9 +13,12 @@ import click
 
 from storagectl import errors
 from storagectl.backends import registry
+from storagectl.host.config import load_nova_config, parse_assumption
+from storagectl.host.locks import host_lock
 from storagectl.migrate import host
 from storagectl.migrate.copy import NullProgress
 from storagectl.migrate.engine import Engine
+from storagectl.migrate.plan import MigrationRefused
 
 if TYPE_CHECKING:
     from storagectl.cli.app import Application
@@ -20,14 +26,38 @@ if TYPE_CHECKING:
     from storagectl.migrate.plan import Options
 
 
+@contextlib.contextmanager
+def conversion_lock(app: Application, uri: str) -> Iterator[None]:
+    """One host conversion at a time (``--all`` and ``--resume --all`` write the same host
+    journal); the instance locks keep each instance's data safe either way."""
+    try:
+        with host_lock(app.lock_path, "conversion"):
+            yield
+    except errors.LockBusy as exc:
+        raise MigrationRefused(
+            instance=f"the host {uri}",
+            reason=f"another storagectl process converts it now ({exc}); see migrate --status",
+        ) from exc
+
+
 def convert_host(app: Application, engine: Engine, options: Options, args: Args) -> None:
     """``--all --to X``: plan every instance, print the host plan, confirm, run, report."""
+    with conversion_lock(app, engine.s.uri):
+        _convert_host(app, engine, options, args)
+
+
+def _convert_host(app: Application, engine: Engine, options: Options, args: Args) -> None:
     s = engine.s
     journal = host.host_journal_path(s.nova)
     if host.read_host_journal(journal) is not None:
         raise errors.UsageError(
             reason=f"a host conversion is in progress ({journal}): finish it with "
             "storagectl migrate --resume --all (see migrate --status)"
+        )
+    if args.bwlimit and args.bwlimit < args.parallel:
+        raise errors.UsageError(
+            reason=f"--bwlimit {args.bwlimit} MiB/s is shared by the --parallel {args.parallel} "
+            "moves, at least 1 MiB/s each: lower --parallel or raise --bwlimit"
         )
     sources = tuple(x.strip() for x in (args.from_ or "").split(",") if x.strip())
     unknown = [x for x in sources if x not in registry.all_names()]
@@ -41,6 +71,11 @@ def convert_host(app: Application, engine: Engine, options: Options, args: Args)
     nova_conf = [f"[{sec}] {opt} = {val}" for sec, opt, val in settings]
     policy = host.Policy(sources, args.parallel, args.bwlimit, args.keep_going, args.state)
     hp = host.plan_host(engine.prepare, engine.storage, s, options, policy, nova_conf)
+    if args.assume or args.nova_conf_after:
+        hp.nova_after = {
+            "files": [os.path.abspath(f) for f in args.nova_conf_after],
+            "assume": [list(parse_assumption(a)) for a in args.assume],
+        }
     planned = {i.uuid for i in hp.planned}
     blocking = [
         (u, n) for u, n in host.still_misread(s.uri, s.nova_after, s.runner) if u not in planned
@@ -71,14 +106,26 @@ def convert_host(app: Application, engine: Engine, options: Options, args: Args)
 
 def resume_host(app: Application, engine: Engine, args: Args) -> None:
     """``--resume --all``: finish every instance's journal, then move the ones not started."""
+    with conversion_lock(app, engine.s.uri):
+        _resume_host(app, engine, args)
+
+
+def _resume_host(app: Application, engine: Engine, args: Args) -> None:
     s = engine.s
     journal = host.host_journal_path(s.nova)
     data = host.read_host_journal(journal)
     if data is None:
         raise errors.UsageError(reason=f"no host conversion is in progress (no {journal})")
-    hp = host.from_journal(data)
+    hp = host.from_journal(data, journal)
     assume = tuple(tuple(x) for x in data.get("assume") or ())
-    s.nova_after = app.nova_files(assume=assume) if assume else s.nova_after
+    if hp.nova_after is not None:  # what the operator named when the conversion started
+        given = tuple(tuple(a) for a in hp.nova_after["assume"])
+        if hp.nova_after["files"]:
+            s.nova_after = load_nova_config(hp.nova_after["files"], assume=given)
+        else:
+            s.nova_after = app.nova_files(assume=given)
+    elif assume:
+        s.nova_after = app.nova_files(assume=assume)
     todo = [i for i in hp.items if i.status in (host.PLANNED, host.FAILED)]
     click.echo(f"resume the conversion of {hp.uri} to {hp.to} ({len(todo)} instance(s) left)")
     for item in todo:
@@ -154,8 +201,6 @@ def _run(
 
 def _settings(lines: list[str]) -> list[tuple[str, str, str]]:
     """``[section] option = value`` lines back into settings."""
-    from storagectl.host.config import parse_assumption
-
     return [parse_assumption(line) for line in lines]
 
 
@@ -172,7 +217,7 @@ def host_status_lines(app: Application, engine: Engine) -> list[str]:
     data = host.read_host_journal(journal)
     if data is None:
         return []
-    hp = host.from_journal(data)
+    hp = host.from_journal(data, journal)
     counts: dict[str, int] = {}
     for item in hp.items:
         counts[item.status] = counts.get(item.status, 0) + 1

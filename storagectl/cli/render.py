@@ -67,7 +67,7 @@ def human_size(n: int | None) -> str:
 
 #: Columns of free text: folded (at spaces first) to fit the terminal. Every other column
 #: - uuids, paths, names - is never wrapped, so a copy-paste of it works.
-FOLDABLE = ("MESSAGE", "DETAIL", "ERROR")
+FOLDABLE = ("MESSAGE", "DETAIL", "ERROR", "PROBLEM")
 #: Layout columns left out, in this order, when the table would not fit the terminal.
 LAYOUT_DROP = (
     "ALLOC", "VSIZE", "SRC", "STATE", "HOST", "TARGET", "FORMAT", "ROLE", "BACKING", "NOVA"

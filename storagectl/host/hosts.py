@@ -195,6 +195,46 @@ def scan_host(uri: str, on_domain: OnDomain | None = None) -> HostScan:
             pass
 
 
+#: the temporary name of a file copy (backends/files.py TEMP_SUFFIX); a running guest
+#: moved live keeps it (a live alias, migrate/switch.py forward)
+LIVE_ALIAS_MARK = ".migrating"
+
+
+def resolve_live_aliases(live_xml: str, inactive_xml: str) -> str:
+    """The live XML of a guest moved live, its disks named as its persistent definition
+    names them where both names are the same file (hard links, same device and inode):
+    the guest runs on ``disk.migrating``, the definition and Nova say ``disk``. Any other
+    difference stays as it is (a real one, for the audit to see)."""
+    import os
+    import xml.etree.ElementTree as ET
+
+    try:
+        live, inactive = ET.fromstring(live_xml), ET.fromstring(inactive_xml)
+    except ET.ParseError:
+        return live_xml
+    persistent = {}
+    for disk in inactive.iter("disk"):
+        target, source = disk.find("target"), disk.find("source")
+        if target is not None and source is not None and source.get("file"):
+            persistent[target.get("dev")] = source.get("file")
+    changed = False
+    for disk in live.iter("disk"):
+        target, source = disk.find("target"), disk.find("source")
+        if target is None or source is None or not source.get("file"):
+            continue
+        name, nova = source.get("file") or "", persistent.get(target.get("dev"))
+        if not nova or nova == name or not name.endswith(LIVE_ALIAS_MARK):
+            continue
+        try:
+            same = os.path.samefile(name, nova)
+        except OSError:
+            same = False
+        if same:
+            source.set("file", nova)
+            changed = True
+    return ET.tostring(live, encoding="unicode") if changed else live_xml
+
+
 def _fetch_and_parse(scan, domains, states, libvirt, on_domain) -> None:  # noqa: ANN001
     feed: queue.Queue = queue.Queue(maxsize=_QUEUE_DEPTH)
     stop = threading.Event()
@@ -209,6 +249,9 @@ def _fetch_and_parse(scan, domains, states, libvirt, on_domain) -> None:  # noqa
                     state = states.get(dom.UUIDString().lower())
                     if state is None:
                         state = _STATES.get(dom.state()[0], "unknown")
+                    if LIVE_ALIAS_MARK in xml and state in ("running", "paused"):
+                        inactive = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+                        xml = resolve_live_aliases(xml, inactive)
                     name = dom.name()
                 except libvirt.libvirtError as exc:
                     # A domain undefined while we scan: not an error of the host.

@@ -9,19 +9,27 @@
 Steps (journal.STEPS): plan, preflight, create, copy, verify, switch, cleanup; each is
 journaled before and after and is safe to run again, which is all ``resume`` does. A
 failed copy or verification rolls back at once (targets removed, source untouched).
+
+A running instance moves live (journal.LIVE_STEPS, :mod:`storagectl.migrate.live`):
+plan, preflight, create, mirror, ready, pivot, switch, cleanup. The block copy runs in
+libvirtd: a kill -9 of storagectl leaves it running, ``--resume`` finds it and goes on,
+``--rollback`` aborts it and removes the target - until the pivot; from then on the guest
+writes only to the target and the way is forward (``--resume``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from storagectl import errors
 from storagectl.audit.interrupted import migration_state
-from storagectl.backends import Storage
+from storagectl.backends import Storage, registry
 from storagectl.host.config import NovaConfig
 from storagectl.host.hosts import is_local_uri
 from storagectl.host.libvirt_port import (  # driver_problem: importable from here too
@@ -34,10 +42,18 @@ from storagectl.host.process import Runner
 from storagectl.host.resolve import instance_uuid
 from storagectl.inspect.inspection import inspect_hosts
 from storagectl.inspect.storage import StorageView
+from storagectl.migrate import live as livemod
 from storagectl.migrate import novaguard, roundtrip, switch
 from storagectl.migrate.copy import NullProgress, Progress, copy_all
-from storagectl.migrate.journal import STEPS, Journal, JournalInvalid, journal_path, read_journal
+from storagectl.migrate.journal import (
+    Journal,
+    JournalInvalid,
+    journal_path,
+    read_journal,
+    steps_of,
+)
 from storagectl.migrate.plan import (
+    DiskMove,
     Location,
     MigrationRefused,
     Options,
@@ -46,7 +62,11 @@ from storagectl.migrate.plan import (
     make_plan,
 )
 from storagectl.migrate.preflight import preflight
-from storagectl.migrate.retained import delete_retained, retained_locations
+from storagectl.migrate.retained import (
+    delete_retained,
+    remove_live_aliases,
+    retained_locations,
+)
 from storagectl.migrate.verify import verify_disk
 from storagectl.model import naming
 from storagectl.model.layout import Code, blocking
@@ -54,6 +74,23 @@ from storagectl.record import record as rec
 from storagectl.record.mirror import write_mirror
 
 LOG = logging.getLogger(__name__)
+
+
+#: domain states a live move starts from
+LIVE_STATES = ("running", "paused")
+
+
+def live_refusal(plan: Plan, storage: Storage) -> str | None:
+    """Why the disks of ``plan`` cannot move while the guest runs, or None."""
+    for m in plan.moves:
+        why = registry.backend_class(m.source.backend).live_problem(m.source)
+        if why:
+            return f"{m.name}: {why}; shut it off"
+        if m.role == "config":
+            return "the config drive is read-only media: move it offline (shut it off)"
+        if not m.target_dev:
+            return f"{m.name} has no target device in the domain"
+    return None
 
 
 class MigrationFailed(errors.StorageCtlError):
@@ -96,6 +133,9 @@ class Engine:
         # Plans this engine preflighted in prepare(): the journaled preflight step then
         # re-checks only what another process could have changed since (target names).
         self._checked: set[str] = set()
+        #: live moves: seconds each disk's pivot took, and the pause of --verify paused
+        self.pivot_seconds: dict[str, float] = {}
+        self.paused_seconds: float | None = None
 
     # -- starting -----------------------------------------------------------------
 
@@ -129,10 +169,16 @@ class Engine:
                 else f"it has no storage record; run storagectl persist {layout.uuid} first"
             )
         if layout.state != "shutoff":
-            raise refuse(
-                f"it is {layout.state}; shut it off (openstack server stop {layout.uuid}), "
-                "or use live migration when available"
-            )
+            if options.offline:
+                raise refuse(
+                    f"it is {layout.state}; shut it off (openstack server stop "
+                    f"{layout.uuid}), or move it live (without --offline)"
+                )
+            if layout.state not in LIVE_STATES:
+                raise refuse(f"it is {layout.state}: neither shut off nor running")
+            options = dataclasses.replace(options, live=True)
+        elif options.verify_paused or options.sync_writes:
+            options = dataclasses.replace(options, verify_paused=False, sync_writes=False)
         inst_dir = s.nova.instance_dir(layout.uuid)
         with self._lock(layout.uuid, who):
             if os.path.exists(journal_path(inst_dir)):
@@ -157,6 +203,16 @@ class Engine:
         if record is None:  # removed since inspection
             raise refuse(f"it has no storage record; run storagectl persist {layout.uuid} first")
         plan = make_plan(record, options, s.nova, uri=s.uri)
+        if options.live:
+            why = live_refusal(plan, self.storage)
+            if why:
+                raise refuse(why)
+            for m in plan.moves:
+                # A file target whose name no file holds (the source is an LV or an RBD
+                # image) is mirrored at that name: the guest then runs on Nova's name,
+                # with no alias. (A source at that name is still there while it runs.)
+                if m.temp_path and m.retained_path is None:
+                    m.temp_path = None
         assumed = s.nova_after is not None
         nova = s.nova_after or s.nova
         found = novaguard.outcome(plan, record, nova, StorageView(s.runner), assumed=assumed)
@@ -180,11 +236,18 @@ class Engine:
                         f"(storagectl migrate --resume {plan.uuid}, storagectl migrate "
                         f"--rollback {plan.uuid})",
                     )
-                if domains.is_active(plan.uuid):
+                active = domains.is_active(plan.uuid)
+                if active and not plan.options.live:
                     raise MigrationRefused(
                         instance=who,
-                        reason=f"it is running; shut it off (openstack server stop {plan.uuid}), "
-                        "or use live migration when available",
+                        reason=f"it was started since it was planned; shut it off "
+                        f"(openstack server stop {plan.uuid}), or plan it again (a live move)",
+                    )
+                if plan.options.live and not active:
+                    raise MigrationRefused(
+                        instance=who,
+                        reason="it was shut off since it was planned (a live move); run the "
+                        "migration again (it moves offline)",
                     )
                 record_text = rec.record_path(plan.instance_dir).read_text()
                 info = os.path.join(plan.instance_dir, "disk.info")
@@ -205,7 +268,7 @@ class Engine:
     def resume(self, instance: str) -> Plan:
         uuid = self.resolve(instance)
         with self._journaled(uuid, instance) as journal:
-            self._refuse_running(uuid, instance)
+            self._refuse_resume(journal, instance)
             self.s.say(f"resuming {journal.plan.name} at {journal.step} ({journal.phase})")
             journal.pid, journal.error = os.getpid(), None
             self._steps(journal, self.libvirt)
@@ -293,8 +356,8 @@ class Engine:
                 f"({j.phase}), started {j.started_at or '?'} by pid {j.pid}"
             )
             if mode == "resume":
-                self._refuse_running(uuid, instance)
-                left = [s for s in STEPS if s not in j.done]
+                self._refuse_resume(j, instance)
+                left = [s for s in steps_of(j.plan) if s not in j.done]
                 return [
                     f"would resume the {head}",
                     f"  steps to run: {', '.join(left) or '(none)'}",
@@ -312,7 +375,17 @@ class Engine:
                 reason="the sources are being deleted (cleanup); only "
                 f"storagectl migrate --resume {plan.uuid} can finish this migration",
             )
-        if j.started("switch") and domains.is_active(plan.uuid):
+        if plan.options.live:
+            pivoted = self._pivoted(j)
+            if pivoted:
+                raise MigrationRefused(
+                    instance=who,
+                    reason=f"the running guest already writes to the target of "
+                    f"{', '.join(pivoted)} (pivoted): only storagectl migrate --resume "
+                    f"{plan.uuid} can finish this migration; a move back is another live "
+                    "migration",
+                )
+        elif j.started("switch") and domains.is_active(plan.uuid):
             raise MigrationRefused(instance=who, reason="it is running; shut it off")
 
     def _undo_lines(self, j: Journal, domains: switch.Domains) -> list[str]:
@@ -328,6 +401,8 @@ class Engine:
                     lines.append(
                         f"  {m.name}: back to {m.source.describe()} (from {m.retained_path})"
                     )
+        if plan.options.live and j.started("mirror"):
+            lines.append("  abort the block copies still running (the guest stays on its source)")
         if j.started("create"):
             for m in plan.moves:
                 lines.append(f"  {m.name}: remove the target {m.copy_dest.describe()}")
@@ -342,7 +417,14 @@ class Engine:
         with self._lock(uuid, instance):
             if read_journal(inst_dir) is not None:
                 raise MigrationRefused(instance=instance, reason="a migration is in progress")
-            return delete_retained(inst_dir, uuid, self.storage, self.s.runner)
+            done = delete_retained(inst_dir, uuid, self.storage, self.s.runner)
+            try:
+                running = self.libvirt.is_active(uuid)
+            except errors.InstanceNotFound:
+                running = False
+            if not running:  # the names a guest moved live ran on: no longer needed
+                done += remove_live_aliases(inst_dir)
+            return done
 
     def resolve(self, instance: str) -> str:
         return instance_uuid(instance, self._uuid_of)
@@ -356,7 +438,7 @@ class Engine:
     # -- the steps ----------------------------------------------------------------
 
     def _steps(self, j: Journal, domains: switch.Domains) -> None:
-        for step in STEPS:
+        for step in steps_of(j.plan):
             if step in j.done:
                 continue
             # Whether an earlier run already began this step (its leftovers are its own).
@@ -386,7 +468,9 @@ class Engine:
             j.save()
         except OSError:  # a full disk is one reason to be here; the rollback frees it
             LOG.warning("cannot record the error in the journal", exc_info=True)
-        if step in ("copy", "verify", "create"):
+        if step in ("copy", "verify", "create", "mirror", "ready") or isinstance(
+            exc, livemod.PausedVerifyFailed
+        ):
             try:
                 self._rollback(j, domains)
             except Exception as undo_exc:  # noqa: BLE001
@@ -451,7 +535,10 @@ class Engine:
 
     def _switch(self, j: Journal, domains: switch.Domains) -> None:
         plan = j.plan
-        switch.forward(plan, j.original_xml, domains, self.storage)
+        if plan.options.live:
+            for m in plan.moves:  # the guest's own flushes aside: the copy is on disk
+                self.storage.of(m.copy_dest).make_durable(m.copy_dest)
+        switch.forward(plan, j.original_xml, domains, self.storage, live=plan.options.live)
         new = switch.migrated_record(self._original_record(j), plan, now=rec.utc_now())
         write_mirror(new, self.s.runner)
         rec.write_record(plan.instance_dir, new)
@@ -480,6 +567,8 @@ class Engine:
     def _rollback(self, j: Journal, domains: switch.Domains) -> None:
         plan = j.plan
         self._refuse_rollback(j, domains)
+        if plan.options.live and j.started("mirror"):
+            self._abort_jobs(j)
         if j.started("switch"):
             switch.undo(plan, j.original_xml, domains, self.storage)
             rec.write_record(plan.instance_dir, self._original_record(j))
@@ -518,11 +607,164 @@ class Engine:
         finally:
             self.libvirt.close()
 
-    def _refuse_running(self, uuid: str, who: str) -> None:
-        if self.libvirt.is_active(uuid):
+    def _refuse_resume(self, j: Journal, who: str) -> None:
+        active = self.libvirt.is_active(j.plan.uuid)
+        if not j.plan.options.live:
+            if active:
+                raise MigrationRefused(
+                    instance=who, reason="it is running; shut it off before resuming"
+                )
+            return
+        if not active and j.started("mirror") and not self._pivoted(j):
             raise MigrationRefused(
-                instance=who, reason="it is running; shut it off before resuming"
+                instance=who,
+                reason="the guest stopped before its disks were pivoted (the block copy ended "
+                f"with it): roll back (storagectl migrate --rollback {j.plan.uuid}), then "
+                "migrate it again (offline)",
             )
+
+    # -- live moves -------------------------------------------------------------------
+
+    def _live(self, uuid: str) -> livemod.LiveDomain:
+        return livemod.LiveDomain(self.s.uri, uuid)
+
+    def _dest_name(self, j: Journal, m: DiskMove) -> str:
+        """How the live XML names the target of ``m`` (a path, or pool/image)."""
+        _type, source, _auth = self.storage.of(m.copy_dest).disk_xml(m.copy_dest, None)
+        return livemod.source_name(source) or ""
+
+    def _pivoted(self, j: Journal) -> list[str]:
+        """Disks whose running guest is on the target already (the live XML says so);
+        once the domain is shut off, the pivot step's journal says it."""
+        if not j.started("pivot"):
+            return []
+        if not self.libvirt.is_active(j.plan.uuid):
+            return [m.name for m in j.plan.moves] if "pivot" in j.done else []
+        with self._live(j.plan.uuid) as live:
+            state = live.state()
+        return [
+            m.name
+            for m in j.plan.moves
+            if m.target_dev in state and state[m.target_dev].source == self._dest_name(j, m)
+        ]
+
+    def _abort_jobs(self, j: Journal) -> None:
+        if not self.libvirt.is_active(j.plan.uuid):
+            return  # the jobs ended with the guest
+        with self._live(j.plan.uuid) as live:
+            state = live.state()
+            for m in j.plan.moves:
+                s = state.get(m.target_dev or "")
+                if s is not None and s.mirror == self._dest_name(j, m):
+                    live.abort(m.target_dev or "")
+
+    def _mirror(self, j: Journal, domains: switch.Domains) -> None:
+        with self._live(j.plan.uuid) as live:
+            self._ensure_mirrors(j, live, fresh=not self._reentered)
+
+    def _ensure_mirrors(self, j: Journal, live: livemod.LiveDomain, *, fresh: bool) -> None:
+        """Start the copy of every disk that is neither pivoted nor being copied.
+
+        ``fresh``: the create step just made the targets. Otherwise a target may hold a
+        copy that ended (a kill -9 before the job started, a libvirtd that lost it): it is
+        made afresh, so that the new job starts from a target that reads as zeros."""
+        plan, o = j.plan, j.plan.options
+        contexts = None
+        state = live.state()
+        for m in plan.moves:
+            dev, dest = m.target_dev or "", self._dest_name(j, m)
+            s = state.get(dev)
+            if s is None:
+                raise livemod.LiveError(instance=plan.uuid, reason=f"no disk {dev} runs")
+            if dest in (s.source, s.mirror):
+                continue  # pivoted already, or its copy runs (started before a kill)
+            if s.mirror is not None:
+                raise livemod.LiveError(
+                    instance=plan.uuid,
+                    reason=f"{dev} has another block job (into {s.mirror}); wait for it "
+                    "or abort it (virsh blockjob --abort)",
+                )
+            if not fresh:
+                self.s.say(f"{plan.name}: {m.name}: no copy running; starting it afresh")
+                self.storage.remove(m.copy_dest, ours=True)
+                self.storage.create(m.copy_dest, m.virtual_size, sparse_lv=o.sparse_lvs)
+            if contexts is None:
+                contexts = self.storage.domain_contexts(j.original_xml, plan, resolve=True)
+            backend = self.storage.of(m.copy_dest)
+            disk_type, source, auth = backend.disk_xml(m.copy_dest, contexts.get(type(backend)))
+            xml = livemod.disk_xml(disk_type, m.copy_dest.format, source, auth)
+            live.copy(
+                dev,
+                xml,
+                bandwidth=(o.bwlimit << 20) if o.bwlimit else None,
+                sync_writes=o.sync_writes,
+            )
+            self.s.progress.start(m.name, m.virtual_size)
+
+    def _ready(self, j: Journal, domains: switch.Domains) -> None:
+        plan = j.plan
+        names = {m.target_dev: m.name for m in plan.moves}
+        with self._live(plan.uuid) as live:
+            # a copy that is gone (libvirtd restarted and lost it) starts again
+            self._ensure_mirrors(j, live, fresh=False)
+            state = live.state()
+            devs = [
+                m.target_dev or ""
+                for m in plan.moves
+                if state.get(m.target_dev or "", livemod.Mirror(None, None, None)).source
+                != self._dest_name(j, m)
+            ]
+            live.wait_ready(
+                devs,
+                timeout=plan.options.converge_timeout,
+                on_progress=lambda dev, p: self.s.progress.update(names[dev], p),
+            )
+        for m in plan.moves:
+            self.s.progress.finish(m.name, True)
+
+    def _pivot(self, j: Journal, domains: switch.Domains) -> None:
+        plan = j.plan
+        with self._live(plan.uuid) as live:
+            state = live.state()
+            todo = [
+                m
+                for m in plan.moves
+                if state.get(m.target_dev or "", livemod.Mirror(None, None, None)).source
+                != self._dest_name(j, m)
+            ]
+            for m in todo:
+                s = state.get(m.target_dev or "")
+                if s is None or s.ready != "yes":
+                    raise livemod.LiveError(
+                        instance=plan.uuid,
+                        reason=f"the copy of {m.name} is not ready (live XML: {s})",
+                    )
+            paused = None
+            if plan.options.verify_paused and todo:
+                start = time.monotonic()
+                live.suspend()
+                try:
+                    for m in todo:
+                        try:
+                            verify_disk(m, self.storage, self.s.runner, shared=True)
+                        except Exception as exc:  # noqa: BLE001 - the guest resumes first
+                            raise livemod.PausedVerifyFailed(
+                                instance=plan.uuid, disk=m.name, reason=str(exc)
+                            ) from exc
+                    for m in todo:
+                        self.pivot_seconds[m.name] = live.pivot(m.target_dev or "")
+                finally:
+                    live.resume()
+                    paused = time.monotonic() - start
+            else:
+                for m in todo:
+                    self.pivot_seconds[m.name] = live.pivot(m.target_dev or "")
+        for name, sec in self.pivot_seconds.items():
+            self.s.say(f"{plan.name}: {name} pivoted in {sec * 1000:.0f} ms")
+        if paused is not None:
+            self.paused_seconds = paused
+            ms = paused * 1000
+            self.s.say(f"{plan.name}: the guest was paused {ms:.0f} ms (--verify paused)")
 
 
 class _Locked:

@@ -99,6 +99,10 @@ class HostPlan:
     items: list[HostItem] = field(default_factory=list)
     #: space name -> (bytes needed, bytes free or None)
     space: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    #: the nova.conf to be as the operator named it (``{"files": [...], "assume":
+    #: [[section, option, value], ...]}`` from --nova-conf-after / --assume), journaled so
+    #: that --resume --all guards each move with the same; None: the target's settings
+    nova_after: dict[str, list] | None = None
 
     @property
     def planned(self) -> list[HostItem]:
@@ -149,7 +153,7 @@ class Policy:
     parallel: int = 1  # instances at once
     bwlimit: int | None = None  # MiB/s for the whole host
     keep_going: bool = False
-    state: str = "shutoff"  # which instances are selected: shutoff | running | any
+    state: str = "any"  # which instances are selected: shutoff | running | any
 
 
 def plan_host(
@@ -191,12 +195,9 @@ def plan_host(
         if state != "any" and (layout.state == "shutoff") != (state == "shutoff"):
             continue  # not selected (--state); still_misread() names it if it matters
         item = HostItem(layout.uuid, layout.name, PLANNED)
-        if layout.state != "shutoff":
+        if layout.state != "shutoff" and options.offline:
             item.status = SKIPPED
-            item.reason = (
-                f"it is {layout.state}: must be shut off to move (live moves are not "
-                "available yet); it is not touched"
-            )
+            item.reason = f"it is {layout.state}: --offline moves only shut-off instances"
         else:
             chosen.append(item)
         hp.items.append(item)
@@ -257,6 +258,7 @@ def write_host_journal(path: str, hp: HostPlan, started_at: str, assume: tuple =
         "keep_going": hp.keep_going,
         "nova_conf": hp.nova_conf,
         "assume": [list(a) for a in assume],
+        "nova_after": hp.nova_after,
         "started_at": started_at,
         "pid": os.getpid(),
         "instances": [i.to_dict() for i in hp.items],
@@ -286,7 +288,19 @@ def read_host_journal(path: str) -> dict[str, Any] | None:
     return data
 
 
-def from_journal(data: dict[str, Any]) -> HostPlan:
+def from_journal(data: dict[str, Any], path: str = "the host journal") -> HostPlan:
+    """The host plan a host journal holds; a journal of the right version with fields
+    of the wrong names or shapes is a clear error naming it, never a traceback."""
+    try:
+        return _from_journal(data)
+    except KeyError as exc:
+        reason = f"{path} is not a storagectl host journal (field {exc.args[0]!r} missing)"
+    except (TypeError, ValueError, AttributeError) as exc:
+        reason = f"{path} is not a storagectl host journal (a field of the wrong shape: {exc})"
+    raise errors.UsageError(reason=reason)
+
+
+def _from_journal(data: dict[str, Any]) -> HostPlan:
     hp = HostPlan(
         data["uri"],
         data["to"],
@@ -296,6 +310,12 @@ def from_journal(data: dict[str, Any]) -> HostPlan:
         bool(data.get("keep_going")),
         list(data.get("nova_conf") or ()),
     )
+    spec = data.get("nova_after")
+    if spec is not None:
+        hp.nova_after = {
+            "files": [str(f) for f in spec["files"]],
+            "assume": [[str(x) for x in a] for a in spec["assume"]],
+        }
     for raw in data["instances"]:
         hp.items.append(HostItem(**{k: raw.get(k) for k in HostItem.__dataclass_fields__}))
     return hp

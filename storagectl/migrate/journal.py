@@ -36,7 +36,17 @@ LOG = logging.getLogger(__name__)
 
 JOURNAL_NAME = "storage.migration.json"
 VERSION = 1
+#: an offline move (the instance is shut off)
 STEPS = ("plan", "preflight", "create", "copy", "verify", "switch", "cleanup")
+#: a live move (libvirt block copy of the running guest, migrate/live.py)
+LIVE_STEPS = ("plan", "preflight", "create", "mirror", "ready", "pivot", "switch", "cleanup")
+ALL_STEPS = tuple(dict.fromkeys(STEPS + LIVE_STEPS))
+
+
+def steps_of(plan: Plan) -> tuple[str, ...]:
+    return LIVE_STEPS if plan.options.live else STEPS
+
+
 PHASES = ("before", "after")
 MAX_JOURNAL_BYTES = 16 << 20
 
@@ -85,7 +95,7 @@ class Journal:
     def from_dict(cls, data: dict[str, Any]) -> Journal:
         if data.get("version") != VERSION:
             raise ValueError(f"version {data.get('version')!r} is not {VERSION}")
-        if data.get("step") not in STEPS or data.get("phase") not in PHASES:
+        if data.get("step") not in ALL_STEPS or data.get("phase") not in PHASES:
             raise ValueError(f"unknown step {data.get('step')!r}:{data.get('phase')!r}")
         return cls(
             plan=Plan.from_dict(data["plan"]),
@@ -94,7 +104,7 @@ class Journal:
             original_disk_info=data.get("original_disk_info"),
             step=data["step"],
             phase=data["phase"],
-            done=[s for s in data.get("done") or [] if s in STEPS],
+            done=[s for s in data.get("done") or [] if s in ALL_STEPS],
             started_at=data.get("started_at") or "",
             pid=int(data.get("pid") or 0),
             error=data.get("error"),
@@ -179,9 +189,9 @@ def check_fault(value: str | None) -> str | None:
     if not value:
         return None
     step, _, phase = value.partition(":")
-    if step not in STEPS or phase not in PHASES:
+    if step not in ALL_STEPS or phase not in PHASES:
         raise errors.UsageError(
             reason=f"STORAGECTL_FAULT={value!r}: expected <step>:<before|after>, step one of "
-            + ", ".join(STEPS)
+            + ", ".join(ALL_STEPS)
         )
     return value

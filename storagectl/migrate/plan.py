@@ -103,6 +103,16 @@ class Options:
     parallel: int = 1
     bwlimit: int | None = None  # MiB/s, per disk
     sparse_lvs: bool = False  # nova.conf sparse_logical_volumes
+    #: refuse a running instance instead of moving it live (--offline)
+    offline: bool = False
+    #: a live move (libvirt block copy of the running guest); set by the engine
+    live: bool = False
+    #: live: suspend the guest for a full qemu-img compare before the pivot (--verify paused)
+    verify_paused: bool = False
+    #: live: guest writes wait for the target (write-blocking, --sync-writes)
+    sync_writes: bool = False
+    #: live: seconds the mirror may take to become ready (--converge-timeout)
+    converge_timeout: int = 3600
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -248,6 +258,26 @@ def describe(plan: Plan) -> list[str]:
         lines.append(f"  skipped {s}")
     if plan.nova and not plan.nova["misread"]:
         lines.append(f"  Nova reads the result as stored with {plan.nova['config']}")
+    if o.live:
+        check = (
+            "; --verify paused: the guest is suspended for a full qemu-img compare, then "
+            "pivoted and resumed"
+            if o.verify_paused
+            else ""
+        )
+        lines.append(
+            "  live (the guest runs): plan, preflight, create target, mirror (libvirt block "
+            f"copy{', guest writes wait for the target' if o.sync_writes else ''}), ready "
+            f"(at most {o.converge_timeout} s), pivot{check}, switch (domain XML + record), "
+            "cleanup"
+        )
+        for m in plan.moves:
+            if m.temp_path:
+                lines.append(
+                    f"  {m.name}: the running guest keeps using {m.temp_path} (the same file "
+                    f"as {m.dest.describe()}) until it is next shut off"
+                )
+        return lines
     lines.append(
         "  steps: plan, preflight, create target, copy (qemu-img convert), verify "
         "(qemu-img compare), switch (domain XML + record), cleanup"

@@ -53,7 +53,7 @@ def preflight(plan: Plan, storage: Storage, *, names_only: bool = False) -> None
                 raise refuse(str(exc)) from exc
             checked.add(key)
         _check_names(m, storage, refuse)
-        m.needed = _needed(m, storage, plan.options.sparse_lvs)
+        m.needed = _needed(m, storage, plan.options.sparse_lvs, shared=plan.options.live)
     if not names_only:
         _check_space(plan, storage, refuse)
 
@@ -84,9 +84,9 @@ def _check_names(m, storage: Storage, refuse) -> None:  # noqa: ANN001
             )
 
 
-def _needed(m, storage: Storage, sparse_lvs: bool) -> int:  # noqa: ANN001
+def _needed(m, storage: Storage, sparse_lvs: bool, *, shared: bool) -> int:  # noqa: ANN001
     fixed = storage.of(m.dest).bytes_needed(m.virtual_size, sparse=sparse_lvs)
-    return fixed if fixed is not None else storage.data_bytes(m.source)
+    return fixed if fixed is not None else storage.data_bytes(m.source, shared=shared)
 
 
 def _check_space(plan: Plan, storage: Storage, refuse) -> None:  # noqa: ANN001

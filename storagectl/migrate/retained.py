@@ -13,6 +13,7 @@ a location one of its disks uses now. Example item::
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import replace
 
 from storagectl import errors
@@ -94,3 +95,26 @@ def retained_location(item: dict, uuid: str, instance_dir: str) -> Location:
 
 
 _location = retained_location  # the former private name
+
+
+def remove_live_aliases(inst_dir: str) -> list[str]:
+    """Remove each ``<disk>.migrating`` that is the same file as ``<disk>`` (the name a
+    guest moved live ran on, migrate/switch.py); only when the guest is shut off."""
+    from storagectl.audit.interrupted import TEMP_SUFFIX
+    from storagectl.host import fsutil
+
+    out = []
+    for name in sorted(os.listdir(inst_dir)):
+        if not name.endswith(TEMP_SUFFIX):
+            continue
+        alias = os.path.join(inst_dir, name)
+        try:
+            same = os.path.samefile(alias, alias[: -len(TEMP_SUFFIX)])
+        except OSError:
+            continue
+        if same:
+            os.unlink(alias)
+            out.append(f"removed {alias} (a second name of {alias[: -len(TEMP_SUFFIX)]})")
+    if out:
+        fsutil.fsync_dir(inst_dir)
+    return out

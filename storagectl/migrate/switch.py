@@ -119,9 +119,19 @@ Domains = LibvirtDomains
 # -- switching and undoing ---------------------------------------------------------
 
 
-def forward(plan: Plan, original_xml: str, domains: LibvirtPort, storage: Storage) -> None:
-    """Point the domain at the verified copies (idempotent; see the module docstring)."""
-    if domains.is_active(plan.uuid):
+def forward(
+    plan: Plan, original_xml: str, domains: LibvirtPort, storage: Storage, *, live: bool = False
+) -> None:
+    """Point the domain at the verified copies (idempotent; see the module docstring).
+
+    ``live``: the guest runs on the copies already (pivoted, migrate/live.py); only its
+    persistent definition changes. A file copy then keeps its temporary name as a second
+    hard link of the file under Nova's name while the guest runs - QEMU has no way to
+    rename an open image, and libvirt's live definition names it (a *live alias*; the
+    scan reads the disk under its Nova name, and ``--delete-retained`` removes the alias
+    once the guest is shut off).
+    """
+    if not live and domains.is_active(plan.uuid):
         raise SwitchError(instance=plan.uuid, reason="the domain is running; shut it off")
     where = {m.name: m.dest for m in plan.moves}
     contexts = storage.domain_contexts(original_xml, plan, resolve=True)
@@ -140,13 +150,16 @@ def forward(plan: Plan, original_xml: str, domains: LibvirtPort, storage: Storag
                     instance=plan.uuid,
                     reason=f"{final} exists and is neither the source nor the copy",
                 )
-            _keep_owner(final, temp)
+            if not live:  # a running guest's copy has the owner libvirt gave it
+                _keep_owner(final, temp)
             fsutil.fsync_path(temp)  # the owner and mode, before the copy takes the name
             os.rename(final, m.retained_path)
         if not os.path.lexists(final):
             os.link(temp, final)
         fsutil.fsync_dir(os.path.dirname(final))
     domains.define(domain_xml(original_xml, plan, where, storage, contexts=contexts))
+    if live and domains.is_active(plan.uuid):
+        return  # the temporary names stay, as live aliases (see above)
     for m in plan.moves:
         if m.name in staged:
             os.unlink(m.temp_path or "")

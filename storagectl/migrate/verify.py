@@ -43,37 +43,49 @@ class VerifyFailed(errors.StorageCtlError):
     template = "disk %(disk)s: the copy differs from the source (%(detail)s)"
 
 
-def compare_argv(move: DiskMove, storage: Storage) -> list[str]:
+def compare_argv(move: DiskMove, storage: Storage, *, shared: bool = False) -> list[str]:
+    """``shared``: both images are open in a running (suspended) QEMU - the source as the
+    guest's disk, the target as its block copy's, whose "consistent read" lock even
+    ``-U`` cannot share - so local files are opened with ``locking=off``
+    (:func:`storagectl.backends.unlocked`)."""
+    from storagectl.backends import unlocked
+
+    argv = ["qemu-img", "compare"]
     src_loc, dst_loc = move.source, move.copy_dest
     src_b, dst_b = storage.of(src_loc), storage.of(dst_loc)
     size = move.virtual_size
     if (src_b.ROUNDED_SIZE or dst_b.ROUNDED_SIZE) and not src_b.VETTED:
         # e.g. lvm <-> rbd: no file header to vet; --image-opts carries the size limit.
-        src = storage.qemu_spec(src_loc, size=size)
-        dst = storage.qemu_spec(dst_loc, size=size)
-        return ["qemu-img", "compare", "--image-opts", src.image_opts, dst.image_opts]
+        opts = [
+            storage.qemu_spec(src_loc, size=size).image_opts,
+            storage.qemu_spec(dst_loc, size=size).image_opts,
+        ]
+        if shared:
+            opts = [_unlocked_opts(o) for o in opts]
+        return [*argv, "--image-opts", *opts]
     # The source's chain is vetted again and named explicitly, as for the copy: qemu-img
     # never follows a backing name from a header (storagectl.inspect.verify.copy_source).
     # Beside a file, an LV is a json: name cut to the disk's size.
     src, dst = storage.qemu_spec(src_loc), storage.qemu_spec(dst_loc)
+    src_name = storage.read_name(src_loc)
     dst_name = dst_b.sized_name(dst_loc, size) if dst_b.ROUNDED_SIZE else dst.filename
-    return [
-        "qemu-img",
-        "compare",
-        "-f",
-        src.format,
-        "-F",
-        dst.format,
-        storage.read_name(src_loc),
-        dst_name,
-    ]
+    if shared:
+        src_name, dst_name = unlocked(src_name, src.format), unlocked(dst_name, dst.format)
+    return [*argv, "-f", src.format, "-F", dst.format, src_name, dst_name]
 
 
-def verify_disk(move: DiskMove, storage: Storage, runner: Runner) -> None:
+def _unlocked_opts(opts: str) -> str:
+    if "file.driver=file" in opts or "file.driver=host_device" in opts:
+        return opts + ",file.locking=off"
+    return opts
+
+
+def verify_disk(move: DiskMove, storage: Storage, runner: Runner, *, shared: bool = False) -> None:
     """Raise :class:`VerifyFailed` unless the target holds exactly the source's data
-    on the media (see the module docstring)."""
+    on the media (see the module docstring); ``shared``: see :func:`compare_argv`."""
     storage.of(move.copy_dest).before_compare(move.copy_dest)
-    result = runner.run(*compare_argv(move, storage), ok_codes=(0, 1), timeout=COMPARE_TIMEOUT)
+    argv = compare_argv(move, storage, shared=shared)
+    result = runner.run(*argv, ok_codes=(0, 1), timeout=COMPARE_TIMEOUT)
     if result.exit_code != 0:
         detail = (str(result.stdout) or str(result.stderr)).strip() or "exit status 1"
         raise VerifyFailed(disk=move.name, detail=detail)

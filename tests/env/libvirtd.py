@@ -532,6 +532,23 @@ def _stop_pids(pids: dict[str, int], timeout: float = 15.0) -> None:
                 os.waitpid(pid, 0)
 
 
+def restart_libvirtd(d: Libvirtd, log_dir: Path | None = None) -> None:
+    """Stop libvirtd (SIGTERM; running guests live on) and start it again, as a package
+    upgrade or an operator does; virtlogd stays. The new daemon replaces the old one in
+    ``d.pids`` so that a session that started it stops it."""
+    d.close()
+    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+    for pid in pids:  # one libvirtd per host
+        if _process_name(pid) == "libvirtd":
+            _stop_pids({"libvirtd": pid})
+    log_dir = Path(log_dir or d.log_dir or DEFAULT_LOG_DIR)
+    log = log_dir / "libvirtd.log"
+    proc = _spawn(["libvirtd"], log)
+    _wait_until(qemu_driver_answers, proc, "libvirtd (QEMU driver)", log)
+    if d.started_here:
+        d.pids["libvirtd"] = proc.pid
+
+
 def stop_libvirtd(d: Libvirtd) -> None:
     """Remove the tracked domains; stop the daemons only if ``d`` started them."""
     try:

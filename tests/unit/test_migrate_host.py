@@ -98,18 +98,16 @@ def test_running_instances_are_listed_never_touched(node: FakeNode) -> None:
     ]
     node.rescan()
     to_qcow2 = ("migrate", "--all", "--to", "qcow2")
-    res = node.run(*to_qcow2, "--state", "any", "--dry-run")
-    assert f"skipped: instance-{running[:8]} ({running}): it is running: must be shut off" in (
-        res.stdout
-    )
-    res = node.run(*to_qcow2, "--dry-run")
+    res = node.run(*to_qcow2, "--offline", "--dry-run")
+    assert f"skipped: instance-{running[:8]} ({running}): it is running: --offline" in (res.stdout)
+    res = node.run(*to_qcow2, "--state", "shutoff", "--dry-run")
     planned, after = res.stdout.split("after these moves")
     assert running not in planned
     assert (
         f"Nova would still misread 1 instance(s) with that nova.conf: instance-{running[:8]}"
         in ("after these moves" + after)
     )
-    res = node.run(*to_qcow2, "--yes")
+    res = node.run(*to_qcow2, "--offline", "--yes")
     assert res.returncode == 0, res.stderr
     assert "1 instance(s) moved" in res.stdout
     # the running one is still raw: the report does not tell the operator to flip yet
@@ -226,3 +224,84 @@ def test_a_disk_info_that_is_not_novas_is_a_refusal_not_a_traceback(node: FakeNo
     res = node.run("migrate", uuid, "--to", "flat", "--assume", FLAT.replace(" = ", "="), "--yes")
     assert "Traceback" not in res.stderr
     assert res.returncode == 1 and "disk.info has no entry" in res.stderr, res.stderr
+
+
+def _hold_conversion(lock_path: str, ready, release) -> None:  # noqa: ANN001
+    from storagectl.host.locks import host_lock
+
+    with host_lock(lock_path, "conversion"):
+        ready.set()
+        release.wait(30)
+
+
+def test_one_host_conversion_at_a_time(node: FakeNode) -> None:
+    """A second --all (or --resume --all) while one runs is refused, nothing changed."""
+    import multiprocessing
+
+    uuid = make_instance(node, "qcow2")
+    before = json.dumps(node.record(uuid))
+    ctx = multiprocessing.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold_conversion, args=(str(node.root / "locks"), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(10)
+        for args in (("--all", "--to", "flat", "--yes"), ("--resume", "--all", "--yes")):
+            res = node.run("migrate", *args)
+            assert res.returncode == 1, res.stdout + res.stderr
+            assert "another storagectl process converts it now" in res.stderr
+            assert "Traceback" not in res.stderr
+    finally:
+        release.set()
+        holder.join(10)
+    assert json.dumps(node.record(uuid)) == before and not journal(node).exists()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"version": 1},
+        {"version": 1, "uri": "x", "to": "flat", "options": {"to": "flat"}, "parallel": "two",
+         "instances": []},
+        {"version": 1, "uri": "x", "to": "flat", "options": {"to": "flat"}, "parallel": 1,
+         "instances": [7]},
+    ],
+)  # fmt: skip
+def test_a_host_journal_of_the_wrong_shape_is_a_clear_error(node: FakeNode, data: dict) -> None:
+    journal(node).write_text(json.dumps(data))
+    for args in (("--status",), ("--resume", "--all", "--yes")):
+        res = node.run("migrate", *args)
+        assert res.returncode == 2, res.stdout + res.stderr
+        assert "is not a storagectl host journal" in res.stderr
+        assert str(journal(node)) in res.stderr and "Traceback" not in res.stderr
+
+
+def test_the_nova_conf_after_is_journaled_for_resume_all(node: FakeNode, tmp_path: Path) -> None:
+    """--nova-conf-after / --assume given at the start guard the moves --resume --all
+    makes: the host journal keeps them (the files by absolute path)."""
+    after = tmp_path / "nova-after.conf"
+    after.write_text(node.conf.read_text() + "[libvirt]\nimages_type = flat\n")
+    uuids = [make_instance(node, "qcow2") for _ in range(2)]
+    res = node.killed(
+        "migrate", "--all", "--to", "flat", "--nova-conf-after", str(after),
+        "--assume", "[DEFAULT] use_cow_images=true", "--yes", fault="copy:before",
+    )  # fmt: skip
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    data = json.loads(journal(node).read_text())
+    assert data["nova_after"] == {
+        "files": [str(after)],
+        "assume": [["DEFAULT", "use_cow_images", "true"]],
+    }
+    after.unlink()  # resume reads it again: a missing file is an error naming it
+    res = node.run("migrate", "--resume", "--all", "--yes")
+    assert res.returncode != 0 and str(after) in res.stderr and "Traceback" not in res.stderr
+    after.write_text(node.conf.read_text() + "[libvirt]\nimages_type = flat\n")
+    res = node.run("migrate", "--resume", "--all", "--yes")
+    assert res.returncode == 0, res.stderr
+    assert all(node.record(u)["disks"][0]["backend"] == "flat" for u in uuids)
+
+
+def test_a_bwlimit_below_parallel_is_a_usage_error(node: FakeNode) -> None:
+    make_instance(node, "qcow2")
+    res = node.run("migrate", "--all", "--to", "flat", "--parallel", "4", "--bwlimit", "2", "--yes")
+    assert res.returncode == 2 and "--bwlimit 2 MiB/s is shared by the --parallel 4" in res.stderr

@@ -1,0 +1,1 @@
+"""Many hosts at once: merging the per-host audit results (``storagectl fleet``)."""

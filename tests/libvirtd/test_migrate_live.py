@@ -1,0 +1,299 @@
+"""Live moves (issue #16) of a running guest on the real libvirtd: a firmware-only KVM (or
+TCG) guest that keeps its disks open, its disks copied with libvirt's block copy and
+pivoted, guest writes made through QEMU's own block layer (HMP ``qemu-io``) before,
+during and after the mirror, and read back from the target.
+
+File targets here (qcow2 <-> flat); RBD pairs are in tests/ceph/test_migrate_live_rbd.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from tests.env.libvirtd import Libvirtd, restart_libvirtd
+from tests.migrate_support import (
+    LIVE_STEPS,
+    Node,
+    domain_disk,
+    guest_sha,
+    hmp_write,
+    live_disk,
+    make_instance,
+    new_node,
+    read_pattern,
+    refused,
+    start,
+    wait_while_running,
+    without_disk,
+)
+
+STARTED: list[str] = []
+
+
+@pytest.fixture
+def node(libvirtd: Libvirtd, libvirt_workdir: Path) -> Iterator[Node]:
+    yield new_node(libvirtd, libvirt_workdir)
+    conn = libvirtd.connect()
+    while STARTED:  # a failed test's guest is not left running
+        with contextlib.suppress(libvirt.libvirtError):
+            dom = conn.lookupByUUIDString(STARTED.pop())
+            if dom.isActive():
+                dom.destroy()
+
+
+def running(node: Node, root: str = "qcow2", **kw) -> str:
+    uuid = make_instance(node, root=root, **kw)
+    start(node, uuid)
+    STARTED.append(uuid)
+    return uuid
+
+
+def journal(node: Node, uuid: str) -> dict | None:
+    path = node.instances / uuid / "storage.migration.json"
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def test_a_running_qcow2_guest_moves_live_to_flat_with_every_write(
+    node: Node, tmp_path: Path
+) -> None:
+    uuid = running(node, data_mib=8)
+    d = node.instances / uuid
+    before_xml = node.xml(uuid)
+    hmp_write(node, uuid, "vda", 0x11, "6M", "64k")  # before the copy
+    proc = node.spawn("migrate", uuid, "--to", "flat", "--yes", "--bwlimit", "1")
+    wait_while_running(proc, lambda: (journal(node, uuid) or {}).get("step") == "ready")
+    hmp_write(node, uuid, "vda", 0x22, "7M", "64k")  # during the mirror
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    assert "live (pivot" in out and "pivoted in" in err
+    hmp_write(node, uuid, "vda", 0x33, "8M", "64k")  # after the pivot
+    # the guest never stopped; it runs on the new raw file (live alias: same inode)
+    dom = node.libvirtd.connect().lookupByUUIDString(uuid)
+    assert dom.isActive()
+    live_path, live_fmt = live_disk(node, uuid, "vda")
+    assert live_fmt == "raw" and os.path.samefile(live_path, d / "disk")
+    # the persistent definition, the record and disk.info say flat under Nova's name
+    assert domain_disk(node, uuid, "vda") == (str(d / "disk"), "raw")
+    # nothing else in the persistent definition changed (Nova's <metadata> included)
+    assert without_disk(node.xml(uuid), "vda") == without_disk(before_xml, "vda")
+    assert "<nova:instance" in before_xml or "nova:instance" in before_xml
+    rec = node.record(uuid)
+    root = next(x for x in rec["disks"] if x["name"] == "disk")
+    assert root["backend"] == "flat" and root["format"] == "raw"
+    assert json.loads((d / "disk.info").read_text())[str(d / "disk")] == "raw"
+    # every write is on the target, read with its explicit format
+    for pattern, offset in ((0x11, "6M"), (0x22, "7M"), (0x33, "8M")):
+        assert read_pattern(d / "disk", "raw", pattern, offset, "64k"), hex(pattern)
+    assert read_pattern(d / "disk", "raw", 5, "0", "1M")  # the base image's data
+    assert read_pattern(d / "disk", "raw", 9, "2M", "1M")  # the overlay's
+    # the source is retained, as offline
+    assert (d / "disk.retained-qcow2").exists()
+    # inspect and audit read it as stored (the alias is no leftover), Nova too
+    res = node.run("audit", "-o", "json")
+    codes = {
+        f["code"]
+        for f in json.loads(res.stdout)["findings"]
+        if f.get("instance") == uuid and f["severity"] in ("warning", "critical")
+    }
+    assert codes == set(), res.stdout
+    # shut off: the alias goes with --delete-retained; it boots from Nova's name
+    dom.destroy()
+    res = node.cli("migrate", "--delete-retained", uuid, "--yes")
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in d.iterdir() if "migrating" in p.name) == []
+    dom.create()
+    assert live_disk(node, uuid, "vda") == (str(d / "disk"), "raw")
+    dom.destroy()
+
+
+def test_offline_refuses_a_running_guest_and_the_plan_says_live(node: Node) -> None:
+    uuid = running(node)
+    res = node.cli("migrate", uuid, "--to", "flat", "--offline", "--yes")
+    refused(res, "it is running", "without --offline")
+    res = node.cli("migrate", uuid, "--to", "flat", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert "live (the guest runs)" in res.stdout and "mirror" in res.stdout
+    assert journal(node, uuid) is None
+
+
+@pytest.mark.parametrize("fault", [f"{s}:{p}" for s in LIVE_STEPS for p in ("before", "after")])
+def test_kill_9_at_every_boundary_then_resume(node: Node, tmp_path: Path, fault: str) -> None:
+    uuid = running(node, local_mib=None)
+    d = node.instances / uuid
+    res = node.killed("migrate", uuid, "--to", "flat", "--yes", fault=fault)
+    assert res.returncode == -9, res.stderr
+    dom = node.libvirtd.connect().lookupByUUIDString(uuid)
+    assert dom.isActive()  # the guest never stops
+    hmp_write(node, uuid, "vda", 0x44, "5M", "64k")  # while storagectl is dead
+    res = node.cli("migrate", "--resume", uuid, "--yes")
+    assert res.returncode == 0, res.stderr
+    assert journal(node, uuid) is None
+    assert domain_disk(node, uuid, "vda") == (str(d / "disk"), "raw")
+    assert read_pattern(d / "disk", "raw", 0x44, "5M", "64k")
+    assert read_pattern(d / "disk", "raw", 9, "2M", "1M")
+    dom.destroy()
+
+
+BEFORE_PIVOT = [
+    f"{s}:{p}" for s in LIVE_STEPS[: LIVE_STEPS.index("pivot")] for p in ("before", "after")
+] + ["pivot:before"]
+AFTER_PIVOT = [f for f in (f"{s}:{p}" for s in LIVE_STEPS for p in ("before", "after"))
+               if f not in BEFORE_PIVOT]  # fmt: skip
+
+
+@pytest.mark.parametrize("fault", BEFORE_PIVOT)
+def test_kill_9_then_rollback_keeps_the_guest_on_its_source(
+    node: Node, tmp_path: Path, fault: str
+) -> None:
+    uuid = running(node, local_mib=None)
+    d = node.instances / uuid
+    before = node.xml(uuid)
+    res = node.killed("migrate", uuid, "--to", "flat", "--yes", fault=fault)
+    assert res.returncode == -9, res.stderr
+    hmp_write(node, uuid, "vda", 0x55, "5M", "64k")
+    res = node.cli("migrate", "--rollback", uuid, "--yes")
+    assert res.returncode == 0, res.stderr
+    assert journal(node, uuid) is None
+    assert live_disk(node, uuid, "vda") == (str(d / "disk"), "qcow2")
+    assert node.xml(uuid) == before
+    assert sorted(p.name for p in d.iterdir()) == ["disk", "disk.info", "storage.yaml"]
+    dom = node.libvirtd.connect().lookupByUUIDString(uuid)
+    assert not dom.blockJobInfo("vda", 0)
+    dom.destroy()  # QEMU writes its qcow2 metadata back; then the write is in the file
+    assert read_pattern(d / "disk", "qcow2", 0x55, "5M", "64k", shared=False)
+
+
+@pytest.mark.parametrize("fault", AFTER_PIVOT)
+def test_rollback_after_the_pivot_is_refused_resume_finishes(node: Node, fault: str) -> None:
+    uuid = running(node, local_mib=None)
+    res = node.killed("migrate", uuid, "--to", "flat", "--yes", fault=fault)
+    assert res.returncode == -9
+    before = (node.instances / uuid / "storage.migration.json").read_bytes()
+    res = node.cli("migrate", "--rollback", uuid, "--yes")
+    refused(res, "pivoted", "--resume")
+    assert (node.instances / uuid / "storage.migration.json").read_bytes() == before
+    res = node.cli("migrate", "--resume", uuid, "--yes")
+    assert res.returncode == 0, res.stderr
+    assert live_disk(node, uuid, "vda")[1] == "raw"
+    node.libvirtd.connect().lookupByUUIDString(uuid).destroy()
+
+
+def test_a_copy_that_cannot_converge_ends_cleanly(node: Node) -> None:
+    """--bwlimit far below what there is to copy, and a short --converge-timeout: the
+    job is aborted, the target removed, the guest on its source, nothing left."""
+    uuid = running(node, data_mib=24, local_mib=None)
+    d = node.instances / uuid
+    before = node.xml(uuid)
+    t0 = time.monotonic()
+    res = node.cli(
+        "migrate", uuid, "--to", "flat", "--yes", "--bwlimit", "1", "--converge-timeout", "3"
+    )
+    assert res.returncode == 1, res.stderr
+    assert "was not ready after 3 s" in res.stderr and "--sync-writes" in res.stderr
+    assert "rolled back" in res.stderr
+    assert time.monotonic() - t0 < 60
+    assert live_disk(node, uuid, "vda") == (str(d / "disk"), "qcow2")
+    assert node.xml(uuid) == before and journal(node, uuid) is None
+    assert sorted(p.name for p in d.iterdir()) == ["disk", "disk.info", "storage.yaml"]
+    node.libvirtd.connect().lookupByUUIDString(uuid).destroy()
+
+
+def test_verify_paused_compares_then_pivots_and_reports_the_pause(
+    node: Node, tmp_path: Path
+) -> None:
+    uuid = make_instance(node, local_mib=None, root="flat")
+    d = node.instances / uuid
+    before = guest_sha(d / "disk", "raw", tmp_path)
+    start(node, uuid)
+    STARTED.append(uuid)
+    res = node.cli("migrate", uuid, "--to", "qcow2", "--yes", "--verify", "paused")
+    assert res.returncode == 0, res.stderr
+    assert "guest paused" in res.stdout and "was paused" in res.stderr
+    dom = node.libvirtd.connect().lookupByUUIDString(uuid)
+    assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    assert domain_disk(node, uuid, "vda") == (str(d / "disk"), "qcow2")
+    dom.destroy()
+    assert guest_sha(d / "disk", "qcow2", tmp_path) == before
+
+
+def test_the_target_stays_sparse(node: Node) -> None:
+    """A 256 MiB disk holding 8 MiB: the mirror writes no zeros into the new file."""
+    uuid = running(node, root="flat", size_mib=256, data_mib=8, local_mib=None)
+    d = node.instances / uuid
+    res = node.cli("migrate", uuid, "--to", "qcow2", "--yes")
+    assert res.returncode == 0, res.stderr
+    allocated = os.stat(d / "disk").st_blocks * 512
+    assert allocated < 24 << 20, allocated
+    node.libvirtd.connect().lookupByUUIDString(uuid).destroy()
+
+
+def test_the_nova_guard_applies_to_live_moves(node: Node) -> None:
+    node.strict = True  # the command line as written: no --assume added
+    node.flip([("libvirt", "images_type", "qcow2")])
+    uuid = running(node)
+    res = node.cli("migrate", uuid, "--to", "flat", "--yes")
+    refused(res, "images_type")
+    assert journal(node, uuid) is None
+    node.libvirtd.connect().lookupByUUIDString(uuid).destroy()
+
+
+def test_hmp_write_reaches_the_disk(node: Node) -> None:
+    """The probe itself: a write through QEMU's block layer lands in the open image."""
+    uuid = running(node, local_mib=None, root="flat")
+    hmp_write(node, uuid, "vda", 0x66, "3M", "64k")
+    assert read_pattern(node.instances / uuid / "disk", "raw", 0x66, "3M", "64k", shared=True)
+    assert not read_pattern(node.instances / uuid / "disk", "raw", 0x67, "3M", "64k", shared=True)
+    node.libvirtd.connect().lookupByUUIDString(uuid).destroy()
+
+
+def test_a_host_conversion_moves_its_running_guests_live(node: Node) -> None:
+    """migrate --all: shut-off instances offline, running ones live, one report; with
+    --offline the running one is listed and never touched."""
+    off = make_instance(node, local_mib=None)
+    on = running(node, local_mib=None)
+    res = node.cli("migrate", "--all", "--to", "flat", "--offline", "--dry-run")
+    assert res.returncode == 0, res.stderr
+    assert f"({on}): it is running: --offline" in res.stdout
+    hmp_write(node, on, "vda", 0x77, "5M", "64k")
+    res = node.cli("migrate", "--all", "--to", "flat", "--parallel", "2", "--yes")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "2 instance(s) moved" in res.stdout
+    for uuid in (off, on):
+        d = node.instances / uuid
+        assert domain_disk(node, uuid, "vda") == (str(d / "disk"), "raw")
+    assert live_disk(node, on, "vda")[1] == "raw"
+    node.libvirtd.connect().lookupByUUIDString(on).destroy()
+    assert read_pattern(node.instances / on / "disk", "raw", 0x77, "5M", "64k", shared=False)
+
+
+def test_libvirtd_restarted_mid_mirror_then_resume(node: Node) -> None:
+    """storagectl killed and libvirtd restarted while the copy runs: the guest runs on,
+    --resume finds the copy (or starts it again) and finishes; no write is lost."""
+    uuid = running(node, local_mib=None, data_mib=12)
+    d = node.instances / uuid
+    proc = node.spawn("migrate", uuid, "--to", "flat", "--yes", "--bwlimit", "1")
+    wait_while_running(proc, lambda: (journal(node, uuid) or {}).get("step") == "ready")
+    proc.kill()
+    proc.communicate()
+    restart_libvirtd(node.libvirtd)
+    dom = node.libvirtd.connect().lookupByUUIDString(uuid)
+    assert dom.isActive()
+    hmp_write(node, uuid, "vda", 0x7A, "13M", "64k")
+    res = node.cli("migrate", "--resume", uuid, "--yes", timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert domain_disk(node, uuid, "vda") == (str(d / "disk"), "raw")
+    assert live_disk(node, uuid, "vda")[1] == "raw"
+    dom.destroy()
+    assert read_pattern(d / "disk", "raw", 0x7A, "13M", "64k", shared=False)
+    assert read_pattern(d / "disk", "raw", 9, "2M", "1M", shared=False)
