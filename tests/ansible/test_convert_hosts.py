@@ -16,11 +16,13 @@ FLIPPED = re.compile(r"^\[libvirt\]\n(?:.*\n)*?images_type = flat$", re.MULTILIN
 
 
 def snapshot(host: Host) -> dict[str, tuple]:
-    """Every file of the host but its log: small ones by content, disks (sparse, 1 GiB
-    virtual) by inode, size and mtime - a write, rename or new copy changes one of them."""
+    """Every file of the host but its log and lock files: small ones by content, disks
+    (sparse, 1 GiB virtual) by inode, size and mtime - a write, rename or new copy changes
+    one of them."""
     out = {}
+    locks = host.root / "locks"
     for p in sorted(host.root.rglob("*")):
-        if p.is_file() and p.suffix != ".log":
+        if p.is_file() and p.suffix != ".log" and locks not in p.parents:
             st = p.stat()
             small = st.st_size < (1 << 20)
             out[str(p.relative_to(host.root))] = (
@@ -105,20 +107,42 @@ def test_the_rollout_stops_when_the_first_hosts_audit_is_not_clean(fleet: Fleet)
 def test_a_plan_that_would_leave_misread_instances_stops_before_any_change(
     fleet: Fleet,
 ) -> None:
-    # to qcow2: cn1's flat instance runs, cannot move, and Nova (qcow2) would misread it
+    # to qcow2, offline: cn1's flat instance runs, is not moved, and Nova (qcow2) would
+    # misread it
     cn1 = fleet.add("cn1", running=True)
     cn2 = fleet.add("cn2")
     persisted(fleet)
     before = {h.name: snapshot(h) for h in (cn1, cn2)}
 
-    run = fleet.play("convert_hosts.yml", convert_to="qcow2")
+    run = fleet.play("convert_hosts.yml", convert_to="qcow2", convert_offline=True)
     assert run.rc != 0, run.output
     assert (
         "cn1: after these moves Nova would still misread instance-00000102 with [libvirt] "
         "images_type = qcow2" in run.output
     )
     assert "nothing was changed, the rollout stops here" in run.output
-    assert run.recap["cn1"]["failed"] == 1 and run.recap["cn1"]["changed"] == 0
+    assert run.recap["cn1"]["failed"] == 1
     assert "cn2" not in run.recap
     assert {h.name: snapshot(h) for h in (cn1, cn2)} == before
     assert not cn1.restarted.exists() and not cn2.restarted.exists()
+
+
+def test_a_failed_move_stops_the_rollout_with_the_host_unchanged(fleet: Fleet) -> None:
+    # to qcow2, live: cn1's running instance moves by libvirt block copy, which this
+    # hypervisor (the fake) refuses - storagectl rolls the move back
+    cn1 = fleet.add("cn1", running=True)
+    cn2 = fleet.add("cn2")
+    persisted(fleet)
+    records = {u: cn1.record(u) for u in cn1.uuids}
+    conf = {h.name: h.conf.read_bytes() for h in (cn1, cn2)}
+    cn2_before = snapshot(cn2)
+
+    run = fleet.play("convert_hosts.yml", convert_to="qcow2")
+    assert run.rc != 0, run.output
+    assert "Convert the host (migrate --all --yes)" in run.output
+    assert "failed at mirror" in run.output and "rolled back" in run.output
+    assert run.recap["cn1"]["failed"] == 1 and "cn2" not in run.recap
+    assert {u: cn1.record(u) for u in cn1.uuids} == records
+    assert {h.name: h.conf.read_bytes() for h in (cn1, cn2)} == conf
+    assert not cn1.restarted.exists()
+    assert snapshot(cn2) == cn2_before and not cn2.restarted.exists()

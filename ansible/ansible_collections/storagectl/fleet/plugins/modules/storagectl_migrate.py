@@ -66,6 +66,13 @@ options:
     description:
       - Copy rate limit in MiB/s (C(--bwlimit)); with O(all), for the whole host.
     type: int
+  offline:
+    description:
+      - Refuse to move running instances live (C(--offline)); with O(all) they are
+        listed as skipped and never touched. Default is storagectl's own (a running
+        instance moves live, by libvirt block copy).
+    type: bool
+    default: false
   keep_going:
     description:
       - With O(all), go on with the other instances after a failure (C(--keep-going)).
@@ -207,6 +214,8 @@ def selection(p):
             args += [flag, str(p[key])]
     if p["keep_going"]:
         args.append("--keep-going")
+    if p["offline"]:
+        args.append("--offline")
     for conf in p["nova_conf_after"] or []:
         args += ["--nova-conf-after", conf]
     return args
@@ -265,6 +274,7 @@ def main():
             parallel=dict(type="int"),
             bwlimit=dict(type="int"),
             keep_going=dict(type="bool", default=False),
+            offline=dict(type="bool", default=False),
             volume_group=dict(type="str"),
             pool=dict(type="str"),
             nova_conf_after=dict(type="list", elements="path"),
@@ -310,8 +320,11 @@ def main():
     result["moved"] = [u for u in planned if on_target(tool, u, moves[u], p["to"])]
     result.update(changed=bool(result["moved"]), report=out, cmd=argv)
     if rc != 0:
+        failed = [line.strip()[len("failed: "):] for line in out.splitlines()
+                  if line.strip().startswith("failed: ")]
         module.fail_json(
-            msg="storagectl migrate: %s" % (last_error(err) or "exit status %d" % rc),
+            msg="storagectl migrate: %s" % (
+                "; ".join(failed) or last_error(err) or "exit status %d" % rc),
             rc=rc, stderr=err, **result
         )
     module.exit_json(**result)
