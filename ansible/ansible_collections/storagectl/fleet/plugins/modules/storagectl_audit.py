@@ -109,6 +109,12 @@ misread:
   type: list
   elements: str
   sample: ["7afcbca0-6d0f-4dc9-9c7c-eca41d353167"]
+reason:
+  description: Why the audit could not run (status 3) - storagectl's error line or the
+    summary's errors, without the C(could not audit) of RV(msg).
+  returned: when status is 3
+  type: str
+  sample: "--> AuditFailed: cannot audit: cannot read configuration /etc/nova/nova.conf: no such file"
 cmd:
   description: The command line that ran.
   returned: always
@@ -168,7 +174,7 @@ def main():
     if rc == 3:
         reasons = list(((data or {}).get("summary") or {}).get("errors") or [])
         reason = "; ".join(reasons) or last_error(err) or "exit status 3"
-        module.fail_json(msg="could not audit: %s" % reason, **result)
+        module.fail_json(msg="could not audit: %s" % reason, reason=reason, **result)
     if rc >= FAIL_AT[p["fail_on"]]:
         counts = result["summary"].get("findings_by_severity") or {}
         module.fail_json(
