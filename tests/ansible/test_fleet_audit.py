@@ -97,3 +97,24 @@ def test_fleet_report_names_the_broken_hosts_and_fails_the_play(
     )
     assert again.returncode == 3, again.stderr  # the worst host's status
     assert all(name in again.stdout for name in ("cn1", "cn2", "cn3", "cn4"))
+
+
+def test_check_mode_audits_and_writes_nothing(audited: tuple[Fleet, Path, Run]) -> None:
+    fleet, _out, _run = audited
+    out = fleet.root / "check-mode"
+    run = fleet.play(
+        "fleet_audit.yml",
+        "--check",
+        "--limit",
+        "cn1,cn2,localhost",
+        fleet_audit_dir=str(out),
+        fleet_report_executable=str(fleet.controller),
+    )
+    assert run.rc == 0, run.output
+    assert not out.exists()
+    assert "TASK [Run storagectl audit]" in run.output and "ok: [cn1]" in run.output
+    assert {h: run.recap[h]["failed"] for h in ("cn1", "cn2", "localhost")} == {
+        "cn1": 0,
+        "cn2": 0,
+        "localhost": 0,
+    }
