@@ -9,6 +9,7 @@
   builds a venv with a pip bootstrap script from ci-files.testing.ansible.com, which a
   machine with only PyPI and Debian reachable cannot fetch - so not that one.)
 * the ``ansible-test sanity`` tests that run offline (no venv of their own);
+* ``ansible-lint`` with the production profile (ansible/.ansible-lint);
 * ``ansible-playbook --syntax-check`` of every playbook;
 * the modules' failures are one message, never a traceback.
 """
@@ -206,6 +207,28 @@ def test_offline_ansible_test_sanity(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     for name in OFFLINE_SANITY:
         assert f'Running sanity test "{name}"' in res.stdout
+
+
+def test_ansible_lint_production_profile(tmp_path: Path) -> None:
+    """ansible-lint (test lock) over the playbooks, the role and the collection, with
+    ansible/.ansible-lint: the production profile, offline (no Galaxy)."""
+    e = env(tmp_path)
+    e["PATH"] = f"{Path(ansible_tool('ansible-lint')).parent}:{e.get('PATH', '')}"
+    e["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    res = run(
+        [
+            ansible_tool("ansible-lint"),
+            "--offline",
+            "--nocolor",
+            "playbooks",
+            "ansible_collections/storagectl/fleet",
+        ],
+        tmp_path,
+        env=e,
+        cwd=COLLECTIONS,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "Profile 'production' was required, and it passed" in res.stdout + res.stderr
 
 
 @pytest.mark.parametrize("playbook", sorted(p.name for p in PLAYBOOKS.glob("*.yml")))

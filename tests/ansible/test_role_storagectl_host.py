@@ -5,8 +5,8 @@ What is real: the venv (python3 -m venv), requirements.lock installed with pip
 its sdist), the storagectl wheel built from this checkout with ``pip wheel --no-deps``, the
 link to the console script, the rendered systemd units and cron file.
 Not tested here (no systemd runs on this machine, and the system must not change): the
-apt task (storagectl_install_system_packages: false) and enabling/starting the timer
-(storagectl_manage_services: false); the contrib units themselves are checked with
+apt task (storagectl_host_install_system_packages: false) and enabling/starting the timer
+(storagectl_host_manage_services: false); the contrib units themselves are checked with
 ``systemd-analyze verify`` in the functional tier, and the rendered ones are compared with
 them here.
 """
@@ -69,16 +69,16 @@ def role_play(fleet: Fleet, prefix: Path, wheel: Path, scheduler: str, textfile:
             "gather_facts": False,
             "roles": [{"role": "storagectl.fleet.storagectl_host"}],
             "vars": {
-                "storagectl_venv": str(prefix / "opt/storagectl"),
-                "storagectl_bin_link": str(prefix / "usr/local/bin/storagectl"),
-                "storagectl_requirements_lock": str(REPO / "requirements.lock"),
-                "storagectl_wheel": str(wheel),
-                "storagectl_install_system_packages": False,
-                "storagectl_manage_services": False,
-                "storagectl_audit_scheduler": scheduler,
-                "storagectl_systemd_dir": str(prefix / "etc/systemd/system"),
-                "storagectl_cron_file": str(prefix / "etc/cron.d/storagectl-audit"),
-                "storagectl_textfile_dir": textfile,
+                "storagectl_host_venv": str(prefix / "opt/storagectl"),
+                "storagectl_host_bin_link": str(prefix / "usr/local/bin/storagectl"),
+                "storagectl_host_requirements_lock": str(REPO / "requirements.lock"),
+                "storagectl_host_wheel": str(wheel),
+                "storagectl_host_install_system_packages": False,
+                "storagectl_host_manage_services": False,
+                "storagectl_host_audit_scheduler": scheduler,
+                "storagectl_host_systemd_dir": str(prefix / "etc/systemd/system"),
+                "storagectl_host_cron_file": str(prefix / "etc/cron.d/storagectl-audit"),
+                "storagectl_host_textfile_dir": textfile,
             },
         }
     ]
@@ -152,7 +152,7 @@ def test_the_role_installs_from_the_lock_into_a_prefix_idempotently(
     run = fleet.play(
         str(playbook),
         "-e",
-        json.dumps({"storagectl_audit_scheduler": "cron", "storagectl_textfile_dir": ""}),
+        json.dumps({"storagectl_host_audit_scheduler": "cron", "storagectl_host_textfile_dir": ""}),
     )
     assert run.rc == 0, run.output
     cron = rendered(prefix / "etc/cron.d/storagectl-audit")
