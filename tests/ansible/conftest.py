@@ -198,6 +198,7 @@ class Fleet:
             "ANSIBLE_HOME": str(home),
             "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
             "ANSIBLE_REMOTE_TEMP": str(home / "remote-tmp"),
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(home / "cp"),
             "ANSIBLE_CONFIG": str(self.root / "no-ansible.cfg"),  # none: defaults only
             "ANSIBLE_COLLECTIONS_PATH": str(COLLECTIONS),
             "ANSIBLE_NOCOLOR": "1",

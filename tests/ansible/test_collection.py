@@ -55,6 +55,7 @@ def env(tmp_path: Path, collections: Path = COLLECTIONS) -> dict[str, str]:
         **os.environ,
         "ANSIBLE_HOME": str(home),
         "ANSIBLE_LOCAL_TEMP": str(home / "tmp"),
+        "ANSIBLE_REMOTE_TEMP": str(home / "remote-tmp"),
         "ANSIBLE_COLLECTIONS_PATH": str(collections),
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_CONFIG": str(tmp_path / "no-ansible.cfg"),
@@ -203,7 +204,9 @@ def test_offline_ansible_test_sanity(tmp_path: Path) -> None:
     argv = [ansible_tool("ansible-test"), "sanity", "--python", "3.11"]
     for name in OFFLINE_SANITY:
         argv += ["--test", name]
-    res = run(argv, tmp_path, cwd=COLLECTION)
+    e = env(tmp_path)
+    e["HOME"] = str(tmp_path / "home")  # its cache is ~/.ansible/test
+    res = run(argv, tmp_path, cwd=COLLECTION, env=e)
     assert res.returncode == 0, res.stdout + res.stderr
     for name in OFFLINE_SANITY:
         assert f'Running sanity test "{name}"' in res.stdout
@@ -215,6 +218,7 @@ def test_ansible_lint_production_profile(tmp_path: Path) -> None:
     e = env(tmp_path)
     e["PATH"] = f"{Path(ansible_tool('ansible-lint')).parent}:{e.get('PATH', '')}"
     e["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    e["HOME"] = str(tmp_path / "home")
     res = run(
         [
             ansible_tool("ansible-lint"),
