@@ -15,8 +15,8 @@ description:
     mode that plan is the result and nothing changes), then runs
     C(storagectl migrate ... --to X --yes) for O(instances) or, with O(all), for every
     instance of the host (C(migrate --all), a whole-host conversion).
-  - Only persisted, shut-off instances move; the others are listed in the plan with the
-    reason (running instances are never touched).
+  - Only persisted instances move; a running one moves live (libvirt block copy) unless
+    O(offline). What does not move is listed in the plan with the reason.
   - C(changed) when at least one instance moved. An instance has moved when its record
     (C(storagectl show -o json)) puts every planned disk on the target backend.
   - Fails when storagectl refuses the plan or a move fails (exit status 1), with its
@@ -49,8 +49,7 @@ options:
     aliases: [from]
   state:
     description:
-      - With O(all), which instances to move (C(--state)). Running instances are listed
-        as "must be shut off" and never touched.
+      - With O(all), which instances to move (C(--state)); storagectl's default is any.
     type: str
     choices: [shutoff, running, any]
   disks:
