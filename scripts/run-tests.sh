@@ -2,11 +2,11 @@
 # Runs every test tier, one pytest process per tier, then prints per-tier counts and a
 # skip summary. Any failure, error or skip makes the run fail: on this kind of machine
 # every real component is expected to be there, and a skip would hide a missing one.
-#   scripts/run-tests.sh [TIER...]     tiers: install unit functional libvirtd ceph lvm lvm_guest
+#   scripts/run-tests.sh [TIER...]     tiers: install unit functional ansible libvirtd ceph lvm lvm_guest powerloss
 set -uo pipefail
 cd "$(dirname "$0")/.."
 TIERS=("$@")
-((${#TIERS[@]})) || TIERS=(install unit functional libvirtd ceph lvm lvm_guest powerloss)
+((${#TIERS[@]})) || TIERS=(install unit functional ansible libvirtd ceph lvm lvm_guest powerloss)
 mkdir -p build/junit
 rm -f build/junit/*.xml
 export PYTHONDONTWRITEBYTECODE=1

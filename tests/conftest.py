@@ -17,7 +17,7 @@ pytest_plugins = [
     "tests.env.lvm",
 ]
 
-TIERS = ("unit", "functional", "libvirtd", "ceph", "lvm", "lvm_guest")
+TIERS = ("unit", "functional", "ansible", "libvirtd", "ceph", "lvm", "lvm_guest")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
