@@ -143,11 +143,10 @@ def allocated(path: str) -> int:
 def _live_alias(inst_dir: str, name: str) -> bool:
     """``<disk>.migrating`` that is the same file as ``<disk>``: the name a guest moved
     live still runs on (migrate/switch.py), no copy of its own."""
+    from storagectl.host.fsutil import same_file
+
     temp = os.path.join(inst_dir, name)
-    try:
-        return os.path.samefile(temp, temp[: -len(TEMP_SUFFIX)])
-    except OSError:
-        return False
+    return same_file(temp, temp[: -len(TEMP_SUFFIX)])
 
 
 def find_leftovers(instances_path: str, lock_path: str | None = None) -> list[Leftover]:

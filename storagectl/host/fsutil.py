@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import stat
 import tempfile
 
 
@@ -55,6 +56,21 @@ def remove_stale_temps(path: str | os.PathLike[str]) -> list[str]:
     if removed:
         fsync_dir(directory)
     return removed
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Whether ``a`` and ``b`` are two names (hard links) of one regular file - never
+    through a symlink (``lstat``), never one name twice."""
+    try:
+        sa, sb = os.lstat(a), os.lstat(b)
+    except OSError:
+        return False
+    return (
+        os.fspath(a) != os.fspath(b)
+        and stat.S_ISREG(sa.st_mode)
+        and stat.S_ISREG(sb.st_mode)
+        and (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+    )
 
 
 def fsync_dir(directory: str | os.PathLike[str], *, missing_ok: bool = False) -> None:

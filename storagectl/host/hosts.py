@@ -205,8 +205,9 @@ def resolve_live_aliases(live_xml: str, inactive_xml: str) -> str:
     names them where both names are the same file (hard links, same device and inode):
     the guest runs on ``disk.migrating``, the definition and Nova say ``disk``. Any other
     difference stays as it is (a real one, for the audit to see)."""
-    import os
     import xml.etree.ElementTree as ET
+
+    from storagectl.host.fsutil import same_file
 
     try:
         live, inactive = ET.fromstring(live_xml), ET.fromstring(inactive_xml)
@@ -225,11 +226,7 @@ def resolve_live_aliases(live_xml: str, inactive_xml: str) -> str:
         name, nova = source.get("file") or "", persistent.get(target.get("dev"))
         if not nova or nova == name or not name.endswith(LIVE_ALIAS_MARK):
             continue
-        try:
-            same = os.path.samefile(name, nova)
-        except OSError:
-            same = False
-        if same:
+        if same_file(name, nova):
             source.set("file", nova)
             changed = True
     return ET.tostring(live, encoding="unicode") if changed else live_xml

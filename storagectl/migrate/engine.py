@@ -422,14 +422,18 @@ class Engine:
         with self._lock(uuid, instance):
             if read_journal(inst_dir) is not None:
                 raise MigrationRefused(instance=instance, reason="a migration is in progress")
-            done = delete_retained(inst_dir, uuid, self.storage, self.s.runner)
             try:
                 running = self.libvirt.is_active(uuid)
             except errors.InstanceNotFound:
                 running = False
-            if not running:  # the names a guest moved live ran on: no longer needed
-                done += remove_live_aliases(inst_dir)
-            return done
+            in_use: set[str] = set()
+            if running:
+                with self._live(uuid) as live:
+                    in_use = {m.source for m in live.state().values() if m.source}
+            # the names a guest moved live ran on, first: a retained source may be the
+            # other name of one (a later live move from the alias)
+            done = remove_live_aliases(inst_dir, in_use)
+            return done + delete_retained(inst_dir, uuid, self.storage, self.s.runner)
 
     def resolve(self, instance: str) -> str:
         return instance_uuid(instance, self._uuid_of)
@@ -620,12 +624,24 @@ class Engine:
                     instance=who, reason="it is running; shut it off before resuming"
                 )
             return
-        if not active and j.started("mirror") and not self._pivoted(j):
+        if active or not j.started("mirror"):
+            return
+        pivoted = self._pivoted(j)
+        if not pivoted:
             raise MigrationRefused(
                 instance=who,
                 reason="the guest stopped before its disks were pivoted (the block copy ended "
                 f"with it): roll back (storagectl migrate --rollback {j.plan.uuid}), then "
                 "migrate it again (offline)",
+            )
+        left = [m.name for m in j.plan.moves if m.name not in pivoted]
+        if left:
+            raise MigrationRefused(
+                instance=who,
+                reason=f"the guest stopped with {', '.join(pivoted)} on the target and "
+                f"{', '.join(left)} still on the source; neither a resume nor a rollback "
+                "can make one disk set of that: start the instance and resume (the copies "
+                "of the others start again), or see docs/design/live-moves.md",
             )
 
     # -- live moves -------------------------------------------------------------------
@@ -639,18 +655,26 @@ class Engine:
         return livemod.source_name(source) or ""
 
     def _pivoted(self, j: Journal) -> list[str]:
-        """Disks whose running guest is on the target already (the live XML says so);
-        once the domain is shut off, the pivot step's journal says it."""
+        """Disks the guest writes to on the target already (pivoted).
+
+        Once the pivot step is done: every disk (whatever runs now - the guest may have
+        been restarted on Nova's name since). While it is under way: the disks whose
+        source is the target in the live XML (a running guest) or in the persistent
+        definition (a guest shut off since: libvirt rewrites it at each pivot)."""
+        if "pivot" in j.done:
+            return [m.name for m in j.plan.moves]
         if not j.started("pivot"):
             return []
-        if not self.libvirt.is_active(j.plan.uuid):
-            return [m.name for m in j.plan.moves] if "pivot" in j.done else []
-        with self._live(j.plan.uuid) as live:
-            state = live.state()
+        if self.libvirt.is_active(j.plan.uuid):
+            with self._live(j.plan.uuid) as live:
+                sources = {dev: m.source for dev, m in live.state().items()}
+        else:
+            xml = self.libvirt.persistent_xml(j.plan.uuid)
+            sources = {dev: m.source for dev, m in livemod.mirrors(xml).items()}
         return [
             m.name
             for m in j.plan.moves
-            if m.target_dev in state and state[m.target_dev].source == self._dest_name(j, m)
+            if sources.get(m.target_dev or "") == self._dest_name(j, m)
         ]
 
     def _abort_jobs(self, j: Journal) -> None:
@@ -690,6 +714,12 @@ class Engine:
                     "or abort it (virsh blockjob --abort)",
                 )
             if not fresh:
+                if live.has_job(dev):
+                    raise livemod.LiveError(
+                        instance=plan.uuid,
+                        reason=f"{dev} has a block job the live XML does not show; abort it "
+                        f"(virsh blockjob {plan.uuid} {dev} --abort) and resume",
+                    )
                 self.s.say(f"{plan.name}: {m.name}: no copy running; starting it afresh")
                 self.storage.remove(m.copy_dest, ours=True)
                 self.storage.create(m.copy_dest, m.virtual_size, sparse_lv=o.sparse_lvs)
@@ -730,7 +760,20 @@ class Engine:
     def _pivot(self, j: Journal, domains: switch.Domains) -> None:
         plan = j.plan
         with self._live(plan.uuid) as live:
+            # a copy lost since it was ready (libvirtd restarted, a target error) is
+            # started again and waited for, as in the ready step
+            self._ensure_mirrors(j, live, fresh=False)
             state = live.state()
+            waiting = [
+                m.target_dev or ""
+                for m in plan.moves
+                if state.get(m.target_dev or "", livemod.Mirror(None, None, None)).source
+                != self._dest_name(j, m)
+                and state.get(m.target_dev or "", livemod.Mirror(None, None, None)).ready != "yes"
+            ]
+            if waiting:
+                live.wait_ready(waiting, timeout=plan.options.converge_timeout)
+                state = live.state()
             todo = [
                 m
                 for m in plan.moves
@@ -747,8 +790,11 @@ class Engine:
             paused = None
             if plan.options.verify_paused and todo:
                 start = time.monotonic()
-                live.suspend()
+                was_running = live.is_running()
+                if was_running:
+                    live.suspend()
                 try:
+                    live.wait_synced([m.target_dev or "" for m in todo])
                     for m in todo:
                         try:
                             verify_disk(m, self.storage, self.s.runner, shared=True)
@@ -759,7 +805,15 @@ class Engine:
                     for m in todo:
                         self.pivot_seconds[m.name] = live.pivot(m.target_dev or "")
                 finally:
-                    live.resume()
+                    if was_running:
+                        try:
+                            live.resume()
+                        except livemod.LiveError:
+                            LOG.error("cannot resume %s after --verify paused", plan.uuid)
+                            self.s.say(
+                                f"{plan.name}: the guest could not be resumed: virsh resume "
+                                f"{plan.uuid}"
+                            )
                     paused = time.monotonic() - start
             else:
                 for m in todo:

@@ -143,7 +143,11 @@ def event_loop() -> None:
 
         def run() -> None:
             while True:
-                libvirt.virEventRunDefaultImpl()
+                try:
+                    libvirt.virEventRunDefaultImpl()
+                except Exception:  # noqa: BLE001 - the loop must outlive one bad event
+                    LOG.exception("libvirt event loop")
+                    time.sleep(0.1)
 
         threading.Thread(target=run, name="libvirt events", daemon=True).start()
         _loop_started = True
@@ -173,9 +177,13 @@ class LiveDomain:
         self._cond = threading.Condition()
         self.events: dict[str, int] = {}  # target dev -> last block-job event status
         self.event_times: dict[str, float] = {}
-        self._cb = self.conn.domainEventRegisterAny(
-            self.dom, libvirt.VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2, self._on_event, None
-        )
+        try:
+            self._cb = self.conn.domainEventRegisterAny(
+                self.dom, libvirt.VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2, self._on_event, None
+            )
+        except libvirt.libvirtError as exc:
+            self.conn.close()
+            raise LiveError(instance=uuid, reason=f"no block-job events: {exc}") from exc
 
     def _on_event(self, _conn, _dom, disk, _type, status, _opaque) -> None:  # noqa: ANN001
         # BLOCK_JOB_2 names the disk by its target dev
@@ -198,18 +206,54 @@ class LiveDomain:
 
     # -- state ---------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _libvirt(self, what: str):  # noqa: ANN202 - libvirt's errors as ours
+        import libvirt
+
+        try:
+            yield
+        except libvirt.libvirtError as exc:
+            raise LiveError(instance=self.uuid, reason=f"{what}: {exc}") from exc
+
     def is_active(self) -> bool:
-        return bool(self.dom.isActive())
+        with self._libvirt("cannot read the domain's state"):
+            return bool(self.dom.isActive())
+
+    def is_running(self) -> bool:
+        import libvirt
+
+        with self._libvirt("cannot read the domain's state"):
+            return self.dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
 
     def state(self) -> dict[str, Mirror]:
-        return mirrors(self.dom.XMLDesc(0))
+        with self._libvirt("cannot read the live domain XML"):
+            return mirrors(self.dom.XMLDesc(0))
+
+    def has_job(self, dev: str) -> bool:
+        with self._libvirt(f"cannot read the block job of {dev}"):
+            return bool(self.dom.blockJobInfo(dev, 0))
 
     def progress(self, dev: str) -> float | None:
         """Percent copied (``blockJobInfo``), None when no job runs."""
-        info = self.dom.blockJobInfo(dev, 0)
+        with self._libvirt(f"cannot read the block job of {dev}"):
+            info = self.dom.blockJobInfo(dev, 0)
         if not info or not info.get("end"):
             return None
         return 100.0 * info["cur"] / info["end"]
+
+    def wait_synced(self, devs: Iterable[str], timeout: float = 60.0) -> None:
+        """With the guest suspended: until each copy has written what it had left
+        (``cur == end``), so that a compare sees the target complete."""
+        deadline = time.monotonic() + timeout
+        for dev in devs:
+            while True:
+                with self._libvirt(f"cannot read the block job of {dev}"):
+                    info = self.dom.blockJobInfo(dev, 0)
+                if not info or info.get("cur") == info.get("end"):
+                    break
+                if time.monotonic() > deadline:
+                    raise LiveError(instance=self.uuid, reason=f"the copy of {dev} did not settle")
+                time.sleep(0.02)
 
     # -- the job -------------------------------------------------------------------
 
@@ -227,7 +271,8 @@ class LiveDomain:
         with self._cond:
             self.events.pop(dev, None)
         LOG.info("blockCopy %s %s: %s flags=%#x %s", self.uuid, dev, dest_xml, flags, params)
-        self.dom.blockCopy(dev, dest_xml, params, flags)
+        with self._libvirt(f"libvirt refused the block copy of {dev}"):
+            self.dom.blockCopy(dev, dest_xml, params, flags)
 
     def wait_ready(
         self,
@@ -296,7 +341,8 @@ class LiveDomain:
         import libvirt
 
         start = time.monotonic()
-        self.dom.blockJobAbort(dev, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+        with self._libvirt(f"the pivot of {dev} failed"):
+            self.dom.blockJobAbort(dev, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
         return time.monotonic() - start
 
     def abort(self, dev: str) -> None:
@@ -306,13 +352,15 @@ class LiveDomain:
         try:
             self.dom.blockJobAbort(dev, 0)
         except libvirt.libvirtError as exc:
-            if self.dom.blockJobInfo(dev, 0):
+            if self.has_job(dev):
                 why = f"cannot abort the copy of {dev}: {exc}"
                 raise LiveError(instance=self.uuid, reason=why) from exc
             LOG.info("no job to abort on %s: %s", dev, exc)
 
     def suspend(self) -> None:
-        self.dom.suspend()
+        with self._libvirt("cannot suspend the guest"):
+            self.dom.suspend()
 
     def resume(self) -> None:
-        self.dom.resume()
+        with self._libvirt("cannot resume the guest"):
+            self.dom.resume()

@@ -58,6 +58,13 @@ def preflight(plan: Plan, storage: Storage, *, names_only: bool = False) -> None
         _check_space(plan, storage, refuse)
 
 
+def _live_alias_of(loc: Location, source: Location) -> bool:
+    from storagectl.host.fsutil import same_file
+
+    a, b = getattr(loc, "path", None), getattr(source, "path", None)
+    return bool(a and b) and same_file(a, b)
+
+
 def _check_names(m, storage: Storage, refuse) -> None:  # noqa: ANN001
     if not storage.exists(m.source):
         raise refuse(
@@ -68,6 +75,13 @@ def _check_names(m, storage: Storage, refuse) -> None:  # noqa: ANN001
     for loc, what in roundtrip.must_be_free(m):
         if loc.key() in aside:
             continue  # a retained copy of this instance, moved aside at the create step
+        if storage.exists(loc) and _live_alias_of(loc, m.source):
+            raise refuse(
+                f"{loc.describe()} is a second name of {m.source.describe()}, left by a live "
+                "move (QEMU cannot rename an open image): if the guest still runs on it "
+                "(virsh domblklist), shut the instance off and start it again (it then opens "
+                "the Nova name); then storagectl migrate --delete-retained removes it"
+            )
         if storage.exists(loc):
             raise refuse(
                 f"{what} {loc.describe()} already exists and is no retained copy in the "

@@ -97,9 +97,11 @@ def retained_location(item: dict, uuid: str, instance_dir: str) -> Location:
 _location = retained_location  # the former private name
 
 
-def remove_live_aliases(inst_dir: str) -> list[str]:
-    """Remove each ``<disk>.migrating`` that is the same file as ``<disk>`` (the name a
-    guest moved live ran on, migrate/switch.py); only when the guest is shut off."""
+def remove_live_aliases(inst_dir: str, in_use: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
+    """Remove each ``<disk>.migrating`` that is a second name of ``<disk>`` (the name a
+    guest moved live ran on, migrate/switch.py) and that no running QEMU uses now
+    (``in_use``: the sources of the live domain XML). Run it before the retained
+    sources are deleted: once ``<disk>`` is gone, the alias would hold the data alone."""
     from storagectl.audit.interrupted import TEMP_SUFFIX
     from storagectl.host import fsutil
 
@@ -108,13 +110,11 @@ def remove_live_aliases(inst_dir: str) -> list[str]:
         if not name.endswith(TEMP_SUFFIX):
             continue
         alias = os.path.join(inst_dir, name)
-        try:
-            same = os.path.samefile(alias, alias[: -len(TEMP_SUFFIX)])
-        except OSError:
+        nova = alias[: -len(TEMP_SUFFIX)]
+        if alias in in_use or not fsutil.same_file(alias, nova):
             continue
-        if same:
-            os.unlink(alias)
-            out.append(f"removed {alias} (a second name of {alias[: -len(TEMP_SUFFIX)]})")
+        os.unlink(alias)
+        out.append(f"removed {alias} (a second name of {nova})")
     if out:
         fsutil.fsync_dir(inst_dir)
     return out

@@ -120,7 +120,12 @@ Domains = LibvirtDomains
 
 
 def forward(
-    plan: Plan, original_xml: str, domains: LibvirtPort, storage: Storage, *, live: bool = False
+    plan: Plan,
+    original_xml: str,
+    domains: LibvirtPort,
+    storage: Storage,
+    *,
+    live: bool = False,
 ) -> None:
     """Point the domain at the verified copies (idempotent; see the module docstring).
 
@@ -133,8 +138,13 @@ def forward(
     """
     if not live and domains.is_active(plan.uuid):
         raise SwitchError(instance=plan.uuid, reason="the domain is running; shut it off")
-    where = {m.name: m.dest for m in plan.moves}
     contexts = storage.domain_contexts(original_xml, plan, resolve=True)
+    if live:
+        # A live copy can take long: what Nova changed in the persistent definition
+        # meanwhile (a volume attached with AFFECT_CONFIG) stays; only the moved disks'
+        # elements are rewritten, in the definition as it is now.
+        original_xml = domains.persistent_xml(plan.uuid)
+    where = {m.name: m.dest for m in plan.moves}
     staged = {
         m.name: m.copy_dest for m in plan.moves if m.temp_path and os.path.lexists(m.temp_path)
     }

@@ -317,3 +317,60 @@ def test_sync_writes_starts_a_write_blocking_copy(node: Node) -> None:
     assert proc.returncode == 0, out + err
     node.libvirtd.connect().lookupByUUIDString(uuid).destroy()
     assert read_pattern(d / "disk", "raw", 0x5E, "9M", "64k", shared=False)
+
+
+def test_a_pivot_storagectl_did_not_journal_is_found_after_the_guest_stopped(node: Node) -> None:
+    """Killed between the pivot and its journal entry, then the guest shut off: the
+    persistent definition (libvirt rewrites it at the pivot) says the guest wrote to the
+    target - a rollback would drop those writes, so it is refused; resume finishes."""
+    uuid = running(node, local_mib=None)
+    d = node.instances / uuid
+    res = node.killed("migrate", uuid, "--to", "flat", "--yes", fault="pivot:before")
+    assert res.returncode == -9
+    dom = node.libvirtd.connect().lookupByUUIDString(uuid)
+    dom.blockJobAbort("vda", libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)  # what it had done
+    hmp_write(node, uuid, "vda", 0x6B, "5M", "64k")  # on the target only
+    dom.destroy()
+    res = node.cli("migrate", "--rollback", uuid, "--yes")
+    refused(res, "pivoted", "--resume")
+    res = node.cli("migrate", "--resume", uuid, "--yes")
+    assert res.returncode == 0, res.stderr
+    assert domain_disk(node, uuid, "vda") == (str(d / "disk"), "raw")
+    assert read_pattern(d / "disk", "raw", 0x6B, "5M", "64k", shared=False)
+
+
+def test_restarted_after_the_switch_rollback_is_still_refused(node: Node) -> None:
+    """Killed after the switch, the guest restarted (it now runs on Nova's name, not the
+    alias): the migration is still past its pivot - rollback refused, resume finishes."""
+    uuid = running(node, local_mib=None)
+    d = node.instances / uuid
+    res = node.killed("migrate", uuid, "--to", "flat", "--yes", fault="switch:after")
+    assert res.returncode == -9
+    dom = node.libvirtd.connect().lookupByUUIDString(uuid)
+    dom.destroy()
+    dom.create()
+    assert live_disk(node, uuid, "vda") == (str(d / "disk"), "raw")
+    hmp_write(node, uuid, "vda", 0x7B, "5M", "64k")
+    res = node.cli("migrate", "--rollback", uuid, "--yes")
+    refused(res, "pivoted", "--resume")
+    res = node.cli("migrate", "--resume", uuid, "--yes")
+    assert res.returncode == 0, res.stderr
+    dom.destroy()
+    assert read_pattern(d / "disk", "raw", 0x7B, "5M", "64k", shared=False)
+
+
+def test_a_live_alias_in_the_way_of_a_move_back_is_explained_then_removed(node: Node) -> None:
+    uuid = running(node, local_mib=None)
+    d = node.instances / uuid
+    assert node.cli("migrate", uuid, "--to", "flat", "--yes").returncode == 0
+    res = node.cli("migrate", uuid, "--to", "qcow2", "--yes")  # still on disk.migrating
+    refused(res, "second name", "start it again", "--delete-retained")
+    dom = node.libvirtd.connect().lookupByUUIDString(uuid)
+    dom.destroy()
+    dom.create()  # now on Nova's name
+    res = node.cli("migrate", "--delete-retained", uuid, "--yes")
+    assert res.returncode == 0, res.stderr
+    assert not (d / "disk.migrating").exists() and (d / "disk").exists()
+    res = node.cli("migrate", uuid, "--to", "qcow2", "--yes")
+    assert res.returncode == 0, res.stderr
+    assert live_disk(node, uuid, "vda")[1] == "qcow2"
