@@ -672,9 +672,7 @@ class Engine:
             xml = self.libvirt.persistent_xml(j.plan.uuid)
             sources = {dev: m.source for dev, m in livemod.mirrors(xml).items()}
         return [
-            m.name
-            for m in j.plan.moves
-            if sources.get(m.target_dev or "") == self._dest_name(j, m)
+            m.name for m in j.plan.moves if sources.get(m.target_dev or "") == self._dest_name(j, m)
         ]
 
     def _abort_jobs(self, j: Journal) -> None:
