@@ -56,7 +56,9 @@ DEFAULT_TESTS = "tests/lvm_guest"
 DEFAULT_MEMORY = "3G"  # pytest + qemu-img + lvm2 fit in 1G; TCG costs nothing extra
 DEFAULT_CPUS = 2
 DEFAULT_DISK_SIZE = 4 * 1024**3
-DEFAULT_TIMEOUT = 2700  # the whole lvm_guest tier under TCG: ~20 min on a loaded 2-core host
+#: the whole lvm_guest tier under TCG: ~30 min on a loaded 2-core host (its live moves run
+#: a nested TCG guest)
+DEFAULT_TIMEOUT = 3600
 #: Exit status when the guest never reported one (boot failed, timeout, crash).
 NO_STATUS = 125
 
