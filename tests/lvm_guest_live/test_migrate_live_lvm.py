@@ -1,6 +1,14 @@
 """Live moves (issue #16) to and from LVM, for real: a running firmware-only guest (TCG,
 inside the virtme-ng guest, which has device-mapper) on active LVs, its libvirtd, guest
 writes through QEMU's block layer during the mirror, read back from the target.
+
+NOT part of `make test` yet: these passed in the guest (14:10 and 14:39 UTC on
+2026-12-04, and the first again at 15:58), but in the session's last fresh-clone run the
+first of them never finished (the guest tier timed out; cause not found). Until that is
+understood they run by hand, with the guest tier's fixtures::
+
+    PATH=$PWD/.venv/bin:$PATH .venv/bin/python -m tests.env.vng run-tier \
+        --vng-out build/lvm_guest_live --vng-tests tests/lvm_guest_live
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import pytest
 
 from tests.env.lvm import LvmEnv
 from tests.lvm_guest.test_migrate_lvm import lv_path, lvm_instance, vda
+from tests.lvm_guest.test_migrate_lvm_rbd import CEPH_TIMEOUT, rbd_node  # noqa: F401
 from tests.migrate_support import (
     Node,
     hmp_write,
@@ -126,3 +135,42 @@ def test_a_live_move_into_a_thin_lv_is_refused(
     assert node.xml(uuid) == before
     assert not (node.instances / uuid / "storage.migration.json").exists()
     assert live_disk(node, uuid, "vda") == (str(node.instances / uuid / "disk"), "raw")
+
+
+def test_a_running_lvm_guest_moves_live_to_rbd_and_back(rbd_node: Node, guest_vg: LvmEnv) -> None:  # noqa: F811
+    """Live (issue #16): an LV <-> an RBD image of a running guest, its cephx key in a
+    libvirt secret, a guest write during each mirror, read back from each target."""
+    import contextlib
+
+    from tests.ceph.test_migrate_live_rbd import define_secret
+    from tests.migrate_support import SECRET, hmp_write, live_disk, read_pattern, start
+
+    node, cluster = rbd_node, rbd_node.cluster
+    define_secret(node.libvirtd, cluster)
+    uuid = lvm_instance(node, guest_vg)
+    lv = lv_path(guest_vg, uuid)
+    image = f"{uuid}_disk"
+    start(node, uuid)
+    try:
+        hmp_write(node, uuid, "vda", 0x1B, "5M", "64k")
+        res = node.run(
+            "migrate", uuid, "--to", "rbd", "--yes", "--secret-uuid", SECRET,
+            "--ceph-timeout", CEPH_TIMEOUT,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        assert live_disk(node, uuid, "vda") == (f"{cluster.pool}/{image}", "raw")
+        hmp_write(node, uuid, "vda", 0x2B, "6M", "64k")
+        assert read_pattern(cluster.qemu_uri(image), "raw", 0x1B, "5M", "64k", shared=False)
+        res = node.run(
+            "migrate", uuid, "--to", "lvm", "--yes", "--delete-retained",
+            "--ceph-timeout", CEPH_TIMEOUT,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        new_lv = live_disk(node, uuid, "vda")[0]
+        assert new_lv.startswith(f"/dev/{guest_vg.vg}/") and new_lv != ""
+        for pattern, offset in ((0x1B, "5M"), (0x2B, "6M"), (7, "1M")):
+            assert read_pattern(new_lv, "raw", pattern, offset, "64k"), hex(pattern)
+        assert lv  # the first LV: retained (or, moved aside, renamed) as offline
+    finally:
+        with contextlib.suppress(Exception):
+            node.libvirtd.connect().lookupByUUIDString(uuid).destroy()
