@@ -649,10 +649,17 @@ class Engine:
     def _live(self, uuid: str) -> livemod.LiveDomain:
         return livemod.LiveDomain(self.s.uri, uuid)
 
-    def _dest_name(self, j: Journal, m: DiskMove) -> str:
+    def _dest_name(self, m: DiskMove) -> str:
         """How the live XML names the target of ``m`` (a path, or pool/image)."""
         _type, source, _auth = self.storage.of(m.copy_dest).disk_xml(m.copy_dest, None)
         return livemod.source_name(source) or ""
+
+    def _unpivoted(self, moves: list[DiskMove], state: dict[str, livemod.Mirror]) -> list[DiskMove]:
+        """The moves whose disk the guest does not run on the target of yet."""
+        none = livemod.Mirror(None, None, None)
+        return [
+            m for m in moves if state.get(m.target_dev or "", none).source != self._dest_name(m)
+        ]
 
     def _pivoted(self, j: Journal) -> list[str]:
         """Disks the guest writes to on the target already (pivoted).
@@ -672,7 +679,7 @@ class Engine:
             xml = self.libvirt.persistent_xml(j.plan.uuid)
             sources = {dev: m.source for dev, m in livemod.mirrors(xml).items()}
         return [
-            m.name for m in j.plan.moves if sources.get(m.target_dev or "") == self._dest_name(j, m)
+            m.name for m in j.plan.moves if sources.get(m.target_dev or "") == self._dest_name(m)
         ]
 
     def _abort_jobs(self, j: Journal) -> None:
@@ -682,7 +689,7 @@ class Engine:
             state = live.state()
             for m in j.plan.moves:
                 s = state.get(m.target_dev or "")
-                if s is not None and s.mirror == self._dest_name(j, m):
+                if s is not None and s.mirror == self._dest_name(m):
                     live.abort(m.target_dev or "")
 
     def _mirror(self, j: Journal, domains: switch.Domains) -> None:
@@ -699,7 +706,7 @@ class Engine:
         contexts = None
         state = live.state()
         for m in plan.moves:
-            dev, dest = m.target_dev or "", self._dest_name(j, m)
+            dev, dest = m.target_dev or "", self._dest_name(m)
             s = state.get(dev)
             if s is None:
                 raise livemod.LiveError(instance=plan.uuid, reason=f"no disk {dev} runs")
@@ -741,14 +748,8 @@ class Engine:
             # a copy that is gone (libvirtd restarted and lost it) starts again
             self._ensure_mirrors(j, live, fresh=False)
             state = live.state()
-            devs = [
-                m.target_dev or ""
-                for m in plan.moves
-                if state.get(m.target_dev or "", livemod.Mirror(None, None, None)).source
-                != self._dest_name(j, m)
-            ]
             live.wait_ready(
-                devs,
+                [m.target_dev or "" for m in self._unpivoted(plan.moves, state)],
                 timeout=plan.options.converge_timeout,
                 on_progress=lambda dev, p: self.s.progress.update(names[dev], p),
             )
@@ -764,20 +765,13 @@ class Engine:
             state = live.state()
             waiting = [
                 m.target_dev or ""
-                for m in plan.moves
-                if state.get(m.target_dev or "", livemod.Mirror(None, None, None)).source
-                != self._dest_name(j, m)
-                and state.get(m.target_dev or "", livemod.Mirror(None, None, None)).ready != "yes"
+                for m in self._unpivoted(plan.moves, state)
+                if state.get(m.target_dev or "", livemod.Mirror(None, None, None)).ready != "yes"
             ]
             if waiting:
                 live.wait_ready(waiting, timeout=plan.options.converge_timeout)
                 state = live.state()
-            todo = [
-                m
-                for m in plan.moves
-                if state.get(m.target_dev or "", livemod.Mirror(None, None, None)).source
-                != self._dest_name(j, m)
-            ]
+            todo = self._unpivoted(plan.moves, state)
             for m in todo:
                 s = state.get(m.target_dev or "")
                 if s is None or s.ready != "yes":
