@@ -447,7 +447,15 @@ def wait_while_running(
     first or ``timeout`` passed."""
     deadline = time.monotonic() + timeout
     while not ready():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"ended (exit {proc.returncode}) before it was ready:\n{out}{err}")
+        if time.monotonic() >= deadline:
+            # Never wait for a process that may itself be stuck (a live move waits up to
+            # --converge-timeout): kill it, then show what it had said.
+            proc.kill()
+            out, err = proc.communicate(timeout=60)
+            raise AssertionError(f"not ready within {timeout}s; killed:\n{out}{err}")
         time.sleep(poll)
 
 

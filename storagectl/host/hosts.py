@@ -43,6 +43,8 @@ _STATES = {
 class ScannedDomain:
     info: DomainInfo
     state: str
+    #: disks the running guest reaches through a live alias: (target dev, alias path)
+    live_aliases: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -205,6 +207,12 @@ def resolve_live_aliases(live_xml: str, inactive_xml: str) -> str:
     names them where both names are the same file (hard links, same device and inode):
     the guest runs on ``disk.migrating``, the definition and Nova say ``disk``. Any other
     difference stays as it is (a real one, for the audit to see)."""
+    return live_aliases_resolved(live_xml, inactive_xml)[0]
+
+
+def live_aliases_resolved(live_xml: str, inactive_xml: str) -> tuple[str, list[tuple[str, str]]]:
+    """:func:`resolve_live_aliases`, and the (target dev, alias path) of each disk
+    it renamed."""
     import xml.etree.ElementTree as ET
 
     from storagectl.host.fsutil import same_file
@@ -212,13 +220,13 @@ def resolve_live_aliases(live_xml: str, inactive_xml: str) -> str:
     try:
         live, inactive = ET.fromstring(live_xml), ET.fromstring(inactive_xml)
     except ET.ParseError:
-        return live_xml
+        return live_xml, []
     persistent = {}
     for disk in inactive.iter("disk"):
         target, source = disk.find("target"), disk.find("source")
         if target is not None and source is not None and source.get("file"):
             persistent[target.get("dev")] = source.get("file")
-    changed = False
+    aliases: list[tuple[str, str]] = []
     for disk in live.iter("disk"):
         target, source = disk.find("target"), disk.find("source")
         if target is None or source is None or not source.get("file"):
@@ -228,8 +236,10 @@ def resolve_live_aliases(live_xml: str, inactive_xml: str) -> str:
             continue
         if same_file(name, nova):
             source.set("file", nova)
-            changed = True
-    return ET.tostring(live, encoding="unicode") if changed else live_xml
+            aliases.append((target.get("dev") or "", name))
+    if not aliases:
+        return live_xml, []
+    return ET.tostring(live, encoding="unicode"), aliases
 
 
 def _fetch_and_parse(scan, domains, states, libvirt, on_domain) -> None:  # noqa: ANN001
@@ -246,15 +256,16 @@ def _fetch_and_parse(scan, domains, states, libvirt, on_domain) -> None:  # noqa
                     state = states.get(dom.UUIDString().lower())
                     if state is None:
                         state = _STATES.get(dom.state()[0], "unknown")
+                    aliases: list[tuple[str, str]] = []
                     if LIVE_ALIAS_MARK in xml and state in ("running", "paused"):
                         inactive = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-                        xml = resolve_live_aliases(xml, inactive)
+                        xml, aliases = live_aliases_resolved(xml, inactive)
                     name = dom.name()
                 except libvirt.libvirtError as exc:
                     # A domain undefined while we scan: not an error of the host.
                     LOG.debug("domain vanished during scan of %s: %s", scan.report.uri, exc)
                     continue
-                feed.put((name, xml, state))
+                feed.put((name, xml, state, tuple(aliases)))
         except BaseException as exc:  # handed to the parsing thread, raised there
             feed.put(exc)
         finally:
@@ -267,14 +278,14 @@ def _fetch_and_parse(scan, domains, states, libvirt, on_domain) -> None:  # noqa
         while (item := feed.get()) is not _DONE:
             if isinstance(item, BaseException):
                 raise item
-            name, xml, state = item
+            name, xml, state, aliases = item
             host = scan.report.hostname or scan.report.uri
             try:
                 info = parse_domain_xml(xml, where=f"domain {name} on {host}")
             except DomainXMLError as exc:
                 scan.broken.append((name, str(exc)))
                 continue
-            scanned = ScannedDomain(info, state)
+            scanned = ScannedDomain(info, state, aliases)
             scan.domains.append(scanned)
             if on_domain is not None:
                 on_domain(scan, scanned)

@@ -8,6 +8,7 @@ its exit status without losing the instances that were inspected.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -15,7 +16,13 @@ from functools import partial
 
 from storagectl import errors
 from storagectl.host.config import NovaConfig
-from storagectl.host.hosts import HostScan, ScannedDomain, is_local_uri, scan_hosts
+from storagectl.host.hosts import (
+    LIVE_ALIAS_MARK,
+    HostScan,
+    ScannedDomain,
+    is_local_uri,
+    scan_hosts,
+)
 from storagectl.host.process import Runner
 from storagectl.inspect.infer import classify_domain, infer_instance, inferred_layout
 from storagectl.inspect.prefetch import RecordPrefetch
@@ -129,7 +136,7 @@ def _layout(dom: ScannedDomain, host: str, build: Callable[[], InstanceLayout]) 
     about this instance: one hostile file never takes down the run for every other
     instance."""
     try:
-        return build()
+        layout = build()
     except (*HOSTILE_CONTENT_ERRORS, OSError) as exc:
         LOG.debug("instance %s on %s could not be inspected", dom.info.uuid, host, exc_info=True)
         why = content_error(exc) if not isinstance(exc, OSError) else str(exc)
@@ -137,6 +144,28 @@ def _layout(dom: ScannedDomain, host: str, build: Callable[[], InstanceLayout]) 
         message = f"instance {dom.info.name} on {host} could not be inspected: {why}"
         failed = Finding.of(Code.INSPECTION_FAILED, dom.info.uuid, None, message)
         return inferred_layout(dom, host, [], [failed])
+    layout.findings += live_alias_findings(dom, host)
+    return layout
+
+
+def live_alias_findings(dom: ScannedDomain, host: str) -> list[Finding]:
+    """A guest moved live runs on ``disk.migrating``, a hard link of Nova's ``disk``, until
+    it is next started (QEMU cannot rename an open image). Nova's block live migration
+    builds the new host's disks from the *live* XML: it would create and fill
+    ``disk.migrating`` there, and the instance's next hard reboot on that host would look
+    for ``disk``. So it is reported until the guest is restarted."""
+    out = []
+    for target, alias in dom.live_aliases:
+        name = os.path.basename(alias).removesuffix(LIVE_ALIAS_MARK)
+        message = (
+            f"instance {dom.info.name} on {host} runs disk {name} ({target}) on its live "
+            f"alias {alias}, the same file under the temporary name of a live move: shut it "
+            "off and start it again (or hard reboot it) before any Nova live migration, "
+            "which would carry that name to the new host; then storagectl migrate "
+            f"--delete-retained {dom.info.uuid} removes the alias"
+        )
+        out.append(Finding.of(Code.LIVE_ALIAS, dom.info.uuid, name, message))
+    return out
 
 
 def _layout_of(

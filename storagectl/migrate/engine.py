@@ -132,6 +132,7 @@ class Settings:
 class Engine:
     def __init__(self, settings: Settings) -> None:
         self._reentered = False
+        self._untouched: set[str] = set()
         self.s = settings
         self.libvirt: LibvirtPort = settings.libvirt or LibvirtDomains(settings.uri)
         self.storage = Storage(settings.runner, ceph_timeout=settings.ceph_timeout)
@@ -693,18 +694,70 @@ class Engine:
                     live.abort(m.target_dev or "")
 
     def _mirror(self, j: Journal, domains: switch.Domains) -> None:
+        # targets the create step of this very run made, never copied into yet
+        self._untouched = set() if self._reentered else {m.name for m in j.plan.moves}
         with self._live(j.plan.uuid) as live:
-            self._ensure_mirrors(j, live, fresh=not self._reentered)
+            self._ensure_mirrors(j, live)
 
-    def _ensure_mirrors(self, j: Journal, live: livemod.LiveDomain, *, fresh: bool) -> None:
-        """Start the copy of every disk that is neither pivoted nor being copied.
+    def _converge(
+        self,
+        j: Journal,
+        live: livemod.LiveDomain,
+        on_progress: Callable[[str, float], None] = lambda _d, _p: None,
+    ) -> None:
+        """Until the copy of every disk not pivoted yet is ready: copies are started (again,
+        if one was lost) ``--parallel`` at a time - the next one once a running one is
+        ready (a ready copy only mirrors the guest's new writes) - all within one
+        ``--converge-timeout``."""
+        plan = j.plan
+        deadline = time.monotonic() + plan.options.converge_timeout
+        while True:
+            self._ensure_mirrors(j, live)
+            state = live.state()
+            none = livemod.Mirror(None, None, None)
+            todo = self._unpivoted(plan.moves, state)
+            started = [m for m in todo if state.get(m.target_dev or "", none).mirror is not None]
+            waiting = [
+                m.target_dev or ""
+                for m in started
+                if state.get(m.target_dev or "", none).ready != "yes"
+            ]
+            more = len(started) < len(todo)
+            if not waiting and not more:
+                return
+            if not waiting:  # _ensure_mirrors starts the next one; never spin past the end
+                if time.monotonic() >= deadline:
+                    raise livemod.NotConverged(
+                        instance=plan.uuid,
+                        disks=", ".join(m.name for m in todo),
+                        timeout=int(plan.options.converge_timeout),
+                    )
+                time.sleep(0.1)
+                continue
+            live.wait_ready(
+                waiting,
+                timeout=max(deadline - time.monotonic(), 0.0),
+                on_progress=on_progress,
+                need=1 if more else None,
+            )
 
-        ``fresh``: the create step just made the targets. Otherwise a target may hold a
+    def _ensure_mirrors(self, j: Journal, live: livemod.LiveDomain) -> None:
+        """Start the copy of disks that are neither pivoted nor being copied, as long as
+        fewer than ``--parallel`` copies run that are not ready yet.
+
+        A target the create step of this run made is used as it is. Any other may hold a
         copy that ended (a kill -9 before the job started, a libvirtd that lost it): it is
         made afresh, so that the new job starts from a target that reads as zeros."""
         plan, o = j.plan, j.plan.options
         contexts = None
         state = live.state()
+        busy = sum(
+            1
+            for m in plan.moves
+            if (s := state.get(m.target_dev or "")) is not None
+            and s.mirror == self._dest_name(m)
+            and s.ready != "yes"
+        )
         for m in plan.moves:
             dev, dest = m.target_dev or "", self._dest_name(m)
             s = state.get(dev)
@@ -718,7 +771,9 @@ class Engine:
                     reason=f"{dev} has another block job (into {s.mirror}); wait for it "
                     "or abort it (virsh blockjob --abort)",
                 )
-            if not fresh:
+            if busy >= max(1, o.parallel):
+                continue  # started once a running copy is ready (_converge)
+            if m.name not in self._untouched:
                 if live.has_job(dev):
                     raise livemod.LiveError(
                         instance=plan.uuid,
@@ -739,20 +794,17 @@ class Engine:
                 bandwidth=(o.bwlimit << 20) if o.bwlimit else None,
                 sync_writes=o.sync_writes,
             )
+            self._untouched.discard(m.name)
+            busy += 1
             self.s.progress.start(m.name, m.virtual_size)
 
     def _ready(self, j: Journal, domains: switch.Domains) -> None:
         plan = j.plan
         names = {m.target_dev: m.name for m in plan.moves}
         with self._live(plan.uuid) as live:
-            # a copy that is gone (libvirtd restarted and lost it) starts again
-            self._ensure_mirrors(j, live, fresh=False)
-            state = live.state()
-            live.wait_ready(
-                [m.target_dev or "" for m in self._unpivoted(plan.moves, state)],
-                timeout=plan.options.converge_timeout,
-                on_progress=lambda dev, p: self.s.progress.update(names[dev], p),
-            )
+            # the copies not started yet (--parallel) start as others are ready; a copy
+            # that is gone (libvirtd restarted and lost it) starts again
+            self._converge(j, live, lambda dev, p: self.s.progress.update(names[dev], p))
         for m in plan.moves:
             self.s.progress.finish(m.name, True)
 
@@ -761,16 +813,8 @@ class Engine:
         with self._live(plan.uuid) as live:
             # a copy lost since it was ready (libvirtd restarted, a target error) is
             # started again and waited for, as in the ready step
-            self._ensure_mirrors(j, live, fresh=False)
+            self._converge(j, live)
             state = live.state()
-            waiting = [
-                m.target_dev or ""
-                for m in self._unpivoted(plan.moves, state)
-                if state.get(m.target_dev or "", livemod.Mirror(None, None, None)).ready != "yes"
-            ]
-            if waiting:
-                live.wait_ready(waiting, timeout=plan.options.converge_timeout)
-                state = live.state()
             todo = self._unpivoted(plan.moves, state)
             for m in todo:
                 s = state.get(m.target_dev or "")

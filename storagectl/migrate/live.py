@@ -280,16 +280,19 @@ class LiveDomain:
         *,
         timeout: float,
         on_progress: Callable[[str, float], None] = lambda _d, _p: None,
+        need: int | None = None,
     ) -> None:
-        """Until every ``dev``'s mirror is ready (event READY or ``ready='yes'``);
-        LiveError if a job fails or vanishes, NotConverged after ``timeout`` s."""
+        """Until every ``dev``'s mirror is ready (event READY or ``ready='yes'``), or only
+        ``need`` of them; LiveError if a job fails or vanishes, NotConverged after
+        ``timeout`` s."""
         import libvirt
 
         todo = set(devs)
+        enough = len(todo) - min(need, len(todo)) if need is not None else 0
         deadline = time.monotonic() + timeout
         next_check = 0.0  # read the live XML at once: a resumed job may be ready already
         next_progress = 0.0
-        while todo:
+        while len(todo) > enough:
             now = time.monotonic()
             with self._cond:
                 for dev in list(todo):
@@ -305,7 +308,7 @@ class LiveDomain:
                         raise LiveError(
                             instance=self.uuid, reason=f"the block copy of {dev} {what}"
                         )
-            if not todo:
+            if len(todo) <= enough:
                 break
             if now >= next_check:
                 next_check = now + SAFETY_POLL

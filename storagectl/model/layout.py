@@ -111,6 +111,10 @@ class Code(StrEnum):
     # Issue #15: nova-compute, with the host's nova.conf, would open the disk elsewhere or
     # in another format than it is stored (storagectl/inspect/nova.py).
     NOVA_WOULD_MISREAD = "nova-would-misread", Severity.CRITICAL
+    # Issue #16: a guest moved live still runs on the temporary name of its new disk (a
+    # hard link of Nova's name) until it is next started: a Nova live migration would
+    # carry that name to the new host.
+    LIVE_ALIAS = "running-on-live-alias", Severity.WARNING
 
 
 #: Critical findings that say how *Nova* would read an instance, not that its storage is

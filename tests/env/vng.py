@@ -225,6 +225,9 @@ def pytest_command(tests: Sequence[str], pytest_args: Sequence[str], out_dir: Pa
         # Importing hypothesis takes ~1.4 s on the host and over a minute under
         # TCG; the guest tier does not use it.
         "-p", "no:hypothesispytest",
+        # A test stuck for 20 min (a nested TCG guest, a libvirt call without a timeout)
+        # dumps every thread's stack to the console, so a tier timeout says where.
+        "-o", "faulthandler_timeout=1200",
         f"--junitxml={out_dir / 'junit.xml'}",
         *tests, *pytest_args,
     ]  # fmt: skip

@@ -99,14 +99,16 @@ def test_a_running_qcow2_guest_moves_live_to_flat_with_every_write(
     assert read_pattern(d / "disk", "raw", 9, "2M", "1M")  # the overlay's
     # the source is retained, as offline
     assert (d / "disk.retained-qcow2").exists()
-    # inspect and audit read it as stored (the alias is no leftover), Nova too
+    # inspect and audit read it as stored (the alias is no leftover), Nova too; the one
+    # warning: the guest runs on the alias, which a Nova live migration would carry away
     res = node.run("audit", "-o", "json")
-    codes = {
-        f["code"]
+    found = [
+        f
         for f in json.loads(res.stdout)["findings"]
         if f.get("instance") == uuid and f["severity"] in ("warning", "critical")
-    }
-    assert codes == set(), res.stdout
+    ]
+    assert [(f["code"], f["disk"]) for f in found] == [("running-on-live-alias", "disk")], found
+    assert "disk.migrating" in found[0]["message"] and "live migration" in found[0]["message"]
     # shut off: the alias goes with --delete-retained; it boots from Nova's name
     dom.destroy()
     res = node.cli("migrate", "--delete-retained", uuid, "--yes")
@@ -114,6 +116,12 @@ def test_a_running_qcow2_guest_moves_live_to_flat_with_every_write(
     assert sorted(p.name for p in d.iterdir() if "migrating" in p.name) == []
     dom.create()
     assert live_disk(node, uuid, "vda") == (str(d / "disk"), "raw")
+    res = node.run("audit", "-o", "json")
+    assert not [
+        f
+        for f in json.loads(res.stdout)["findings"]
+        if f.get("instance") == uuid and f["severity"] in ("warning", "critical")
+    ], res.stdout
     dom.destroy()
 
 
@@ -374,3 +382,87 @@ def test_a_live_alias_in_the_way_of_a_move_back_is_explained_then_removed(node: 
     res = node.cli("migrate", uuid, "--to", "qcow2", "--yes")
     assert res.returncode == 0, res.stderr
     assert live_disk(node, uuid, "vda")[1] == "qcow2"
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_parallel_bounds_the_copies_that_run_at_once(node: Node, parallel: int) -> None:
+    """--parallel N: at most N copies run that are not ready yet; the next one starts
+    once one is ready (a ready copy only mirrors new writes). Sampled from the live XML
+    while the move runs, two disks slowed with --bwlimit."""
+    from storagectl.migrate.live import mirrors
+
+    uuid = running(node, root="flat", data_mib=6, local_mib=8)  # both raw: both move
+    d = node.instances / uuid
+    dom = node.libvirtd.connect().lookupByUUIDString(uuid)
+    hmp_write(node, uuid, "vdb", 0x5C, "1M", "6M")  # data, so that its copy takes a while
+    proc = node.spawn(
+        "migrate", uuid, "--to", "qcow2", "--yes", "--bwlimit", "2", "--parallel", str(parallel)
+    )
+    most, seen = 0, set()
+    while proc.poll() is None:
+        with contextlib.suppress(libvirt.libvirtError):
+            copying = {
+                dev for dev, m in mirrors(dom.XMLDesc(0)).items()
+                if m.mirror is not None and m.ready != "yes"
+            }  # fmt: skip
+            most = max(most, len(copying))
+            seen |= copying
+        time.sleep(0.05)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out + err
+    assert most == parallel, (most, seen)
+    assert seen == {"vda", "vdb"}  # both were copied (sampled mid-copy)
+    assert live_disk(node, uuid, "vda")[1] == live_disk(node, uuid, "vdb")[1] == "qcow2"
+    dom.destroy()
+    assert read_pattern(d / "disk", "qcow2", 7, "1M", "6M", shared=False)
+    assert read_pattern(d / "disk.local", "qcow2", 0x5C, "1M", "6M", shared=False)
+
+
+@pytest.mark.parametrize("then", ["--resume", "--rollback"])
+def test_killed_with_a_copy_not_started_yet_then_resume_or_rollback(node: Node, then: str) -> None:
+    """--parallel 1, two disks, kill -9 while the first copy runs (the second not started
+    yet): --resume starts the second into a fresh target and finishes; --rollback aborts the
+    first and removes both targets. Every guest write is kept either way."""
+    uuid = running(node, root="flat", data_mib=6, local_mib=8)
+    d = node.instances / uuid
+    res = node.killed("migrate", uuid, "--to", "qcow2", "--yes", fault="ready:before")
+    assert res.returncode == -9, res.stderr
+    from storagectl.migrate.live import mirrors
+
+    state = mirrors(node.libvirtd.connect().lookupByUUIDString(uuid).XMLDesc(0))
+    assert state["vda"].mirror and state["vdb"].mirror is None, state
+    hmp_write(node, uuid, "vdb", 0x6C, "2M", "64k")  # on the source: no copy runs yet
+    hmp_write(node, uuid, "vda", 0x6D, "2M", "64k")  # mirrored (its copy runs)
+    res = node.cli("migrate", then, uuid, "--yes")
+    assert res.returncode == 0, res.stderr
+    fmt = "qcow2" if then == "--resume" else "raw"
+    assert live_disk(node, uuid, "vda")[1] == live_disk(node, uuid, "vdb")[1] == fmt
+    if then == "--rollback":
+        assert live_disk(node, uuid, "vda")[0] == str(d / "disk")
+        assert sorted(p.name for p in d.iterdir() if "migrating" in p.name) == []
+    node.libvirtd.connect().lookupByUUIDString(uuid).destroy()
+    assert read_pattern(d / "disk", fmt, 0x6D, "2M", "64k", shared=False)
+    assert read_pattern(d / "disk.local", fmt, 0x6C, "2M", "64k", shared=False)
+    assert read_pattern(d / "disk", fmt, 7, "1M", "1M", shared=False)
+
+
+@pytest.mark.parametrize("verify", ["mirror", "paused"])
+def test_a_paused_guest_moves_live_and_stays_paused(node: Node, verify: str) -> None:
+    """A paused instance (virsh suspend, Nova's pause) moves like a running one: QEMU's
+    block jobs run while the vCPUs are stopped. It is still paused afterwards, also after
+    --verify paused (which must not resume a guest it did not pause)."""
+    uuid = running(node, data_mib=6, local_mib=None)
+    d = node.instances / uuid
+    dom = node.libvirtd.connect().lookupByUUIDString(uuid)
+    hmp_write(node, uuid, "vda", 0x4E, "5M", "64k")
+    dom.suspend()
+    res = node.cli("migrate", uuid, "--to", "flat", "--yes", "--verify", verify)
+    assert res.returncode == 0, res.stderr
+    assert dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
+    path, fmt = live_disk(node, uuid, "vda")
+    assert fmt == "raw" and os.path.samefile(path, d / "disk")
+    dom.resume()
+    hmp_write(node, uuid, "vda", 0x4F, "6M", "64k")  # it writes to the target once resumed
+    dom.destroy()
+    for pattern, offset in ((0x4E, "5M"), (0x4F, "6M"), (9, "2M")):
+        assert read_pattern(d / "disk", "raw", pattern, offset, "64k", shared=False), hex(pattern)

@@ -62,7 +62,9 @@ def test_a_running_flat_guest_moves_live_to_lvm_and_back(
     d = node.instances / uuid
     start(node, uuid)
     started.append(uuid)
-    proc = node.spawn("migrate", uuid, "--to", "lvm", "--yes", "--bwlimit", "1")
+    proc = node.spawn(
+        "migrate", uuid, "--to", "lvm", "--yes", "--bwlimit", "1", "--converge-timeout", "900"
+    )
     wait_while_running(proc, lambda: journal_step(node, uuid) == "ready", timeout=300)
     hmp_write(node, uuid, "vda", 0x2A, "5M", "64k")  # during the mirror
     out, err = proc.communicate(timeout=600)

@@ -142,3 +142,34 @@ def test_a_live_move_into_a_thin_lv_is_refused_a_thick_one_is_not() -> None:
     plan.options = replace(plan.options, sparse_lvs=True)
     why = live_refusal(plan, storage)
     assert "thin LV" in why and "move it offline" in why
+
+
+def test_a_guest_on_its_live_alias_is_a_warning_naming_disk_and_way_out(tmp_path: Path) -> None:
+    from storagectl.host.domain import parse_domain_xml
+    from storagectl.host.hosts import ScannedDomain, live_aliases_resolved
+    from storagectl.inspect.inspection import live_alias_findings
+
+    disk, alias = tmp_path / "disk", tmp_path / "disk.migrating"
+    disk.write_bytes(b"x")
+    os.link(disk, alias)
+
+    def named(path: str) -> str:
+        head = "<domain><name>vm1</name><uuid>9d1c5a0e-0f7c-4d0e-9a51-3b5f2f0c1a01</uuid>"
+        return _domain(path).replace("<domain>", head)
+
+    xml, aliases = live_aliases_resolved(named(str(alias)), named(str(disk)))
+    assert aliases == [("vda", str(alias))]
+    dom = ScannedDomain(parse_domain_xml(xml, where="test"), "running", tuple(aliases))
+    [finding] = live_alias_findings(dom, "cn1")
+    assert (finding.code, finding.severity.value, finding.disk) == (
+        "running-on-live-alias",
+        "warning",
+        "disk",
+    )
+    assert str(alias) in finding.message and "cn1" in finding.message
+    assert f"--delete-retained {dom.info.uuid}" in finding.message
+    # the same domain on Nova's name: nothing to say
+    xml, aliases = live_aliases_resolved(named(str(disk)), named(str(disk)))
+    assert aliases == []
+    dom = ScannedDomain(parse_domain_xml(xml, where="test"), "running")
+    assert live_alias_findings(dom, "cn1") == []
