@@ -31,6 +31,7 @@ from storagectl import errors
 from storagectl.audit.interrupted import migration_state
 from storagectl.backends import Storage, registry
 from storagectl.host.config import NovaConfig
+from storagectl.host.fsutil import same_file
 from storagectl.host.hosts import is_local_uri
 from storagectl.host.libvirt_port import (  # driver_problem: importable from here too
     LibvirtDomains,
@@ -625,7 +626,10 @@ class Engine:
                     instance=who, reason="it is running; shut it off before resuming"
                 )
             return
-        if active or not j.started("mirror"):
+        if active:
+            self._refuse_split_writes(j, who)
+            return
+        if not j.started("mirror"):
             return
         pivoted = self._pivoted(j)
         if not pivoted:
@@ -643,6 +647,31 @@ class Engine:
                 f"{', '.join(left)} still on the source; neither a resume nor a rollback "
                 "can make one disk set of that: start the instance and resume (the copies "
                 "of the others start again), or see docs/design/live-moves.md",
+            )
+
+    def _refuse_split_writes(self, j: Journal, who: str) -> None:
+        """A guest pivoted onto its targets (journaled) that runs on a source again was
+        restarted from a definition naming the source - a Nova hard reboot (or a host
+        boot's resume_guests_state_on_host_boot) before the switch rebuilt it from
+        nova.conf. Its writes since the pivot are on the target, those since the restart
+        on the source: switching now would hide the newest, a new copy would overwrite the
+        older. Neither resume nor rollback picks one."""
+        if "pivot" not in j.done or "switch" in j.done:
+            return
+        with self._live(j.plan.uuid) as live:
+            state = live.state()
+        for m in j.plan.moves:
+            s, dest = state.get(m.target_dev or ""), self._dest_name(m)
+            if s is None or s.source is None or s.source == dest or same_file(s.source, dest):
+                continue
+            raise MigrationRefused(
+                instance=who,
+                reason=f"{m.name} was pivoted onto {dest}, but the guest now runs on "
+                f"{s.source} again (restarted from a definition naming its source before "
+                "the switch - a Nova hard reboot?): its writes since the pivot are on the "
+                "target, those since the restart on the source. Nothing was changed; shut "
+                "the instance off, keep both, and see docs/design/live-moves.md "
+                '("split writes")',
             )
 
     # -- live moves -------------------------------------------------------------------

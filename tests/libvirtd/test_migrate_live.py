@@ -466,3 +466,34 @@ def test_a_paused_guest_moves_live_and_stays_paused(node: Node, verify: str) -> 
     dom.destroy()
     for pattern, offset in ((0x4E, "5M"), (0x4F, "6M"), (9, "2M")):
         assert read_pattern(d / "disk", "raw", pattern, offset, "64k", shared=False), hex(pattern)
+
+
+def test_pivoted_then_restarted_on_its_source_resume_and_rollback_are_refused(
+    node: Node,
+) -> None:
+    """Killed after the pivot (journaled), then the domain rebuilt from a definition that
+    names the source and started - what a Nova hard reboot (or a host boot's resume of its
+    guests) does before the switch: the writes are split between target and source.
+    Resume would hide the newest, a new copy would overwrite the older: both refused, the
+    journal, the source and the target untouched."""
+    uuid = running(node, local_mib=None)
+    d = node.instances / uuid
+    before = node.xml(uuid)
+    res = node.killed("migrate", uuid, "--to", "flat", "--yes", fault="pivot:after")
+    assert res.returncode == -9, res.stderr
+    hmp_write(node, uuid, "vda", 0x8A, "5M", "64k")  # on the target
+    conn = node.libvirtd.connect()
+    conn.lookupByUUIDString(uuid).destroy()
+    conn.defineXML(before)  # Nova's view of the disk: the qcow2 source
+    conn.lookupByUUIDString(uuid).create()
+    hmp_write(node, uuid, "vda", 0x8B, "6M", "64k")  # on the source
+    journal_before = (d / "storage.migration.json").read_bytes()
+    for mode in ("--resume", "--rollback"):
+        res = node.cli("migrate", mode, uuid, "--yes")
+        refused(res, "pivoted")
+        assert (d / "storage.migration.json").read_bytes() == journal_before, mode
+    res = node.cli("migrate", "--resume", uuid, "--yes")
+    refused(res, "now runs on", "split writes")
+    conn.lookupByUUIDString(uuid).destroy()
+    assert read_pattern(d / "disk.migrating", "raw", 0x8A, "5M", "64k", shared=False)
+    assert read_pattern(d / "disk", "qcow2", 0x8B, "6M", "64k", shared=False)
