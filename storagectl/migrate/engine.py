@@ -765,7 +765,8 @@ class Engine:
                 continue
             live.wait_ready(
                 waiting,
-                timeout=max(deadline - time.monotonic(), 0.0),
+                timeout=plan.options.converge_timeout,
+                deadline=deadline,
                 on_progress=on_progress,
                 need=1 if more else None,
             )

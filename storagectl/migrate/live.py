@@ -281,15 +281,18 @@ class LiveDomain:
         timeout: float,
         on_progress: Callable[[str, float], None] = lambda _d, _p: None,
         need: int | None = None,
+        deadline: float | None = None,
     ) -> None:
         """Until every ``dev``'s mirror is ready (event READY or ``ready='yes'``), or only
         ``need`` of them; LiveError if a job fails or vanishes, NotConverged after
-        ``timeout`` s."""
+        ``timeout`` s (or at ``deadline``, a time.monotonic() of a longer wait that
+        ``timeout`` started)."""
         import libvirt
 
         todo = set(devs)
         enough = len(todo) - min(need, len(todo)) if need is not None else 0
-        deadline = time.monotonic() + timeout
+        if deadline is None:
+            deadline = time.monotonic() + timeout
         next_check = 0.0  # read the live XML at once: a resumed job may be ready already
         next_progress = 0.0
         while len(todo) > enough:
