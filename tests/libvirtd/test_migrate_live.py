@@ -497,3 +497,22 @@ def test_pivoted_then_restarted_on_its_source_resume_and_rollback_are_refused(
     conn.lookupByUUIDString(uuid).destroy()
     assert read_pattern(d / "disk.migrating", "raw", 0x8A, "5M", "64k", shared=False)
     assert read_pattern(d / "disk", "qcow2", 0x8B, "6M", "64k", shared=False)
+
+
+def test_disks_moves_only_the_named_disks_live(node: Node) -> None:
+    """--disks root on a running guest with a raw root and a raw disk.local, --to qcow2:
+    only vda is copied and pivoted; vdb keeps running on its file, no job was ever on it."""
+    uuid = running(node, root="flat", data_mib=4, local_mib=8)
+    d = node.instances / uuid
+    local_before = (d / "disk.local").lstat().st_ino
+    res = node.cli("migrate", uuid, "--to", "qcow2", "--disks", "root", "--yes")
+    assert res.returncode == 0, res.stderr
+    path, fmt = live_disk(node, uuid, "vda")
+    assert fmt == "qcow2" and os.path.samefile(path, d / "disk")
+    assert live_disk(node, uuid, "vdb") == (str(d / "disk.local"), "raw")
+    assert (d / "disk.local").lstat().st_ino == local_before
+    assert domain_disk(node, uuid, "vdb") == (str(d / "disk.local"), "raw")
+    rec = {x["name"]: x for x in node.record(uuid)["disks"]}
+    assert rec["disk"]["format"] == "qcow2" and rec["disk.local"]["format"] == "raw"
+    node.libvirtd.connect().lookupByUUIDString(uuid).destroy()
+    assert read_pattern(d / "disk", "qcow2", 7, "1M", "4M", shared=False)
