@@ -691,6 +691,16 @@ class Engine:
             m for m in moves if state.get(m.target_dev or "", none).source != self._dest_name(m)
         ]
 
+    def _copying(self, moves: list[DiskMove], state: dict[str, livemod.Mirror]) -> list[DiskMove]:
+        """The moves whose copy into their target runs and is not ready yet."""
+        none = livemod.Mirror(None, None, None)
+        return [
+            m
+            for m in moves
+            if (s := state.get(m.target_dev or "", none)).mirror == self._dest_name(m)
+            and s.ready != "yes"
+        ]
+
     def _pivoted(self, j: Journal) -> list[str]:
         """Disks the guest writes to on the target already (pivoted).
 
@@ -746,11 +756,7 @@ class Engine:
             none = livemod.Mirror(None, None, None)
             todo = self._unpivoted(plan.moves, state)
             started = [m for m in todo if state.get(m.target_dev or "", none).mirror is not None]
-            waiting = [
-                m.target_dev or ""
-                for m in started
-                if state.get(m.target_dev or "", none).ready != "yes"
-            ]
+            waiting = [m.target_dev or "" for m in self._copying(started, state)]
             more = len(started) < len(todo)
             if not waiting and not more:
                 return
@@ -781,13 +787,7 @@ class Engine:
         plan, o = j.plan, j.plan.options
         contexts = None
         state = live.state()
-        busy = sum(
-            1
-            for m in plan.moves
-            if (s := state.get(m.target_dev or "")) is not None
-            and s.mirror == self._dest_name(m)
-            and s.ready != "yes"
-        )
+        busy = len(self._copying(plan.moves, state))
         for m in plan.moves:
             dev, dest = m.target_dev or "", self._dest_name(m)
             s = state.get(dev)

@@ -248,6 +248,18 @@ def held(d: Path) -> list[tuple[str, int]]:
     )
 
 
+def running_flat(
+    node: Node, guest_vg: LvmEnv, started: list[str]
+) -> tuple[str, Path, libvirt.virDomain, str, Writes]:
+    """A running guest on a 16 MiB flat disk (2 MiB of pattern 7 at 1 MiB): its uuid,
+    instance dir, domain, the LV a move to LVM makes, and its :class:`Writes`."""
+    uuid = make_instance(node, root="flat", size_mib=16, data_mib=2, local_mib=None)
+    start(node, uuid)
+    started.append(uuid)
+    dom = node.libvirtd.connect().lookupByUUIDString(uuid)
+    return uuid, node.instances / uuid, dom, lv_path(guest_vg, uuid), Writes(node, uuid)
+
+
 def test_kill_9_at_every_step_into_and_out_of_an_lv_then_resume(
     node: Node, guest_vg: LvmEnv, started: list[str]
 ) -> None:
@@ -255,12 +267,7 @@ def test_kill_9_at_every_step_into_and_out_of_an_lv_then_resume(
     (:func:`chessboard`: all 16 boundaries), the same running guest throughout: it never
     stops, a write made while storagectl is dead is on the target after --resume, and at
     the end every write of the whole run is on the disk."""
-    uuid = make_instance(node, root="flat", size_mib=16, data_mib=2, local_mib=None)
-    d = node.instances / uuid
-    start(node, uuid)
-    started.append(uuid)
-    dom = node.libvirtd.connect().lookupByUUIDString(uuid)
-    lv, writes = lv_path(guest_vg, uuid), Writes(node, uuid)
+    uuid, d, dom, lv, writes = running_flat(node, guest_vg, started)
     for fault, to in cases(BOUNDARIES):
         want = lv if to == "lvm" else str(d / "disk")
         where = f"--to {to} killed at {fault}, then --resume"
@@ -286,12 +293,7 @@ def test_kill_9_before_the_pivot_into_and_out_of_an_lv_then_rollback(
     ``pivot:before``), then --rollback: moving flat -> LVM the guest stays on its file and
     the target LV is gone; moving LVM -> flat it stays on its LV and the target file is
     gone. No write is lost."""
-    uuid = make_instance(node, root="flat", size_mib=16, data_mib=2, local_mib=None)
-    d = node.instances / uuid
-    start(node, uuid)
-    started.append(uuid)
-    dom = node.libvirtd.connect().lookupByUUIDString(uuid)
-    lv, writes = lv_path(guest_vg, uuid), Writes(node, uuid)
+    uuid, d, dom, lv, writes = running_flat(node, guest_vg, started)
     todo = cases(BEFORE_PIVOT)
     for to, stays in (("lvm", str(d / "disk")), ("flat", lv)):
         if to == "flat":  # now onto the LV, for the other direction
